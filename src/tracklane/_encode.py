@@ -1,0 +1,194 @@
+"""Turn a message into JSON bytes once, at the call, without losing or raising anything.
+
+The fast path is one ``orjson.dumps`` with a ``default`` hook for the types orjson leaves
+out. The bytes are also the deep snapshot of the caller's values: mutating them afterwards
+changes nothing sent. What orjson refuses (integers beyond 64 bits, cycles, nesting deeper
+than 254, invalid strings, odd keys) goes through :func:`to_json_safe` and the stdlib
+encoder instead, which handle all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+import math
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any, Callable, Optional
+from uuid import UUID
+
+import orjson
+
+__all__ = ["JSONDefault", "encode", "to_json_safe"]
+
+JSONDefault = Callable[[Any], Any]
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+_MAX_DEPTH = 200
+_CIRCULAR = "<circular reference>"
+_TOO_DEEP = "<nested too deep>"
+
+
+def encode(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
+    """Compact JSON bytes for ``value``; never raises."""
+    try:
+        if user_default is None:
+            return orjson.dumps(value, default=_convert, option=_OPTIONS)
+        return orjson.dumps(value, default=_with_user(user_default), option=_OPTIONS)
+    except (TypeError, ValueError, RecursionError):
+        pass
+    safe = to_json_safe(value, user_default)
+    return json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
+        "utf-8"
+    )
+
+
+def _with_user(user_default: JSONDefault) -> JSONDefault:
+    def default(obj: Any) -> Any:
+        try:
+            return user_default(obj)
+        except Exception:
+            return _convert(obj)
+
+    return default
+
+
+def _convert(obj: Any) -> Any:
+    """orjson's ``default``: one step towards a JSON type for what orjson does not know."""
+    if isinstance(obj, Decimal):
+        return _decimal(obj)
+    if isinstance(obj, (set, frozenset)):
+        return _sorted_if_possible(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).decode("utf-8", "replace")
+    if isinstance(obj, (PurePath, UUID)):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    model_dump = getattr(obj, "model_dump", None)
+    if callable(model_dump):
+        try:
+            return model_dump(mode="json")
+        except TypeError:
+            return model_dump()
+    to_dict = getattr(obj, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    item = getattr(obj, "item", None)
+    if callable(item) and type(obj).__module__ == "numpy":
+        return item()
+    if isinstance(obj, dt.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, (Mapping,)):
+        return dict(obj)
+    if isinstance(obj, (list, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def _decimal(value: Decimal) -> str:
+    return str(value)
+
+
+def _sorted_if_possible(items: Any) -> list[Any]:
+    try:
+        return sorted(items)
+    except TypeError:
+        return list(items)
+
+
+def to_json_safe(value: Any, user_default: Optional[JSONDefault] = None) -> Any:
+    """A tree of plain JSON types equal in content to ``value`` (slow path; never raises)."""
+    return _Walker(user_default).walk(value, 0)
+
+
+class _Walker:
+    """Converts one value tree, remembering the containers on the current path."""
+
+    def __init__(self, user_default: Optional[JSONDefault]) -> None:
+        self.user_default = user_default
+        self.path: set[int] = set()
+
+    def walk(self, value: Any, depth: int) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _valid_text(value)
+        if isinstance(value, int) and not isinstance(value, enum.Enum):
+            return int(value)
+        if isinstance(value, float):
+            return float(value) if math.isfinite(value) else None
+        if isinstance(value, dt.datetime):
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+            return aware.isoformat()
+        if isinstance(value, (dt.date, dt.time)):
+            return value.isoformat()
+        if depth >= _MAX_DEPTH:
+            return _TOO_DEEP
+        marker = id(value)
+        if marker in self.path:
+            return _CIRCULAR
+        self.path.add(marker)
+        try:
+            return self._container(value, depth)
+        finally:
+            self.path.discard(marker)
+
+    def _container(self, value: Any, depth: int) -> Any:
+        if isinstance(value, Mapping):
+            return {self._key(k): self.walk(v, depth + 1) for k, v in _items(value)}
+        if isinstance(value, (list, tuple)):
+            return [self.walk(v, depth + 1) for v in value]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            return self.walk(fields, depth)
+        converted = self._default(value)
+        if converted is value or isinstance(converted, str):
+            return _valid_text(converted) if isinstance(converted, str) else str(converted)
+        return self.walk(converted, depth + 1)
+
+    def _default(self, value: Any) -> Any:
+        if self.user_default is not None:
+            try:
+                return self.user_default(value)
+            except Exception:
+                pass
+        try:
+            return _convert(value)
+        except Exception:
+            return _safe_str(value)
+
+    def _key(self, key: Any) -> str:
+        if isinstance(key, str):
+            return _valid_text(key)
+        if key is None or isinstance(key, (bool, int, float)):
+            return (
+                json.dumps(key) if not isinstance(key, int) or isinstance(key, bool) else str(key)
+            )
+        safe = self.walk(key, _MAX_DEPTH - 1)
+        return safe if isinstance(safe, str) else json.dumps(safe)
+
+
+def _items(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
+    try:
+        return list(mapping.items())
+    except Exception:
+        return []
+
+
+def _valid_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return str(text)
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return _valid_text(str(value))
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"

@@ -1,0 +1,371 @@
+"""The queue of encoded messages, its counters, and the one thread that delivers them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Callable, Deque, Dict, List, Optional
+
+from ._batch import take_batch
+from ._delivery import Drop, Outcome, Sender
+from ._stats import DropReason, FlushResult, Stats
+from .config import Options, OverflowPolicy
+from .exceptions import DeliveryError, QueueFullError, ShutdownError
+
+__all__ = ["Pipeline"]
+
+logger = logging.getLogger("tracklane")
+
+_IDLE_WAIT = 5.0  # an idle worker re-checks its state this often, in case a wake-up was missed
+_FULL_WARNING_INTERVAL = 60.0
+
+DropReporter = Callable[[Drop], None]
+
+
+class Pipeline:
+    """A bounded FIFO of encoded messages and the worker that sends them in batches.
+
+    Every counter changes under one lock together with the queue, so a snapshot always
+    satisfies ``tracked == delivered + pending + dropped``. At most one batch is in flight.
+    """
+
+    def __init__(self, options: Options, sender: Sender, report: DropReporter) -> None:
+        self._options = options
+        self._sender = sender
+        self._report = report
+        self._closed = False
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            method = weakref.WeakMethod(self._after_fork)
+
+            def _child() -> None:
+                bound = method()
+                if bound is not None:
+                    bound()
+
+            os.register_at_fork(after_in_child=_child)
+
+    def _reset(self) -> None:
+        """Fresh locks, queue, counters and no thread: at start and in a forked child."""
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._start_lock = threading.Lock()
+        self._queue: Deque[bytes] = deque()
+        self._tracked = 0
+        self._delivered = 0
+        self._retries = 0
+        self._inflight = 0
+        self._sync_inflight = 0
+        self._dropped: Dict[str, int] = {}
+        self._accepted = 0
+        self._resolved = 0
+        self._flush_target = 0
+        self._queue_since = 0.0
+        self._stopping = False
+        self._deadline: Optional[float] = None
+        self._abort = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._pid = os.getpid()
+        self._last_full_warning = -_FULL_WARNING_INTERVAL
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's queue stays the parent's; start empty."""
+        self._reset()
+
+    # -- the calling side -------------------------------------------------------------
+
+    def put(self, data: bytes) -> bool:
+        """Queue one encoded message; False (counted, reported) when it was not accepted."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._thread is None:
+            self._start()
+        dropped: Optional[Drop] = None
+        with self._lock:
+            self._tracked += 1
+            queue = self._queue
+            if self._closed:
+                dropped = self._count_drop(
+                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
+                )
+            elif len(queue) >= self._options.max_queue_size:
+                dropped = self._overflow(data)
+            else:
+                self._append(data)
+        if dropped is None:
+            return True
+        self._report(dropped)
+        return dropped.messages[0] is not data
+
+    def _append(self, data: bytes) -> None:
+        queue = self._queue
+        queue.append(data)
+        self._accepted += 1
+        size = len(queue)
+        if size == 1:
+            self._queue_since = time.monotonic()
+            self._work.notify()
+        elif size == self._options.batch_size:
+            self._work.notify()
+
+    def _overflow(self, data: bytes) -> Optional[Drop]:
+        """Apply the overflow policy to a full queue (lock held)."""
+        policy = self._options.overflow
+        if policy is OverflowPolicy.BLOCK:
+            deadline = time.monotonic() + self._options.block_timeout
+            self._work.notify()
+            while len(self._queue) >= self._options.max_queue_size and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._done.wait(remaining)
+            if len(self._queue) < self._options.max_queue_size and not self._closed:
+                self._append(data)
+                return None
+        self._warn_full()
+        error = QueueFullError(f"queue full ({self._options.max_queue_size} messages)")
+        if policy is OverflowPolicy.DROP_OLDEST:
+            oldest = self._queue.popleft()
+            self._resolved += 1
+            self._append(data)
+            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
+        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
+
+    def _warn_full(self) -> None:
+        now = time.monotonic()
+        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
+            self._last_full_warning = now
+            logger.warning(
+                "tracklane: queue full (%d messages), dropping by policy %s; "
+                "see client.stats() for counts",
+                self._options.max_queue_size,
+                self._options.overflow.value,
+            )
+
+    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
+        key = reason.value
+        self._dropped[key] = self._dropped.get(key, 0) + len(messages)
+        return Drop(reason, error, messages)
+
+    def count_refused(self, reason: DropReason) -> None:
+        """Count a message refused before queueing (too large): tracked and dropped at once."""
+        with self._lock:
+            self._tracked += 1
+            key = reason.value
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+
+    def count_stubbed(self) -> None:
+        """Count a message a stub client accepted and sent nowhere: tracked and delivered."""
+        with self._lock:
+            self._tracked += 1
+            self._delivered += 1
+
+    def begin_inline(self) -> None:
+        """A ``sync_mode`` call starts delivering one message in the caller's thread."""
+        with self._lock:
+            self._tracked += 1
+            self._sync_inflight += 1
+
+    def end_inline(self, outcome: Outcome) -> None:
+        """Settle a ``sync_mode`` delivery started with :meth:`begin_inline`."""
+        with self._lock:
+            self._sync_inflight -= 1
+            self._delivered += outcome.delivered
+            for drop in outcome.drops:
+                self._count_drop(drop.reason, drop.error, drop.messages)
+        for drop in outcome.drops:
+            self._report(drop)
+
+    def count_retry(self) -> None:
+        """One more retry attempt (called by the sender)."""
+        with self._lock:
+            self._retries += 1
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> Stats:
+        return Stats(
+            tracked=self._tracked,
+            delivered=self._delivered,
+            retries=self._retries,
+            pending=len(self._queue) + self._inflight + self._sync_inflight,
+            dropped=dict(self._dropped),
+        )
+
+    def flush(self, timeout: float) -> FlushResult:
+        """Send everything queued now, waiting at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._thread is None and self._queue:
+            self._start()
+        with self._lock:
+            target = self._accepted
+            if target > self._flush_target:
+                self._flush_target = target
+                self._work.notify()
+            if self._thread is None and not self._stopping:
+                inline = True
+            else:
+                inline = False
+                while self._resolved < target:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._done.wait(remaining)
+        if inline:
+            self._run_inline(deadline, stop_when_flushed=True)
+        return self._flush_result(target, timeout)
+
+    def _flush_result(self, target: int, timeout: float) -> FlushResult:
+        with self._lock:
+            complete = self._resolved >= target
+            stats = self._stats_locked()
+            pending = target - self._resolved if not complete else 0
+        if not complete:
+            logger.warning(
+                "tracklane: flush timed out after %.1fs with %d messages still pending",
+                timeout,
+                pending,
+            )
+        return FlushResult(complete=complete, pending=pending, stats=stats)
+
+    def shutdown(self, timeout: float) -> FlushResult:
+        """Deliver what is queued within ``timeout``, drop the rest, stop the worker. Idempotent."""
+        start = time.monotonic()
+        deadline = start + timeout
+        if self._pid != os.getpid():
+            self._after_fork()
+        with self._lock:
+            target = self._accepted
+            if not self._stopping:
+                self._closed = True
+                self._stopping = True
+                self._deadline = deadline
+                self._flush_target = target
+                self._work.notify_all()
+                self._done.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                self._abort.set()
+                thread.join(0.5)
+        elif thread is None:
+            self._run_inline(deadline, stop_when_flushed=False)
+        with self._lock:
+            leftover = self._drop_queued_locked()
+        if leftover is not None:
+            self._report(leftover)
+        return self._flush_result(target, timeout)
+
+    # -- the worker side --------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="tracklane.consumer", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                # Interpreter shutting down: flush/shutdown deliver inline instead.
+                logger.debug("tracklane: could not start the worker thread", exc_info=True)
+                return
+            self._thread = thread
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._step(stop_when_flushed=False):
+                    return
+            except Exception:  # pragma: no cover - a bug; keep delivering the rest
+                logger.exception("tracklane: unexpected error in the worker; continuing")
+
+    def _run_inline(self, deadline: float, stop_when_flushed: bool) -> None:
+        """Deliver in the calling thread (no worker thread could run)."""
+        while time.monotonic() < deadline or self._stopping:
+            if not self._step(stop_when_flushed, inline_deadline=deadline):
+                return
+
+    def _step(self, stop_when_flushed: bool, inline_deadline: Optional[float] = None) -> bool:
+        """Wait for a batch, send it, settle it. False when there is nothing more to do."""
+        leftover: Optional[Drop] = None
+        with self._lock:
+            batch = self._next_batch_locked(stop_when_flushed or inline_deadline is not None)
+            if batch is None:
+                leftover = self._drop_queued_locked() if self._stopping else None
+            deadline = self._deadline if inline_deadline is None else inline_deadline
+        if batch is None:
+            if leftover is not None:
+                self._report(leftover)
+            return False
+        try:
+            outcome = self._sender.deliver(batch, self._abort, deadline)
+        except Exception as exc:  # pragma: no cover - a bug in delivery must not lose the count
+            logger.exception("tracklane: unexpected error while sending a batch")
+            error = DeliveryError(f"internal error: {exc!r}")
+            outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
+        self._settle(len(batch), outcome)
+        return True
+
+    def _next_batch_locked(self, no_wait: bool) -> Optional[List[bytes]]:
+        options = self._options
+        while True:
+            queue = self._queue
+            size = len(queue)
+            if self._stopping:
+                if not size or (self._deadline is not None and time.monotonic() >= self._deadline):
+                    return None
+                break
+            if size:
+                if size >= options.batch_size or self._resolved < self._flush_target:
+                    break
+                waited = time.monotonic() - self._queue_since
+                if waited >= options.flush_interval:
+                    break
+                if no_wait:
+                    return None
+                self._work.wait(options.flush_interval - waited)
+            else:
+                if no_wait:
+                    return None
+                self._work.wait(_IDLE_WAIT)
+        batch = take_batch(self._queue, options.batch_size)
+        self._inflight = len(batch)
+        if self._queue:
+            self._queue_since = time.monotonic()
+        return batch
+
+    def _drop_queued_locked(self) -> Optional[Drop]:
+        if not self._queue:
+            return None
+        messages = list(self._queue)
+        self._queue.clear()
+        self._resolved += len(messages)
+        self._done.notify_all()
+        error = ShutdownError("the client shut down before these messages could be sent")
+        return self._count_drop(DropReason.SHUTDOWN, error, messages)
+
+    def _settle(self, count: int, outcome: Outcome) -> None:
+        with self._lock:
+            self._inflight = 0
+            self._delivered += outcome.delivered
+            for drop in outcome.drops:
+                self._count_drop(drop.reason, drop.error, drop.messages)
+            self._resolved += count
+            self._done.notify_all()
+        for drop in outcome.drops:
+            self._report(drop)
+
+    def stopped(self) -> bool:
+        """True once shutdown has begun."""
+        return self._stopping

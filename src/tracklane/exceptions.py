@@ -1,0 +1,91 @@
+"""Every exception tracklane raises or reports, in one leaf module.
+
+::
+
+    AnalyticsError
+    ├── ConfigurationError (ValueError)    bad options, found when the client is built
+    ├── ValidationError (ValueError)       an invalid call, raised at the call site
+    └── DeliveryError                      told to ``on_error``, never raised by a call
+        ├── MessageTooLargeError           a message over 32 KB, not queued
+        ├── QueueFullError                 the queue was full (overflow policy applied)
+        ├── ShutdownError                  the client shut down before the message went out
+        ├── TransportError                 no HTTP response: connection error or timeout
+        └── APIError                       a non-2xx response (``status_code``, ``body``)
+            └── RetriesExhaustedError      retryable failures went on past ``max_retries``
+
+A ``DeliveryError`` never reaches code that called ``track()`` in background mode: it goes
+to ``on_error(exc, batch)``, to the log and to the counters of ``client.stats()``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+__all__ = [
+    "APIError",
+    "AnalyticsError",
+    "ConfigurationError",
+    "DeliveryError",
+    "MessageTooLargeError",
+    "QueueFullError",
+    "RetriesExhaustedError",
+    "ShutdownError",
+    "TransportError",
+    "ValidationError",
+]
+
+
+class AnalyticsError(Exception):
+    """Base class of every tracklane exception."""
+
+
+class ConfigurationError(AnalyticsError, ValueError):
+    """An option given to ``Client`` (or the module-level settings) is invalid."""
+
+
+class ValidationError(AnalyticsError, ValueError):
+    """A call's arguments are invalid; the message names the field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class DeliveryError(AnalyticsError):
+    """A message was not delivered. Given to ``on_error`` with the messages concerned."""
+
+
+class MessageTooLargeError(DeliveryError):
+    """A message's JSON is larger than the 32 KB limit; it was not queued."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"message is {size} bytes, over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class QueueFullError(DeliveryError):
+    """The queue held ``max_queue_size`` messages; the overflow policy dropped one."""
+
+
+class ShutdownError(DeliveryError):
+    """The client shut down (or its deadline passed) before the message was delivered."""
+
+
+class TransportError(DeliveryError):
+    """The request got no HTTP response (connection refused or reset, timeout)."""
+
+
+class APIError(DeliveryError):
+    """The endpoint answered with a status other than 2xx."""
+
+    def __init__(self, status_code: int, body: str, retry_after: Optional[float] = None) -> None:
+        super().__init__(f"HTTP {status_code}: {body[:200]}")
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+
+class RetriesExhaustedError(DeliveryError):
+    """Retryable failures continued past ``max_retries``; ``__cause__`` is the last one."""

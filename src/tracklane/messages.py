@@ -1,0 +1,338 @@
+"""Build and validate the six message types, in the wire shape of Segment's Tracking API.
+
+Validation raises :class:`~tracklane.exceptions.ValidationError` naming the field. The key set
+of each message matches segment-analytics-python's, so a switch changes nothing on the wire
+but ``context.library``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from decimal import Decimal
+from random import getrandbits
+from typing import Any, Dict, Optional
+from uuid import UUID
+
+from ._version import __version__
+from .exceptions import ValidationError
+
+__all__ = [
+    "LIBRARY",
+    "Message",
+    "build_alias",
+    "build_group",
+    "build_identify",
+    "build_page",
+    "build_screen",
+    "build_track",
+    "format_timestamp",
+    "new_message_id",
+    "now_timestamp",
+    "prepare_common",
+]
+
+Message = Dict[str, Any]
+LIBRARY = {"name": "tracklane", "version": __version__}
+MAX_MESSAGE_ID_LENGTH = 100
+
+# uuid4 layout: version nibble 4, variant bits 10.
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_message_id() -> str:
+    """A random version-4 UUID string.
+
+    ``random.getrandbits`` is seeded from the OS and reseeded in a forked child; it costs a
+    third of ``uuid.uuid4()``, which matters on the hot path, and ids need to be unique, not
+    secret.
+    """
+    h = "%032x" % ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_second_cache: list[Any] = [-1, ""]
+
+
+def now_timestamp() -> str:
+    """The current UTC time as ISO-8601 with milliseconds and an explicit offset."""
+    now = time.time()
+    second = int(now)
+    cache = _second_cache
+    if cache[0] != second:
+        cache = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+        _second_cache[:] = cache
+    millis = int((now - second) * 1000)
+    return f"{cache[1]}.{millis:03d}+00:00"
+
+
+def format_timestamp(value: Any, field: str = "timestamp") -> str:
+    """A caller's timestamp (datetime, date or ISO-8601 text) in wire form.
+
+    A naive datetime means UTC; an aware one keeps its offset.
+    """
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        moment = _parse_iso(value, field)
+    else:
+        raise ValidationError(
+            field, f"must be a datetime, a date or ISO-8601 text, not {type(value).__name__}"
+        )
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _parse_iso(text: str, field: str) -> dt.datetime:
+    candidate = text.strip()
+    if candidate.endswith(("Z", "z")):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        return dt.datetime.fromisoformat(candidate)
+    except ValueError:
+        try:
+            day = dt.date.fromisoformat(candidate)
+        except ValueError:
+            raise ValidationError(field, f"not an ISO-8601 time: {text[:60]!r}") from None
+        return dt.datetime(day.year, day.month, day.day)
+
+
+def coerce_id(field: str, value: Any) -> Optional[str]:
+    """An id as wire text: strings as given, numbers and UUIDs converted; ``None``/``""`` absent."""
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if kind is int or kind is float or isinstance(value, (int, float, Decimal, UUID)):
+        if isinstance(value, bool):
+            raise ValidationError(field, "must be a string or a number, not a bool")
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+    if isinstance(value, str):
+        return str(value) or None
+    raise ValidationError(field, f"must be a string or a number, not {kind.__name__}")
+
+
+def mapping(field: str, value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a mapping (``None`` gives an empty one); else a ValidationError."""
+    if value is None:
+        return {}
+    if type(value) is dict or isinstance(value, Mapping):
+        return value  # type: ignore[no-any-return]
+    raise ValidationError(field, f"must be a mapping (dict), not {type(value).__name__}")
+
+
+def text(field: str, value: Any, required: bool) -> Optional[str]:
+    """A free-text field such as ``event`` or ``name``."""
+    if value is None or value == "":
+        if required:
+            raise ValidationError(field, "is required")
+        return None
+    if isinstance(value, str):
+        return value
+    raise ValidationError(field, f"must be a string, not {type(value).__name__}")
+
+
+def prepare_common(
+    message: Message,
+    user_id: Any,
+    anonymous_id: Any,
+    context: Any,
+    timestamp: Any,
+    integrations: Any,
+    message_id: Any,
+    require_identity: bool = True,
+) -> Message:
+    """Fill the fields every type shares, validating them."""
+    uid = coerce_id("user_id", user_id)
+    if anonymous_id is not None or "anonymousId" in message:
+        message["anonymousId"] = coerce_id("anonymous_id", anonymous_id)
+    if require_identity and uid is None and message.get("anonymousId") is None:
+        raise ValidationError("user_id", "a user_id or an anonymous_id is required")
+    message["userId"] = uid
+    if context is None:
+        ctx: Dict[str, Any] = {"library": LIBRARY}
+    else:
+        ctx = dict(mapping("context", context))
+        ctx["library"] = LIBRARY
+    message["context"] = ctx
+    message["integrations"] = {} if integrations is None else mapping("integrations", integrations)
+    message["timestamp"] = now_timestamp() if timestamp is None else format_timestamp(timestamp)
+    if message_id is None:
+        message["messageId"] = new_message_id()
+    else:
+        mid = message_id if isinstance(message_id, str) else str(message_id)
+        if not mid or len(mid) > MAX_MESSAGE_ID_LENGTH:
+            raise ValidationError(
+                "message_id", f"must be 1 to {MAX_MESSAGE_ID_LENGTH} characters (got {len(mid)})"
+            )
+        message["messageId"] = mid
+    return message
+
+
+def build_identify(
+    user_id: Any = None,
+    traits: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    anonymous_id: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """An ``identify`` message: who the user is (``traits``)."""
+    message: Message = {
+        "type": "identify",
+        "anonymousId": None,
+        "traits": mapping("traits", traits),
+    }
+    return prepare_common(
+        message, user_id, anonymous_id, context, timestamp, integrations, message_id
+    )
+
+
+def build_track(
+    user_id: Any = None,
+    event: Any = None,
+    properties: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    anonymous_id: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """A ``track`` message: what the user did (``event`` and ``properties``)."""
+    message: Message = {
+        "type": "track",
+        "event": text("event", event, required=True),
+        "anonymousId": None,
+        "properties": mapping("properties", properties),
+    }
+    return prepare_common(
+        message, user_id, anonymous_id, context, timestamp, integrations, message_id
+    )
+
+
+def _build_view(
+    kind: str,
+    user_id: Any,
+    category: Any,
+    name: Any,
+    properties: Any,
+    context: Any,
+    timestamp: Any,
+    anonymous_id: Any,
+    integrations: Any,
+    message_id: Any,
+) -> Message:
+    message: Message = {
+        "type": kind,
+        "name": text("name", name, required=False),
+        "category": text("category", category, required=False),
+        "anonymousId": None,
+        "properties": mapping("properties", properties),
+    }
+    return prepare_common(
+        message, user_id, anonymous_id, context, timestamp, integrations, message_id
+    )
+
+
+def build_page(
+    user_id: Any = None,
+    category: Any = None,
+    name: Any = None,
+    properties: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    anonymous_id: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """A ``page`` message: a web page the user saw."""
+    return _build_view(
+        "page",
+        user_id,
+        category,
+        name,
+        properties,
+        context,
+        timestamp,
+        anonymous_id,
+        integrations,
+        message_id,
+    )
+
+
+def build_screen(
+    user_id: Any = None,
+    category: Any = None,
+    name: Any = None,
+    properties: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    anonymous_id: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """A ``screen`` message: an app screen the user saw."""
+    return _build_view(
+        "screen",
+        user_id,
+        category,
+        name,
+        properties,
+        context,
+        timestamp,
+        anonymous_id,
+        integrations,
+        message_id,
+    )
+
+
+def build_group(
+    user_id: Any = None,
+    group_id: Any = None,
+    traits: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    anonymous_id: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """A ``group`` message: the user belongs to a group (``group_id``, ``traits``)."""
+    group = coerce_id("group_id", group_id)
+    if group is None:
+        raise ValidationError("group_id", "is required")
+    message: Message = {
+        "type": "group",
+        "groupId": group,
+        "anonymousId": None,
+        "traits": mapping("traits", traits),
+    }
+    return prepare_common(
+        message, user_id, anonymous_id, context, timestamp, integrations, message_id
+    )
+
+
+def build_alias(
+    previous_id: Any = None,
+    user_id: Any = None,
+    context: Any = None,
+    timestamp: Any = None,
+    integrations: Any = None,
+    message_id: Any = None,
+) -> Message:
+    """An ``alias`` message: ``previous_id`` and ``user_id`` are the same person."""
+    previous = coerce_id("previous_id", previous_id)
+    if previous is None:
+        raise ValidationError("previous_id", "is required")
+    if coerce_id("user_id", user_id) is None:
+        raise ValidationError("user_id", "is required for alias")
+    message: Message = {"type": "alias", "previousId": previous}
+    return prepare_common(message, user_id, None, context, timestamp, integrations, message_id)
