@@ -356,15 +356,18 @@ class Pipeline:
         return self._count_drop(DropReason.SHUTDOWN, error, messages)
 
     def _settle(self, count: int, outcome: Outcome) -> None:
+        """Count the outcome, tell ``on_error``, then wake flushers: a flush that returns has
+        seen every ``on_error`` call for what it waited on."""
         with self._lock:
             self._inflight = 0
             self._delivered += outcome.delivered
             for drop in outcome.drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
-            self._resolved += count
-            self._done.notify_all()
         for drop in outcome.drops:
             self._report(drop)
+        with self._lock:
+            self._resolved += count
+            self._done.notify_all()
 
     def stopped(self) -> bool:
         """True once shutdown has begun."""

@@ -1,0 +1,179 @@
+"""A small scriptable HTTP server on 127.0.0.1 that records what clients send."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Dict, List, Optional
+
+
+@dataclass
+class Received:
+    """One request as the server saw it."""
+
+    path: str
+    headers: Dict[str, str]
+    raw: bytes
+    body: bytes
+    json: Any
+    status: int
+    at: float = 0.0
+
+    @property
+    def batch(self) -> List[Dict[str, Any]]:
+        return list(self.json["batch"]) if isinstance(self.json, dict) else []
+
+
+@dataclass
+class Action:
+    """How to answer one request: a status, a delay, hanging, or resetting the connection."""
+
+    status: int = 200
+    headers: Dict[str, str] = field(default_factory=dict)
+    body: bytes = b'{"success":true}'
+    delay: float = 0.0
+    hang: bool = False
+    reset: bool = False
+
+
+def _parse(handler: BaseHTTPRequestHandler, raw: bytes) -> Any:
+    if handler.headers.get("Content-Encoding") == "gzip":
+        raw = gzip.decompress(raw)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class RecordingServer:
+    """Answers with scripted actions (then 200) and records every request."""
+
+    def __init__(self) -> None:
+        self.requests: List[Received] = []
+        self.script: List[Action] = []
+        self.default = Action()
+        self.decide: Optional[Callable[[Any], Action]] = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.release = threading.Event()
+        self._cond = threading.Condition()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                server._handle(self)
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+        self.thread.start()
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        arrived = time.monotonic()
+        with self._cond:
+            if self.script:
+                action = self.script.pop(0)
+            elif self.decide is not None:
+                action = self.decide(_parse(handler, raw))
+            else:
+                action = self.default
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if action.reset:
+                handler.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
+                handler.connection.close()
+                handler.close_connection = True
+                self._record(handler, raw, 0, arrived)
+                return
+            if action.hang:
+                self.release.wait(30)
+                handler.close_connection = True
+                return
+            if action.delay:
+                time.sleep(action.delay)
+            self._record(handler, raw, action.status, arrived)
+            handler.send_response(action.status)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(action.body)))
+            for key, value in action.headers.items():
+                handler.send_header(key, value)
+            handler.end_headers()
+            handler.wfile.write(action.body)
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+                self._cond.notify_all()
+
+    def _record(
+        self, handler: BaseHTTPRequestHandler, raw: bytes, status: int, arrived: float
+    ) -> None:
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        body = gzip.decompress(raw) if headers.get("content-encoding") == "gzip" else raw
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        received = Received(handler.path, headers, raw, body, parsed, status, arrived)
+        with self._cond:
+            self.requests.append(received)
+            self._cond.notify_all()
+
+    def respond(self, *actions: Action) -> None:
+        """Answer the next requests with ``actions``, in order."""
+        with self._cond:
+            self.script.extend(actions)
+
+    def statuses(self, *codes: int, **headers: str) -> None:
+        """Answer the next requests with these status codes."""
+        self.respond(*(Action(status=c, headers=dict(headers)) for c in codes))
+
+    def accepted(self) -> List[Dict[str, Any]]:
+        """Messages of requests answered 2xx."""
+        with self._cond:
+            return [m for r in self.requests if 200 <= r.status < 300 for m in r.batch]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> List[Dict[str, Any]]:
+        """Wait until ``count`` messages were accepted (or the timeout), and return them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                got = [m for r in self.requests if 200 <= r.status < 300 for m in r.batch]
+                remaining = deadline - time.monotonic()
+                if len(got) >= count or remaining <= 0:
+                    return got
+                self._cond.wait(remaining)
+
+    def reset(self) -> None:
+        """Forget requests and scripted answers."""
+        with self._cond:
+            self.requests.clear()
+            self.script.clear()
+            self.default = Action()
+            self.decide = None
+            self.max_in_flight = 0
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
