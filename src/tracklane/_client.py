@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 import threading
 import time
 import weakref
@@ -109,6 +111,8 @@ class Client:
         if not self._stub and not self._sync:
             self._atexit = _exit_hook(self)
             atexit.register(self._atexit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_fork_hook(self))
 
     # -- the six calls ----------------------------------------------------------------
 
@@ -353,9 +357,36 @@ def _decode_all(messages: List[bytes]) -> List[Dict[str, Any]]:
     return [orjson.loads(m) for m in messages]
 
 
-def _exit_hook(client: Client) -> Callable[[], None]:
-    """An atexit function that flushes ``client`` if it is still alive, without keeping it so."""
+def _fork_hook(client: Client) -> Callable[[], None]:
+    """In a forked child: flush when the child ends, also where atexit does not run.
+
+    ``multiprocessing`` children leave through ``os._exit`` after running its own
+    finalizers, never ``atexit``; so a child of such a pool also gets a finalizer.
+    """
     ref = weakref.ref(client)
+
+    def in_child() -> None:
+        mp_util = sys.modules.get("multiprocessing.util")
+        alive = ref()
+        if mp_util is None or alive is None:
+            return
+
+        def add_finalizer(_: Client) -> None:
+            mp_util.Finalize(None, _exit_hook_from_ref(ref), exitpriority=100)
+
+        # A multiprocessing child clears its finalizers after fork, then runs these hooks.
+        add_finalizer(alive)
+        mp_util.register_after_fork(alive, add_finalizer)
+
+    return in_child
+
+
+def _exit_hook(client: Client) -> Callable[[], None]:
+    return _exit_hook_from_ref(weakref.ref(client))
+
+
+def _exit_hook_from_ref(ref: weakref.ref[Client]) -> Callable[[], None]:
+    """An exit function that flushes the client if it is still alive, without keeping it so."""
 
     def flush_at_exit() -> None:
         alive = ref()
