@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import orjson
 
 from ._delivery import Drop, Sender, Transport
-from ._encode import encode
+from ._encode import ORJSON_OPTIONS, default_for, encode
 from ._retry import RetryPolicy
 from ._stats import DropReason, FlushResult, Stats
 from ._transport import HTTPTransport
@@ -103,6 +103,7 @@ class Client:
         self._sender = Sender(self._transport, policy, opts.timeout, self._count_retry)
         self._pipeline = Pipeline(opts, self._sender, self._report)
         self._json_default = opts.json_default
+        self._default = default_for(opts.json_default)
         self._stub = opts.stub
         self._sync = opts.sync_mode
         self._never = threading.Event()
@@ -254,7 +255,10 @@ class Client:
     # -- queueing and delivery --------------------------------------------------------
 
     def _enqueue(self, message: Message) -> Result:
-        data = encode(message, self._json_default)
+        try:
+            data = orjson.dumps(message, default=self._default, option=ORJSON_OPTIONS)
+        except (TypeError, ValueError, RecursionError):
+            data = encode(message, self._json_default)  # the slow path that handles anything
         if len(data) > MAX_MESSAGE_BYTES:
             self._pipeline.count_refused(DropReason.TOO_LARGE)
             error = MessageTooLargeError(len(data), MAX_MESSAGE_BYTES)

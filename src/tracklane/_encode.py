@@ -22,11 +22,13 @@ from uuid import UUID
 
 import orjson
 
-__all__ = ["JSONDefault", "encode", "to_json_safe"]
+__all__ = ["ORJSON_OPTIONS", "JSONDefault", "default_for", "encode", "to_json_safe"]
 
 JSONDefault = Callable[[Any], Any]
 
-_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+ORJSON_OPTIONS = _OPTIONS = (
+    orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+)
 _MAX_DEPTH = 200
 _CIRCULAR = "<circular reference>"
 _TOO_DEEP = "<nested too deep>"
@@ -44,6 +46,11 @@ def encode(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
     return json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
         "utf-8"
     )
+
+
+def default_for(user_default: Optional[JSONDefault]) -> JSONDefault:
+    """The ``default`` hook to give orjson, with the user's own converter tried first."""
+    return _convert if user_default is None else _with_user(user_default)
 
 
 def _with_user(user_default: JSONDefault) -> JSONDefault:

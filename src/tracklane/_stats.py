@@ -34,6 +34,9 @@ class Stats:
     retries: int
     pending: int
     dropped: Dict[str, int] = field(default_factory=dict)
+    recovered: int = 0
+    """Messages found in the durable queue at start (left by a process that died); they
+    are included in ``tracked``."""
 
     @property
     def dropped_total(self) -> int:

@@ -7,14 +7,13 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
-from typing import Callable, Deque, Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-from ._batch import take_batch
+from ._buffer import Buffer, MemoryBuffer, open_buffer
 from ._delivery import Drop, Outcome, Sender
 from ._stats import DropReason, FlushResult, Stats
 from .config import Options, OverflowPolicy
-from .exceptions import DeliveryError, QueueFullError, ShutdownError
+from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
 
 __all__ = ["Pipeline"]
 
@@ -35,10 +34,16 @@ class Pipeline:
 
     def __init__(self, options: Options, sender: Sender, report: DropReporter) -> None:
         self._options = options
+        self._max_queue_size = options.max_queue_size
+        self._batch_size = options.batch_size
         self._sender = sender
         self._report = report
         self._closed = False
+        self._new_buffer = open_buffer(options.queue_path, options.queue_fsync)
+        self._queue: Buffer = None
         self._reset()
+        if self._queue:
+            self._start()  # messages recovered from a durable queue: deliver them now
         if hasattr(os, "register_at_fork"):
             method = weakref.WeakMethod(self._after_fork)
 
@@ -55,7 +60,7 @@ class Pipeline:
         self._work = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
         self._start_lock = threading.Lock()
-        self._queue: Deque[bytes] = deque()
+        self._queue = self._open_buffer()
         self._tracked = 0
         self._delivered = 0
         self._retries = 0
@@ -72,15 +77,36 @@ class Pipeline:
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
         self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._recovered = self._queue.recovered
+        self._tracked = self._recovered
+        self._accepted = self._recovered
+
+    def _open_buffer(self) -> Buffer:
+        try:
+            return self._new_buffer()
+        except Exception as exc:
+            if self._queue is None:  # at construction: the caller hears of it
+                raise ConfigurationError(
+                    f"queue_path: cannot open {self._options.queue_path!r}: {exc}"
+                ) from exc
+            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
+            return MemoryBuffer()
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start empty."""
+        old = self._queue
+        if old is not None and old.durable:
+            old.forget_after_fork()
         self._reset()
 
     # -- the calling side -------------------------------------------------------------
 
     def put(self, data: bytes) -> bool:
-        """Queue one encoded message; False (counted, reported) when it was not accepted."""
+        """Queue one encoded message; False (counted, reported) when it was not accepted.
+
+        The hot path: one lock, one append, and a wake-up only when the queue becomes
+        non-empty or reaches a full batch.
+        """
         if self._pid != os.getpid():
             self._after_fork()
         if self._thread is None:
@@ -89,14 +115,22 @@ class Pipeline:
         with self._lock:
             self._tracked += 1
             queue = self._queue
+            size = len(queue)
+            if size < self._max_queue_size and not self._closed:
+                queue.append(data)
+                self._accepted += 1
+                if size == 0:
+                    self._queue_since = time.monotonic()
+                    self._work.notify()
+                elif size + 1 == self._batch_size:
+                    self._work.notify()
+                return True
             if self._closed:
                 dropped = self._count_drop(
                     DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
                 )
-            elif len(queue) >= self._options.max_queue_size:
-                dropped = self._overflow(data)
             else:
-                self._append(data)
+                dropped = self._overflow(data)
         if dropped is None:
             return True
         self._report(dropped)
@@ -198,6 +232,7 @@ class Pipeline:
             retries=self._retries,
             pending=len(self._queue) + self._inflight + self._sync_inflight,
             dropped=dict(self._dropped),
+            recovered=self._recovered,
         )
 
     def flush(self, timeout: float) -> FlushResult:
@@ -314,7 +349,7 @@ class Pipeline:
             logger.exception("tracklane: unexpected error while sending a batch")
             error = DeliveryError(f"internal error: {exc!r}")
             outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
-        self._settle(len(batch), outcome)
+        self._settle(batch, outcome)
         return True
 
     def _next_batch_locked(self, no_wait: bool) -> Optional[List[bytes]]:
@@ -339,7 +374,7 @@ class Pipeline:
                 if no_wait:
                     return None
                 self._work.wait(_IDLE_WAIT)
-        batch = take_batch(self._queue, options.batch_size)
+        batch: List[bytes] = self._queue.take(options.batch_size)
         self._inflight = len(batch)
         if self._queue:
             self._queue_since = time.monotonic()
@@ -348,22 +383,39 @@ class Pipeline:
     def _drop_queued_locked(self) -> Optional[Drop]:
         if not self._queue:
             return None
-        messages = list(self._queue)
-        self._queue.clear()
+        messages = self._queue.drain()
+        if not messages:  # durable: everything stays on disk for the next process
+            logger.info(
+                "tracklane: %d messages stay in %s for the next process",
+                len(self._queue),
+                self._options.queue_path,
+            )
+            return None
         self._resolved += len(messages)
         self._done.notify_all()
         error = ShutdownError("the client shut down before these messages could be sent")
         return self._count_drop(DropReason.SHUTDOWN, error, messages)
 
-    def _settle(self, count: int, outcome: Outcome) -> None:
+    def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
         """Count the outcome, tell ``on_error``, then wake flushers: a flush that returns has
-        seen every ``on_error`` call for what it waited on."""
+        seen every ``on_error`` call for what it waited on.
+
+        A durable queue keeps what shutdown cut short, for the next process: not dropped.
+        """
+        count = len(batch)
+        drops = outcome.drops
         with self._lock:
+            keep: List[bytes] = []
+            if self._queue.durable:
+                keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
+                drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
+            self._queue.finish(batch, keep)
             self._inflight = 0
             self._delivered += outcome.delivered
-            for drop in outcome.drops:
+            for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
-        for drop in outcome.drops:
+            count -= len(keep)
+        for drop in drops:
             self._report(drop)
         with self._lock:
             self._resolved += count

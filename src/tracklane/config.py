@@ -81,6 +81,7 @@ class Options:
     overflow: OverflowPolicy = OverflowPolicy.DROP_NEWEST
     block_timeout: float = 1.0
     queue_path: Optional[str] = None
+    queue_fsync: bool = False
     json_default: Optional[Callable[[Any], Any]] = None
     ca_bundle: Optional[Union[str, bool]] = None
     backoff_base: float = 0.5
@@ -161,7 +162,7 @@ class Options:
             _non_negative_number(name, getattr(self, name))
             if getattr(self, name) == 0 and name == "timeout":
                 raise ConfigurationError("timeout: must be greater than 0")
-        for name in ("debug", "send", "gzip", "sync_mode"):
+        for name in ("debug", "send", "gzip", "sync_mode", "queue_fsync"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name}: must be True or False")
         try:

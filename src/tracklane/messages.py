@@ -150,20 +150,32 @@ def prepare_common(
     message_id: Any,
     require_identity: bool = True,
 ) -> Message:
-    """Fill the fields every type shares, validating them."""
-    uid = coerce_id("user_id", user_id)
-    if anonymous_id is not None or "anonymousId" in message:
-        message["anonymousId"] = coerce_id("anonymous_id", anonymous_id)
+    """Fill the fields every type shares, validating them.
+
+    Written for speed (this runs inside every call): the common cases (string ids, plain
+    dicts, no timestamp or message id) take the shortest path.
+    """
+    uid = user_id if type(user_id) is str and user_id else coerce_id("user_id", user_id)
+    if anonymous_id is not None:
+        anon = (
+            anonymous_id if type(anonymous_id) is str else coerce_id("anonymous_id", anonymous_id)
+        )
+        message["anonymousId"] = anon or None
     if require_identity and uid is None and message.get("anonymousId") is None:
         raise ValidationError("user_id", "a user_id or an anonymous_id is required")
     message["userId"] = uid
     if context is None:
-        ctx: Dict[str, Any] = {"library": LIBRARY}
+        message["context"] = {"library": LIBRARY}
     else:
-        ctx = dict(mapping("context", context))
+        ctx = dict(context) if type(context) is dict else dict(mapping("context", context))
         ctx["library"] = LIBRARY
-    message["context"] = ctx
-    message["integrations"] = {} if integrations is None else mapping("integrations", integrations)
+        message["context"] = ctx
+    if integrations is None:
+        message["integrations"] = {}
+    else:
+        message["integrations"] = (
+            integrations if type(integrations) is dict else mapping("integrations", integrations)
+        )
     message["timestamp"] = now_timestamp() if timestamp is None else format_timestamp(timestamp)
     if message_id is None:
         message["messageId"] = new_message_id()
@@ -210,9 +222,9 @@ def build_track(
     """A ``track`` message: what the user did (``event`` and ``properties``)."""
     message: Message = {
         "type": "track",
-        "event": text("event", event, required=True),
+        "event": event if type(event) is str and event else text("event", event, True),
         "anonymousId": None,
-        "properties": mapping("properties", properties),
+        "properties": properties if type(properties) is dict else mapping("properties", properties),
     }
     return prepare_common(
         message, user_id, anonymous_id, context, timestamp, integrations, message_id

@@ -1,0 +1,230 @@
+"""Validation and preparation of incoming messages (pure: no I/O, no web framework)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Dict, List, Optional
+
+from tracklane.collector._json import dumps, loads
+from tracklane.collector._time import format_iso, parse_iso
+from tracklane.collector.storage import StoredMessage
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MAX_REQUEST_BYTES",
+    "MESSAGE_TYPES",
+    "Prepared",
+    "Rejection",
+    "RequestError",
+    "body_write_key",
+    "parse_body",
+    "prepare_batch",
+    "prepare_single",
+]
+
+MESSAGE_TYPES = ("alias", "group", "identify", "page", "screen", "track")
+MAX_MESSAGE_BYTES = 32_768
+MAX_REQUEST_BYTES = 500_000
+MAX_MESSAGE_ID_LENGTH = 100
+# The field each type needs besides an identity (alias needs userId as well, checked apart).
+_REQUIRED_FIELD = {"track": "event", "group": "groupId", "alias": "previousId"}
+
+
+class RequestError(ValueError):
+    """The whole request is refused (HTTP 400); ``str(exc)`` says why."""
+
+
+class _Rejected(Exception):
+    """One message of a batch is refused; ``str(exc)`` says why."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A message of a batch that was not stored, and why."""
+
+    index: int
+    message_id: Optional[str]
+    reason: str
+
+    def to_json(self) -> Dict[str, Any]:
+        """Return the wire form used in responses."""
+        return {"index": self.index, "messageId": self.message_id, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The outcome of validating a batch: what to store and what was refused."""
+
+    messages: List[StoredMessage]
+    rejected: List[Rejection]
+
+
+def parse_body(raw: bytes) -> Dict[str, Any]:
+    """Parse a request body that must be one JSON object; raises RequestError."""
+    if not raw.strip():
+        raise RequestError("request body is empty")
+    try:
+        payload = loads(raw)
+    except ValueError as exc:
+        raise RequestError(f"invalid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError("request body must be a JSON object")
+    return payload
+
+
+def body_write_key(payload: Dict[str, Any]) -> Optional[str]:
+    """Return the ``writeKey`` given in the body, if any; raises RequestError if malformed."""
+    key = payload.get("writeKey")
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise RequestError("'writeKey' must be a string")
+    return key
+
+
+def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime) -> Prepared:
+    """Validate every message of a ``{"batch": [...]}`` body, keeping the valid ones."""
+    batch = payload.get("batch")
+    if not isinstance(batch, list):
+        raise RequestError("request body must have a 'batch' array of messages")
+    try:
+        sent_at = _time_field(payload, "sentAt")
+    except _Rejected as exc:
+        raise RequestError(str(exc)) from None
+    received_text = format_iso(received_at)
+    messages: List[StoredMessage] = []
+    rejected: List[Rejection] = []
+    for index, message in enumerate(batch):
+        try:
+            messages.append(_prepare(message, write_key, received_at, received_text, sent_at, None))
+        except _Rejected as exc:
+            rejected.append(Rejection(index, _message_id_of(message), str(exc)))
+    return Prepared(messages, rejected)
+
+
+def prepare_single(
+    payload: Dict[str, Any], message_type: str, write_key: str, received_at: datetime
+) -> StoredMessage:
+    """Validate the body of a single-message endpoint; raises RequestError if invalid."""
+    try:
+        return _prepare(
+            payload, write_key, received_at, format_iso(received_at), None, message_type
+        )
+    except _Rejected as exc:
+        raise RequestError(str(exc)) from None
+
+
+def _prepare(
+    message: object,
+    write_key: str,
+    received_at: datetime,
+    received_text: str,
+    batch_sent_at: Optional[datetime],
+    forced_type: Optional[str],
+) -> StoredMessage:
+    """Validate one message and build its row; raises _Rejected with the reason."""
+    if not isinstance(message, dict):
+        raise _Rejected("message is not a JSON object")
+    message.pop("writeKey", None)  # never store (nor serve back) the write key
+    if forced_type is not None:
+        message["type"] = forced_type
+    encoded = _encode(message)
+    if len(encoded) > MAX_MESSAGE_BYTES:
+        raise _Rejected(f"message is {len(encoded)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
+    message_type = message.get("type")
+    if message_type is None:
+        raise _Rejected("missing 'type'")
+    if message_type not in MESSAGE_TYPES:
+        raise _Rejected(
+            f"unknown type {message_type!r}, expected one of {', '.join(MESSAGE_TYPES)}"
+        )
+    user_id = _id_field(message, "userId")
+    anonymous_id = _id_field(message, "anonymousId")
+    if message_type == "alias" and user_id is None:
+        raise _Rejected("alias requires 'userId'")
+    if user_id is None and anonymous_id is None:
+        raise _Rejected("missing both 'userId' and 'anonymousId'")
+    required = _REQUIRED_FIELD.get(message_type)
+    if required is not None and _id_field(message, required, numbers=required != "event") is None:
+        raise _Rejected(f"{message_type} requires {required!r}")
+    original = _time_field(message, "timestamp")
+    own_sent_at = _time_field(message, "sentAt")
+    timestamp = _corrected(original, batch_sent_at or own_sent_at, received_at)
+    message_id = message.get("messageId")
+    if message_id is None:
+        message_id = str(uuid.uuid4())
+        message["messageId"] = message_id
+        encoded = _encode(message)
+    elif not isinstance(message_id, str) or not message_id:
+        raise _Rejected("'messageId' must be a non-empty string")
+    elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
+        raise _Rejected(f"'messageId' is longer than {MAX_MESSAGE_ID_LENGTH} characters")
+    return StoredMessage(
+        write_key=write_key,
+        message_id=message_id,
+        type=message_type,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        event=message.get("event") if message_type == "track" else None,
+        received_at=received_text,
+        timestamp=timestamp,
+        original_timestamp=message["timestamp"] if original is not None else None,
+        body=encoded.decode("utf-8"),
+    )
+
+
+def _encode(message: Dict[str, Any]) -> bytes:
+    try:
+        return dumps(message)
+    except ValueError as exc:
+        raise _Rejected(f"message cannot be stored as JSON: {exc}") from None
+
+
+def _id_field(message: Dict[str, Any], name: str, *, numbers: bool = True) -> Optional[str]:
+    """Return an identifier field as text, ``None`` when absent, null or empty."""
+    value = message.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if numbers and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _Rejected(f"{name!r} must be a string")
+
+
+def _time_field(message: Dict[str, Any], name: str) -> Optional[datetime]:
+    """Parse an optional ISO-8601 field (absent or null gives ``None``)."""
+    value = message.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Rejected(f"{name!r} must be an ISO-8601 string")
+    try:
+        return parse_iso(value)
+    except ValueError:
+        raise _Rejected(f"{name!r} is not an ISO-8601 time: {value[:64]!r}") from None
+
+
+def _corrected(
+    original: Optional[datetime], sent_at: Optional[datetime], received_at: datetime
+) -> str:
+    """Return Segment's corrected timestamp, ``receivedAt - (sentAt - originalTimestamp)``."""
+    try:
+        if original is None:
+            return format_iso(received_at)
+        if sent_at is None:
+            return format_iso(original)
+        return format_iso(received_at - (sent_at - original))
+    except (OverflowError, ValueError):
+        raise _Rejected("'timestamp' is out of range once corrected for clock skew") from None
+
+
+def _message_id_of(message: object) -> Optional[str]:
+    if isinstance(message, dict):
+        message_id = message.get("messageId")
+        if isinstance(message_id, str):
+            return message_id
+    return None

@@ -1,0 +1,59 @@
+"""JSON for the collector: orjson for speed, the stdlib where orjson would lose information.
+
+orjson turns integers wider than 64 bits into floats and refuses lone surrogates; the
+client sends integers of any size exactly, so bodies that may hold such numbers are
+parsed with :mod:`json` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, NoReturn
+
+import orjson
+
+__all__ = ["dumps", "loads", "loads_stored"]
+
+# 19 digits in a row may be an integer beyond 64 bits (or a long fraction, which is harmless).
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def loads(raw: bytes) -> Any:
+    """Parse a request body; raises ValueError (with a reason) when it is not strict JSON."""
+    if _LONG_NUMBER.search(raw) is None:
+        return orjson.loads(raw)
+    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def loads_stored(text: str) -> Any:
+    """Parse a body that :func:`dumps` wrote."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize compactly as UTF-8; raises ValueError for values JSON cannot hold."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        pass
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: keep it as a \u escape
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text}")
+    return value

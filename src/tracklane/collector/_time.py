@@ -1,0 +1,67 @@
+"""ISO-8601 parsing and formatting for the collector (UTC, millisecond precision)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+__all__ = ["format_iso", "parse_iso", "utc_now"]
+
+_ISO = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[Tt ](?P<hour>\d{2}):(?P<minute>\d{2})"
+    r"(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?"
+    r"(?P<offset>[Zz]|[+-]\d{2}(?::?\d{2})?)?)?"
+)
+
+
+def utc_now() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(timezone.utc)
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse an ISO-8601 date or date-time into an aware datetime (no offset means UTC).
+
+    Raises ValueError when ``value`` is not ISO-8601.
+    """
+    match = _ISO.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not an ISO-8601 time: {value!r}")
+    year, month, day = (int(part) for part in match["date"].split("-"))
+    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
+    try:
+        return datetime(
+            year,
+            month,
+            day,
+            int(match["hour"] or 0),
+            int(match["minute"] or 0),
+            int(match["second"] or 0),
+            int(fraction),
+            tzinfo=_offset(match["offset"]),
+        )
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 time: {value!r} ({exc})") from None
+
+
+def _offset(text: Optional[str]) -> timezone:
+    """Turn ``Z``, ``+HH``, ``+HHMM`` or ``+HH:MM`` into a timezone (UTC when absent)."""
+    if text is None or text in ("Z", "z"):
+        return timezone.utc
+    digits = text[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+    if hours > 23 or minutes > 59:
+        raise ValueError(f"not a UTC offset: {text!r}")
+    delta = timedelta(hours=hours, minutes=minutes)
+    return timezone(-delta if text[0] == "-" else delta)
+
+
+def format_iso(moment: datetime) -> str:
+    """Format an aware datetime as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    utc = moment.astimezone(timezone.utc)
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
+        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+    )

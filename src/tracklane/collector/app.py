@@ -1,0 +1,256 @@
+"""The collector's ASGI app: Segment's HTTP Tracking API in, SQLite out, and a read API.
+
+Routes:
+
+- ``POST /v1/batch`` (also ``/v1/import`` and ``/v1/b``): ``{"batch": [...], "sentAt": ...}``
+- ``POST /v1/track|identify|page|screen|group|alias``: one message, typed by the path
+- ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
+- ``GET /health``: ``{"ok": true}``
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sqlite3
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterable,
+    Mapping,
+    Optional,
+    Union,
+)
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tracklane.collector._body import read_limited
+from tracklane.collector._ingest import (
+    MAX_MESSAGE_BYTES,
+    MAX_REQUEST_BYTES,
+    MESSAGE_TYPES,
+    Prepared,
+    RequestError,
+    body_write_key,
+    parse_body,
+    prepare_batch,
+    prepare_single,
+)
+from tracklane.collector._json import dumps
+from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
+from tracklane.collector._time import utc_now
+from tracklane.collector.storage import Storage, StorageError, StrPath
+
+__all__ = ["BATCH_PATHS", "create_app"]
+
+BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ()) -> Starlette:
+    """Build the collector app storing into ``storage`` (a database path or a Storage).
+
+    With ``write_keys`` given, only those keys may send or read events. A database
+    opened from a path here is closed at the app's lifespan shutdown; a Storage
+    passed in stays open (its owner closes it). ``app.state.storage`` is the store.
+    """
+    owned = not isinstance(storage, Storage)
+    store = Storage(storage) if not isinstance(storage, Storage) else storage
+    collector = _Collector(store, write_keys)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                store.close()
+
+    routes = [Route(path, collector.batch, methods=["POST"]) for path in BATCH_PATHS]
+    routes += [
+        Route(f"/v1/{kind}", collector.single_endpoint(kind), methods=["POST"])
+        for kind in MESSAGE_TYPES
+    ]
+    routes += [
+        Route("/v1/events", collector.events, methods=["GET"]),
+        Route("/v1/events/count", collector.count, methods=["GET"]),
+        Route("/health", collector.health, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+    )
+    app.state.storage = store
+    return app
+
+
+class _Collector:
+    """Request handlers sharing one store and one set of accepted write keys."""
+
+    def __init__(self, storage: Storage, write_keys: Iterable[str]) -> None:
+        self.storage = storage
+        self.write_keys = frozenset(write_keys)
+
+    async def batch(self, request: Request) -> Response:
+        """Store a batch, keeping its valid messages and reporting the others."""
+        return await self._ingest(request, None)
+
+    def single_endpoint(self, message_type: str) -> Endpoint:
+        """Return the handler of ``POST /v1/<message_type>``."""
+
+        async def endpoint(request: Request) -> Response:
+            return await self._ingest(request, message_type)
+
+        return endpoint
+
+    async def _ingest(self, request: Request, message_type: Optional[str]) -> Response:
+        try:
+            header_key = _basic_user(request.headers.get("authorization"))
+        except ValueError as exc:
+            if self.write_keys:
+                return _unauthorized(str(exc))
+            header_key = None
+        if header_key is not None and self.write_keys and header_key not in self.write_keys:
+            return _unauthorized("unknown write key")
+        try:
+            raw = await read_limited(
+                request.stream(),
+                content_encoding=request.headers.get("content-encoding"),
+                content_length=request.headers.get("content-length"),
+                limit=MAX_REQUEST_BYTES if message_type is None else MAX_MESSAGE_BYTES,
+                what="request body" if message_type is None else "message",
+            )
+        except RequestError as exc:
+            return _json_error(400, str(exc))
+        return await run_in_threadpool(self._store, raw, header_key, message_type, utc_now())
+
+    def _store(
+        self,
+        raw: bytes,
+        header_key: Optional[str],
+        message_type: Optional[str],
+        received_at: datetime,
+    ) -> Response:
+        """Parse, authorize, validate and store one request (blocking; runs in a thread)."""
+        try:
+            payload = parse_body(raw)
+            body_key = body_write_key(payload)
+        except RequestError as exc:
+            return _json_error(400, str(exc))
+        key = header_key if header_key is not None else body_key
+        if self.write_keys and key not in self.write_keys:
+            return _unauthorized("missing write key" if key is None else "unknown write key")
+        try:
+            if message_type is None:
+                prepared = prepare_batch(payload, key or "", received_at)
+            else:
+                single = prepare_single(payload, message_type, key or "", received_at)
+                prepared = Prepared([single], [])
+        except RequestError as exc:
+            return _json_error(400, str(exc))
+        try:
+            stored = self.storage.insert(prepared.messages)
+        except (sqlite3.Error, StorageError) as exc:
+            return _json_error(503, f"storage unavailable: {exc}")
+        body: Dict[str, Any] = {
+            "success": True,
+            "stored": stored,
+            "duplicates": len(prepared.messages) - stored,
+            "rejected": [rejection.to_json() for rejection in prepared.rejected],
+        }
+        if prepared.rejected and not prepared.messages:
+            body["success"] = False
+            body["error"] = f"all {len(prepared.rejected)} messages were rejected"
+            return _json_response(400, body)
+        return _json_response(200, body)
+
+    async def events(self, request: Request) -> Response:
+        """Serve ``GET /v1/events``: ``{"events": [...]}``, newest first."""
+        return await self._read(request, counting=False)
+
+    async def count(self, request: Request) -> Response:
+        """Serve ``GET /v1/events/count``: ``{"count": n}``."""
+        return await self._read(request, counting=True)
+
+    async def _read(self, request: Request, *, counting: bool) -> Response:
+        try:
+            key = _basic_user(request.headers.get("authorization"))
+        except ValueError as exc:
+            if self.write_keys:
+                return _unauthorized(str(exc))
+            key = None
+        if self.write_keys and key is None:
+            return _unauthorized("reading events needs a write key (HTTP Basic auth)")
+        if self.write_keys and key not in self.write_keys:
+            return _unauthorized("unknown write key")
+        try:
+            where, limit = parse_query(
+                request.query_params.multi_items(),
+                COUNT_PARAMS if counting else EVENTS_PARAMS,
+                key,
+            )
+        except RequestError as exc:
+            return _json_error(400, str(exc))
+        try:
+            if counting:
+                return _json_response(
+                    200, {"count": await run_in_threadpool(self.storage.count, where)}
+                )
+            events = await run_in_threadpool(self.storage.query, where, limit)
+        except (sqlite3.Error, StorageError) as exc:
+            return _json_error(503, f"storage unavailable: {exc}")
+        return _json_response(200, {"events": events})
+
+    async def health(self, _request: Request) -> Response:
+        """Serve ``GET /health``."""
+        return _json_response(200, {"ok": True})
+
+
+def _basic_user(header: Optional[str]) -> Optional[str]:
+    """Return the user name of an HTTP Basic ``Authorization`` header (``None`` if absent).
+
+    Raises ValueError when the header is present but not usable Basic credentials.
+    """
+    if header is None:
+        return None
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise ValueError("only HTTP Basic auth is supported (write key as the user name)")
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError("malformed HTTP Basic credentials") from None
+    return decoded.partition(":")[0] or None
+
+
+def _json_response(
+    status: int, body: Dict[str, Any], headers: Optional[Mapping[str, str]] = None
+) -> Response:
+    return Response(dumps(body), status, headers, media_type="application/json")
+
+
+def _json_error(status: int, message: str) -> Response:
+    return _json_response(status, {"success": False, "error": message})
+
+
+def _unauthorized(message: str) -> Response:
+    return _json_response(
+        401,
+        {"success": False, "error": message},
+        {"WWW-Authenticate": 'Basic realm="tracklane collector"'},
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Render routing errors (404, 405) as JSON like every other error."""
+    assert isinstance(exc, HTTPException)
+    return _json_response(exc.status_code, {"success": False, "error": exc.detail}, exc.headers)

@@ -1,0 +1,260 @@
+"""SQLite storage for the collector (stdlib :mod:`sqlite3`, WAL, ``synchronous=FULL``).
+
+One writer connection and one reader connection, each behind its own lock, so a
+read never waits for a write's fsync. Every call blocks: from async code run it in a
+thread (the app uses ``run_in_threadpool``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from tracklane.collector._json import loads_stored
+
+__all__ = ["EventFilter", "Storage", "StorageError", "StoredMessage"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    write_key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    user_id TEXT,
+    anonymous_id TEXT,
+    event TEXT,
+    received_at TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    original_timestamp TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (write_key, message_id)
+);
+CREATE INDEX IF NOT EXISTS events_user_id ON events (user_id);
+CREATE INDEX IF NOT EXISTS events_anonymous_id ON events (anonymous_id);
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
+    " received_at, timestamp, original_timestamp, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+StrPath = Union[str, "os.PathLike[str]"]
+
+
+class StorageError(Exception):
+    """The database file cannot be used by the collector."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One accepted message, ready to insert (timestamps already ISO-8601 UTC ``...Z``)."""
+
+    write_key: str
+    message_id: str
+    type: str
+    user_id: Optional[str]
+    anonymous_id: Optional[str]
+    event: Optional[str]
+    received_at: str
+    timestamp: str
+    original_timestamp: Optional[str]
+    body: str  # the message as received (JSON), with a messageId assigned if it had none
+
+    def as_row(self) -> Tuple[Optional[str], ...]:
+        """Return the values in ``_INSERT`` column order."""
+        return (
+            self.write_key,
+            self.message_id,
+            self.type,
+            self.user_id,
+            self.anonymous_id,
+            self.event,
+            self.received_at,
+            self.timestamp,
+            self.original_timestamp,
+            self.body,
+        )
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Read filters; ``None`` means "any". ``since`` is an ISO-8601 UTC ``...Z`` string."""
+
+    write_key: Optional[str] = None
+    type: Optional[str] = None
+    user_id: Optional[str] = None
+    anonymous_id: Optional[str] = None
+    event: Optional[str] = None
+    since: Optional[str] = None
+
+    def where(self) -> Tuple[str, List[str]]:
+        """Return a SQL ``WHERE`` clause (or ``""``) and its parameters."""
+        clauses: List[str] = []
+        params: List[str] = []
+        for column, value in (
+            ("write_key", self.write_key),
+            ("type", self.type),
+            ("user_id", self.user_id),
+            ("anonymous_id", self.anonymous_id),
+            ("event", self.event),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if self.since is not None:
+            clauses.append("received_at >= ?")
+            params.append(self.since)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+@dataclass
+class _Ticket:
+    """One insert() call waiting for (or done with) its group commit."""
+
+    rows: List[Tuple[Optional[str], ...]]
+    stored: int = 0
+    done: bool = False
+    error: Optional[Exception] = None
+
+
+class Storage:
+    """The collector's event store in one SQLite file."""
+
+    def __init__(self, path: StrPath) -> None:
+        """Open (creating if needed) the database at ``path``; raises StorageError."""
+        if str(path) in ("", ":memory:"):
+            raise StorageError("the collector needs a database file, not an in-memory database")
+        self.path = Path(path)
+        self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: List[_Ticket] = []
+        self._read_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        try:
+            self._init_schema()
+            self._reader = self._connect()
+        except BaseException:
+            self._writer.close()
+            raise
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                str(self.path), timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"cannot use WAL journal mode for {self.path} (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot use {self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _init_schema(self) -> None:
+        try:
+            version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StorageError(f"{self.path} has unknown schema version {version}")
+            self._writer.executescript(
+                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {self.path}: {exc}") from exc
+
+    def insert(self, messages: Sequence[StoredMessage]) -> int:
+        """Store ``messages`` durably in one transaction; return how many were new.
+
+        A message whose (write key, messageId) is already stored is ignored. Calls
+        made at the same time from several threads share one commit (group commit):
+        the thread that takes the write lock commits every waiting call's rows, so
+        concurrent requests pay for one fsync instead of one each.
+        """
+        if not messages:
+            return 0
+        ticket = _Ticket([message.as_row() for message in messages])
+        with self._pending_lock:
+            self._pending.append(ticket)
+        with self._write_lock:
+            if not ticket.done:
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
+                self._commit(group)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.stored
+
+    def _commit(self, group: List[_Ticket]) -> None:
+        """Insert every ticket's rows in one transaction (write lock held)."""
+        try:
+            self._check_open()
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                for ticket in group:
+                    before = self._writer.total_changes
+                    self._writer.executemany(_INSERT, ticket.rows)
+                    ticket.stored = self._writer.total_changes - before
+                self._writer.execute("COMMIT")
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+        except Exception as exc:  # every waiting caller sees the failure
+            for ticket in group:
+                ticket.stored, ticket.error = 0, exc
+        finally:
+            for ticket in group:
+                ticket.done = True
+
+    def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
+        """Return up to ``limit`` matching events, newest first, as served by the read API."""
+        clause, params = where.where()
+        sql = (
+            "SELECT received_at, timestamp, original_timestamp, body FROM events"
+            f"{clause} ORDER BY id DESC LIMIT ?"
+        )
+        with self._read_lock:
+            self._check_open()
+            rows = self._reader.execute(sql, [*params, limit]).fetchall()
+        events: List[Dict[str, Any]] = []
+        for received_at, timestamp, original_timestamp, body in rows:
+            event: Dict[str, Any] = loads_stored(body)
+            event["receivedAt"] = received_at
+            event["timestamp"] = timestamp
+            event["originalTimestamp"] = original_timestamp
+            events.append(event)
+        return events
+
+    def count(self, where: EventFilter) -> int:
+        """Return how many stored events match ``where``."""
+        clause, params = where.where()
+        with self._read_lock:
+            self._check_open()
+            row = self._reader.execute(f"SELECT COUNT(*) FROM events{clause}", params).fetchone()
+        return int(row[0])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError("storage is closed")
+
+    def close(self) -> None:
+        """Close both connections; idempotent."""
+        with self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._reader.close()
+            self._writer.close()
