@@ -298,6 +298,8 @@ class Pipeline:
             self._run_inline(deadline, stop_when_flushed=False)
         with self._lock:
             leftover = self._drop_queued_locked()
+            if self._thread is None or not self._thread.is_alive():
+                self._queue.close()  # a durable queue's rows are now free for the next process
         if leftover is not None:
             self._report(leftover)
         return self._flush_result(target, timeout)
