@@ -184,3 +184,21 @@ def test_module_level_default_client(server, monkeypatch):
         tracklane.shutdown(timeout=2)
     assert [m["event"] for m in server.accepted()] == ["Module"]
     assert tracklane.default_client is None
+
+
+def test_flush_and_track_from_on_error_do_not_deadlock(server, make_client):
+    """on_error may call track() and flush() on its own client without hanging the worker."""
+    server.statuses(400)
+    seen: list = []
+
+    def on_error(exc, batch):
+        seen.append(client.flush(timeout=5))
+        client.track("u", "Reported", {"bad": batch[0]["event"]})
+
+    client = make_client(on_error=on_error)
+    client.track("u", "Bad")
+    started = time.monotonic()
+    assert client.flush(timeout=10)
+    assert client.flush(timeout=10)
+    assert time.monotonic() - started < 5
+    assert [m["event"] for m in server.accepted()] == ["Reported"]

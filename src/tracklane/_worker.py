@@ -240,6 +240,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout
         if self._pid != os.getpid():
             self._after_fork()
+        if self._thread is not None and self._thread is threading.current_thread():
+            # Called from on_error inside the worker: waiting on ourselves would only time out.
+            return self._flush_result(0, timeout)
         if self._thread is None and self._queue:
             self._start()
         with self._lock:
