@@ -1,0 +1,108 @@
+"""``make demo``: the collector, the example shop, and a table of what arrived.
+
+Starts ``tracklane serve`` on a free port with a fresh database, runs ``examples/shop.py``
+against it, reads the stored events back through the collector's read API, prints them,
+stops the collector and exits 0 when everything arrived. Only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+WRITE_KEY = "demo-write-key"
+EXPECTED = 7
+
+
+def start_collector(db: Path) -> tuple[subprocess.Popen[str], str]:
+    """Run the collector as its own process; return it and its URL once it is listening."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracklane.collector", "--port", "0", "--db", str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "http://" in line:
+            return proc, line[line.index("http://") :].strip()
+    proc.kill()
+    raise SystemExit("the collector did not start")
+
+
+def describe(event: Dict[str, Any]) -> str:
+    kind = event["type"]
+    if kind == "track":
+        return str(event.get("event"))
+    if kind in ("page", "screen"):
+        return f"{event.get('category') or ''} / {event.get('name') or ''}".strip(" /")
+    if kind == "identify":
+        return ", ".join(f"{k}={v}" for k, v in (event.get("traits") or {}).items())
+    if kind == "group":
+        return f"group {event.get('groupId')}"
+    if kind == "alias":
+        return f"{event.get('previousId')} -> {event.get('userId')}"
+    return ""
+
+
+def print_table(events: List[Dict[str, Any]]) -> None:
+    rows = [("type", "user", "what", "timestamp", "properties")]
+    for e in reversed(events):
+        props = e.get("properties") or {}
+        shown = ", ".join(f"{k}={v!r}" for k, v in props.items() if k in ("revenue", "url"))
+        rows.append(
+            (
+                e["type"],
+                str(e.get("userId") or e.get("anonymousId")),
+                describe(e)[:48],
+                str(e.get("timestamp")),
+                shown,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "demo-events.db"
+        collector, url = start_collector(db)
+        print(f"collector: {url}  (database {db})")
+        try:
+            env = dict(os.environ, TRACKLANE_WRITE_KEY=WRITE_KEY, TRACKLANE_HOST=url)
+            app = subprocess.run(
+                [sys.executable, str(HERE / "shop.py")], env=env, timeout=60, check=False
+            )
+            events = httpx.get(f"{url}/v1/events", auth=(WRITE_KEY, ""), timeout=10).json()[
+                "events"
+            ]
+            print(f"\nthe collector stored {len(events)} events:\n")
+            print_table(events)
+        finally:
+            collector.send_signal(signal.SIGTERM)
+            code = collector.wait(timeout=15)
+            if collector.stdout is not None:
+                collector.stdout.close()
+        print(f"\ncollector stopped (exit code {code})")
+        ok = app.returncode == 0 and len(events) == EXPECTED and code == 0
+        print("demo OK" if ok else "demo FAILED")
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
