@@ -162,7 +162,9 @@ def test_shutdown_during_outage_keeps_messages_on_disk(server, make_client, tmp_
     server.default = Action(status=503)
     errors: list = []
     path = str(tmp_path / "outage.db")
-    client = make_client(queue_path=path, on_error=lambda e, b: errors.append(e))
+    client = make_client(
+        queue_path=path, max_retries=100_000, on_error=lambda e, b: errors.append(e)
+    )
     for i in range(10):
         client.track("u", "Kept", {"i": i})
     client.shutdown(timeout=0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ._client import Client
 from ._stats import DropReason, FlushResult, Stats
@@ -67,11 +67,14 @@ __all__ = [
     "track",
 ]
 
-# Settings of the default client, read when it is first needed (segment-analytics-python's).
+# Settings of the default client, read when it is first needed. The first group are
+# segment-analytics-python's module settings, with its defaults; the rest are tracklane's
+# options, where None means "the default".
 write_key: Optional[str] = None
 host: Optional[str] = None
 on_error: Optional[OnError] = None
 debug: bool = False
+log_handler: Any = None
 send: bool = True
 sync_mode: bool = False
 max_queue_size: int = 10_000
@@ -79,11 +82,28 @@ gzip: bool = False
 timeout: float = 15.0
 max_retries: int = 10
 proxies: Optional[Union[str, Mapping[str, str]]] = None
-upload_size: int = 100
-upload_interval: float = 0.5
-shutdown_timeout: float = 5.0
+oauth_client_id: Optional[str] = None
+oauth_client_key: Optional[str] = None
+oauth_key_id: Optional[str] = None
+oauth_auth_server: Optional[str] = None
+oauth_scope: Optional[str] = None
+upload_size: Optional[int] = None
+upload_interval: Optional[float] = None
+batch_size: Optional[int] = None
+flush_interval: Optional[float] = None
+shutdown_timeout: Optional[float] = None
 region: Optional[str] = None
-stub: bool = False
+stub: Optional[bool] = None
+overflow: Optional[str] = None
+block_timeout: Optional[float] = None
+queue_path: Optional[str] = None
+queue_fsync: Optional[bool] = None
+json_default: Optional[Callable[[Any], Any]] = None
+ca_bundle: Optional[str] = None
+backoff_base: Optional[float] = None
+backoff_cap: Optional[float] = None
+max_total_backoff: Optional[float] = None
+max_retry_after: Optional[float] = None
 
 default_client: Optional[Client] = None
 _default_lock = threading.Lock()
@@ -91,6 +111,7 @@ _SETTINGS = (
     "host",
     "on_error",
     "debug",
+    "log_handler",
     "send",
     "sync_mode",
     "max_queue_size",
@@ -98,11 +119,28 @@ _SETTINGS = (
     "timeout",
     "max_retries",
     "proxies",
+    "oauth_client_id",
+    "oauth_client_key",
+    "oauth_key_id",
+    "oauth_auth_server",
+    "oauth_scope",
     "upload_size",
     "upload_interval",
+    "batch_size",
+    "flush_interval",
     "shutdown_timeout",
     "region",
     "stub",
+    "overflow",
+    "block_timeout",
+    "queue_path",
+    "queue_fsync",
+    "json_default",
+    "ca_bundle",
+    "backoff_base",
+    "backoff_cap",
+    "max_total_backoff",
+    "max_retry_after",
 )
 
 Result = Tuple[bool, Dict[str, Any]]
@@ -118,13 +156,11 @@ def get_default_client() -> Client:
         if default_client is None:
             settings = globals()
             env = Options.from_env(os.environ)
-            options: Dict[str, Any] = {name: settings[name] for name in _SETTINGS}
-            if options["host"] is None:
-                options["host"] = env.get("host")
-            if options["host"] is None:
-                del options["host"]
-            if options["region"] is None:
-                del options["region"]
+            options: Dict[str, Any] = {
+                name: settings[name] for name in _SETTINGS if settings[name] is not None
+            }
+            if "host" not in options and "region" not in options and "host" in env:
+                options["host"] = env["host"]
             if "sync_mode" in env and not sync_mode:
                 options["sync_mode"] = env["sync_mode"]
             key = write_key or env.get("write_key")
@@ -187,6 +223,8 @@ def stats() -> Optional[Stats]:
     return None if client is None else client.stats()
 
 
-for _name in ("Client", "DropReason", "FlushResult", "Options", "OverflowPolicy", "Stats"):
-    globals()[_name].__module__ = "tracklane"
-del _name
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type):
+        _value.__module__ = "tracklane"
+del _name, _value

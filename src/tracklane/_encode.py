@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import PurePath
 from typing import Any, Callable, Optional
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 
@@ -42,10 +42,12 @@ def encode(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
         return orjson.dumps(value, default=_with_user(user_default), option=_OPTIONS)
     except (TypeError, ValueError, RecursionError):
         pass
-    safe = to_json_safe(value, user_default)
-    return json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-        "utf-8"
-    )
+    walker = _Walker(user_default)
+    safe = walker.walk(value, 0)
+    text = json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    for token, digits in walker.big_ints.items():
+        text = text.replace(f'"{token}"', digits, 1)
+    return text.encode("utf-8")
 
 
 def default_for(user_default: Optional[JSONDefault]) -> JSONDefault:
@@ -103,7 +105,7 @@ def _decimal(value: Decimal) -> str:
 def _sorted_if_possible(items: Any) -> list[Any]:
     try:
         return sorted(items)
-    except TypeError:
+    except Exception:  # unorderable, or a comparison that raises (Decimal NaN)
         return list(items)
 
 
@@ -118,6 +120,8 @@ class _Walker:
     def __init__(self, user_default: Optional[JSONDefault]) -> None:
         self.user_default = user_default
         self.path: set[int] = set()
+        self.big_ints: dict[str, str] = {}
+        self.nonce = uuid4().hex
 
     def walk(self, value: Any, depth: int) -> Any:
         if value is None or isinstance(value, bool):
@@ -125,7 +129,7 @@ class _Walker:
         if isinstance(value, str):
             return _valid_text(value)
         if isinstance(value, int) and not isinstance(value, enum.Enum):
-            return int(value)
+            return self._int(value)
         if isinstance(value, float):
             return float(value) if math.isfinite(value) else None
         if isinstance(value, dt.datetime):
@@ -144,6 +148,15 @@ class _Walker:
         finally:
             self.path.discard(marker)
 
+    def _int(self, value: int) -> Any:
+        """Integers of any size, exactly; beyond Python's int-to-text limit by hand."""
+        number = int.__index__(value)
+        if number.bit_length() < 10_000:
+            return number
+        token = f"tracklane-bigint-{len(self.big_ints)}-{self.nonce}"
+        self.big_ints[token] = _int_text(number)
+        return token
+
     def _container(self, value: Any, depth: int) -> Any:
         if isinstance(value, Mapping):
             return {self._key(k): self.walk(v, depth + 1) for k, v in _items(value)}
@@ -153,8 +166,10 @@ class _Walker:
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
             return self.walk(fields, depth)
         converted = self._default(value)
-        if converted is value or isinstance(converted, str):
-            return _valid_text(converted) if isinstance(converted, str) else str(converted)
+        if isinstance(converted, str):
+            return _valid_text(converted)
+        if converted is value:
+            return _safe_str(value)
         return self.walk(converted, depth + 1)
 
     def _default(self, value: Any) -> Any:
@@ -175,8 +190,8 @@ class _Walker:
             return (
                 json.dumps(key) if not isinstance(key, int) or isinstance(key, bool) else str(key)
             )
-        safe = self.walk(key, _MAX_DEPTH - 1)
-        return safe if isinstance(safe, str) else json.dumps(safe)
+        safe = _Walker(self.user_default).walk(key, 0)
+        return safe if isinstance(safe, str) else json.dumps(safe, sort_keys=True)
 
 
 def _items(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
@@ -187,11 +202,25 @@ def _items(mapping: Mapping[Any, Any]) -> list[tuple[Any, Any]]:
 
 
 def _valid_text(text: str) -> str:
+    plain = text if type(text) is str else str.__str__(text)
     try:
-        text.encode("utf-8")
+        plain.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return str(text)
+        return plain.encode("utf-8", "replace").decode("utf-8")
+    return plain
+
+
+def _int_text(number: int) -> str:
+    """Decimal digits of any integer, without ``str()`` and its 4,300-digit limit."""
+    if number < 0:
+        return "-" + _int_text(-number)
+    chunk = 10**1000
+    parts: list[str] = []
+    while number >= chunk:
+        number, low = divmod(number, chunk)
+        parts.append(f"{low:01000d}")
+    parts.append(str(number))
+    return "".join(reversed(parts))
 
 
 def _safe_str(value: Any) -> str:

@@ -61,7 +61,7 @@ class RetryPolicy:
 
     def backoff(self, retry: int, rand: Callable[[], float] = random.random) -> float:
         """The sleep before retry ``retry`` (from 1): uniform in [0, min(cap, base*2^(retry-1))]."""
-        ceiling = min(self.cap, self.base * (2 ** min(retry - 1, 30)))
+        ceiling = min(self.cap, self.base * (2.0 ** min(retry - 1, 30)))
         return ceiling * rand()
 
     def delay(self, retry: int, retry_after: Optional[float]) -> float:

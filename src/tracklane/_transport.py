@@ -1,4 +1,8 @@
-"""Posting one request body; the only module that imports httpx."""
+"""Posting one request body; the only module that imports httpx.
+
+httpx is imported when the first HTTP transport is built, not by ``import tracklane``:
+importing httpx also imports its command-line tools (click, rich) where they are installed.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,10 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional, Union
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 from ._retry import parse_retry_after
 from ._version import __version__
@@ -41,6 +46,8 @@ class HTTPTransport:
     """Keeps one connection pool per process and posts batches with Basic auth."""
 
     def __init__(self, options: Options) -> None:
+        import httpx  # noqa: F401  (imported here, at construction, rather than on first send)
+
         self._options = options
         self._lock = threading.Lock()
         self._client: Optional[httpx.Client] = None
@@ -61,6 +68,8 @@ class HTTPTransport:
 
     def send(self, body: bytes, timeout: float) -> SendResult:
         """POST ``body`` to ``/v1/batch``; never raises for network trouble."""
+        import httpx
+
         client = self._get_client()
         content = gzip_module.compress(body, 6) if self._options.gzip else body
         try:
@@ -91,22 +100,25 @@ class HTTPTransport:
             return self._client
 
     def _new_client(self) -> httpx.Client:
+        import httpx
+
         options = self._options
         # Certificates are always verified; a CA bundle may replace the default store.
-        verify: object = os.fspath(options.ca_bundle) if options.ca_bundle else True
+        bundle = options.ca_bundle
+        verify: Union[str, bool] = os.fspath(bundle) if isinstance(bundle, str) else True
         mounts: Optional[Dict[str, httpx.HTTPTransport]] = None
         proxy: Optional[str] = None
         if isinstance(options.proxies, str):
             proxy = options.proxies
         elif options.proxies:
             mounts = {
-                f"{scheme.rstrip(':/')}://": httpx.HTTPTransport(proxy=url, verify=verify)  # type: ignore[arg-type]
+                f"{scheme.rstrip(':/')}://": httpx.HTTPTransport(proxy=url, verify=verify)
                 for scheme, url in options.proxies.items()
             }
         return httpx.Client(
-            verify=verify,  # type: ignore[arg-type]
+            verify=verify,
             proxy=proxy,
-            mounts=mounts,  # type: ignore[arg-type]
+            mounts=mounts,
             trust_env=True,
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
         )

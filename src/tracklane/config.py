@@ -116,6 +116,8 @@ class Options:
                 raise ConfigurationError(f"{name}: conflicts with another name for {target}")
             values[target] = value
         stub = values.pop("stub", None)
+        if stub is not None and not isinstance(stub, bool):
+            raise ConfigurationError("stub: must be True or False")
         if stub is not None:
             values["send"] = values.get("send", True) and not stub
         region = values.pop("region", None)
@@ -237,7 +239,10 @@ def normalize_host(host: str) -> str:
     text = host.strip()
     if "://" not in text:
         text = "https://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"host: not a valid URL: {host!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"host: not an http(s) URL: {host!r}")
     path = parts.path.rstrip("/")

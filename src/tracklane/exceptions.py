@@ -51,6 +51,9 @@ class ValidationError(AnalyticsError, ValueError):
         self.field = field
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.field, self.problem))
+
 
 class DeliveryError(AnalyticsError):
     """A message was not delivered. Given to ``on_error`` with the messages concerned."""
@@ -63,6 +66,9 @@ class MessageTooLargeError(DeliveryError):
         super().__init__(f"message is {size} bytes, over the {limit}-byte limit")
         self.size = size
         self.limit = limit
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.size, self.limit))
 
 
 class QueueFullError(DeliveryError):
@@ -85,6 +91,9 @@ class APIError(DeliveryError):
         self.status_code = status_code
         self.body = body
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type, tuple[int, str, Optional[float]]]:
+        return (type(self), (self.status_code, self.body, self.retry_after))
 
 
 class RetriesExhaustedError(DeliveryError):

@@ -83,8 +83,11 @@ def format_timestamp(value: Any, field: str = "timestamp") -> str:
         raise ValidationError(
             field, f"must be a datetime, a date or ISO-8601 text, not {type(value).__name__}"
         )
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    offset = moment.utcoffset()
+    if offset is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
+    elif offset.seconds % 60 or offset.microseconds:
+        moment = moment.astimezone(dt.timezone.utc)  # the wire allows only +HH:MM offsets
     return moment.isoformat(timespec="milliseconds")
 
 
@@ -103,21 +106,34 @@ def _parse_iso(text: str, field: str) -> dt.datetime:
 
 
 def coerce_id(field: str, value: Any) -> Optional[str]:
-    """An id as wire text: strings as given, numbers and UUIDs converted; ``None``/``""`` absent."""
+    """An id as wire text: strings as given, numbers and UUIDs converted as segment-analytics-python
+    does (``str(value)``, so ``3.0`` stays ``"3.0"``); ``None`` and ``""`` mean absent."""
     if value is None:
         return None
     kind = type(value)
     if kind is str:
         return value or None
-    if kind is int or kind is float or isinstance(value, (int, float, Decimal, UUID)):
-        if isinstance(value, bool):
-            raise ValidationError(field, "must be a string or a number, not a bool")
-        if isinstance(value, float) and value.is_integer():
-            return str(int(value))
-        return str(value)
     if isinstance(value, str):
-        return str(value) or None
+        return str.__str__(value) or None
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be a string or a number, not a bool")
+    if isinstance(value, (int, float, Decimal, UUID)):
+        try:
+            return _plain_text(value)
+        except Exception:
+            raise ValidationError(field, "could not be turned into text") from None
     raise ValidationError(field, f"must be a string or a number, not {kind.__name__}")
+
+
+def _plain_text(value: Any) -> str:
+    """``str()`` of a number or UUID by its base type, so a subclass's ``__str__`` never runs."""
+    if isinstance(value, int):
+        return int.__repr__(value)
+    if isinstance(value, float):
+        return float.__repr__(value)
+    if isinstance(value, Decimal):
+        return Decimal.__str__(value)
+    return UUID.__str__(value)
 
 
 def mapping(field: str, value: Any) -> Mapping[str, Any]:
@@ -125,19 +141,20 @@ def mapping(field: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
     if type(value) is dict or isinstance(value, Mapping):
-        return value  # type: ignore[no-any-return]
+        return value
     raise ValidationError(field, f"must be a mapping (dict), not {type(value).__name__}")
 
 
 def text(field: str, value: Any, required: bool) -> Optional[str]:
     """A free-text field such as ``event`` or ``name``."""
-    if value is None or value == "":
-        if required:
-            raise ValidationError(field, "is required")
-        return None
     if isinstance(value, str):
-        return value
-    raise ValidationError(field, f"must be a string, not {type(value).__name__}")
+        if value:
+            return value if type(value) is str else str.__str__(value)
+    elif value is not None:
+        raise ValidationError(field, f"must be a string, not {type(value).__name__}")
+    if required:
+        raise ValidationError(field, "is required")
+    return None
 
 
 def prepare_common(
@@ -180,7 +197,14 @@ def prepare_common(
     if message_id is None:
         message["messageId"] = new_message_id()
     else:
-        mid = message_id if isinstance(message_id, str) else str(message_id)
+        if isinstance(message_id, str):
+            mid = message_id if type(message_id) is str else str.__str__(message_id)
+        elif isinstance(message_id, (int, UUID)) and not isinstance(message_id, bool):
+            mid = _plain_text(message_id)
+        else:
+            raise ValidationError(
+                "message_id", f"must be a string or a UUID, not {type(message_id).__name__}"
+            )
         if not mid or len(mid) > MAX_MESSAGE_ID_LENGTH:
             raise ValidationError(
                 "message_id", f"must be 1 to {MAX_MESSAGE_ID_LENGTH} characters (got {len(mid)})"
@@ -346,5 +370,5 @@ def build_alias(
         raise ValidationError("previous_id", "is required")
     if coerce_id("user_id", user_id) is None:
         raise ValidationError("user_id", "is required for alias")
-    message: Message = {"type": "alias", "previousId": previous}
+    message: Message = {"type": "alias", "previousId": previous, "anonymousId": None}
     return prepare_common(message, user_id, None, context, timestamp, integrations, message_id)

@@ -18,6 +18,7 @@ __all__ = ["dumps", "loads", "loads_stored"]
 
 # 19 digits in a row may be an integer beyond 64 bits (or a long fraction, which is harmless).
 _LONG_NUMBER = re.compile(rb"\d{19}")
+_LONG_DIGITS = re.compile(r"\d{19}")
 
 
 def loads(raw: bytes) -> Any:
@@ -28,11 +29,13 @@ def loads(raw: bytes) -> Any:
 
 
 def loads_stored(text: str) -> Any:
-    """Parse a body that :func:`dumps` wrote."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+    """Parse a body that :func:`dumps` wrote (so valid JSON, perhaps with wide integers)."""
+    if _LONG_DIGITS.search(text) is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:  # a lone surrogate, kept as a \u escape
+            pass
+    return json.loads(text)
 
 
 def dumps(value: Any) -> bytes:

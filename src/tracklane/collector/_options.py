@@ -7,6 +7,7 @@ missing extra is reported with the install command instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Mapping, Optional, Sequence, Tuple
@@ -82,7 +83,7 @@ def _missing_extra(exc: ImportError) -> bool:
 def serve(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None) -> int:
     """Run the collector with parsed flags until SIGTERM/Ctrl-C; return the exit code."""
     try:
-        from tracklane.collector._runner import run_until_signalled
+        from tracklane.collector._runner import CollectorStartError, run_until_signalled
         from tracklane.collector.storage import StorageError
     except ImportError as exc:
         if not _missing_extra(exc):
@@ -94,9 +95,10 @@ def serve(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None)
         )
         return 2
     keys = write_keys_from(args.write_keys, os.environ if environ is None else environ)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return run_until_signalled(args.db, keys, args.host, args.port)
-    except StorageError as exc:
+    except (StorageError, CollectorStartError) as exc:
         print(f"tracklane collector: {exc}", file=sys.stderr)
     except OSError as exc:
         print(

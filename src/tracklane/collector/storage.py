@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,  -- rows are never deleted, so ids only grow
     write_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
     type TEXT NOT NULL,
@@ -199,24 +199,26 @@ class Storage:
 
     def _commit(self, group: List[_Ticket]) -> None:
         """Insert every ticket's rows in one transaction (write lock held)."""
+        error: Optional[Exception] = None
+        committed = False
         try:
             self._check_open()
             self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                for ticket in group:
-                    before = self._writer.total_changes
-                    self._writer.executemany(_INSERT, ticket.rows)
-                    ticket.stored = self._writer.total_changes - before
-                self._writer.execute("COMMIT")
-            except BaseException:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise
-        except Exception as exc:  # every waiting caller sees the failure
             for ticket in group:
-                ticket.stored, ticket.error = 0, exc
+                before = self._writer.total_changes
+                self._writer.executemany(_INSERT, ticket.rows)
+                ticket.stored = self._writer.total_changes - before
+            self._writer.execute("COMMIT")
+            committed = True
+        except Exception as exc:
+            error = exc
         finally:
-            for ticket in group:
+            if not committed and not self._closed and self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+            for ticket in group:  # every waiting caller learns the outcome
+                if not committed:
+                    ticket.stored = 0
+                    ticket.error = error or StorageError("the insert was interrupted")
                 ticket.done = True
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:

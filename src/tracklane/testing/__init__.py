@@ -24,6 +24,7 @@ import orjson
 import tracklane
 from tracklane._client import Client
 from tracklane._transport import SendResult
+from tracklane.messages import coerce_id
 
 __all__ = ["CapturedEvents", "CapturingClient", "MemoryTransport", "capture"]
 
@@ -95,7 +96,7 @@ class CapturedEvents:
         matches = [
             m
             for m in self.tracked(event)
-            if (user_id is None or m.get("userId") == str(user_id))
+            if (user_id is None or m.get("userId") == coerce_id("user_id", user_id))
             and _contains(m.get("properties") or {}, properties or {})
         ]
         if times is not None and len(matches) != times:
@@ -103,7 +104,7 @@ class CapturedEvents:
                 f"expected {event!r} tracked {times} time(s), found {len(matches)}; "
                 f"tracked events: {[m['event'] for m in self.tracked()]}"
             )
-        if not matches:
+        if not matches and times != 0:
             raise AssertionError(
                 f"{event!r} was not tracked with user_id={user_id!r} and "
                 f"properties ⊇ {dict(properties or {})!r}; "

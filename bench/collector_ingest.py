@@ -1,0 +1,209 @@
+"""Sustained ingest rate of the local collector (``tracklane.collector``).
+
+Starts the collector as a subprocess on a free loopback port (or in this process
+with ``--in-thread``), runs several concurrent clients that each POST batches of
+realistic events with distinct messageIds for a bounded time and count, then
+checks through ``GET /v1/events/count`` that every acknowledged event was stored.
+
+    python bench/collector_ingest.py --clients 4 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import selectors
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import httpx
+import orjson
+
+URL_PREFIX = "tracklane collector listening on "
+EVENTS = ("Order Completed", "Product Viewed", "Signed Up", "Checkout Started", "Search")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def realistic_message(rng: random.Random, now: str) -> Dict[str, Any]:
+    """One message like a web backend sends: mostly tracks, some identifies and pages."""
+    user = f"user-{rng.randrange(50_000)}"
+    context = {
+        "library": {"name": "tracklane", "version": "0.1.0"},
+        "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}",
+        "userAgent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0",
+        "locale": "en-US",
+        "page": {"path": "/checkout", "url": "https://shop.example/checkout", "referrer": ""},
+    }
+    base = {
+        "messageId": str(uuid.uuid4()),
+        "userId": user,
+        "timestamp": now,
+        "context": context,
+        "integrations": {"All": True},
+    }
+    kind = rng.random()
+    if kind < 0.8:
+        return {
+            **base,
+            "type": "track",
+            "event": rng.choice(EVENTS),
+            "properties": {
+                "orderId": f"o-{rng.randrange(10**9)}",
+                "total": round(rng.uniform(5, 500), 2),
+                "currency": "EUR",
+                "products": [
+                    {"sku": f"sku-{rng.randrange(1000)}", "price": 19.99, "quantity": 1}
+                    for _ in range(rng.randrange(1, 4))
+                ],
+            },
+        }
+    if kind < 0.9:
+        traits = {"email": f"{user}@example.com", "plan": "pro", "logins": rng.randrange(100)}
+        return {**base, "type": "identify", "traits": traits}
+    return {**base, "type": "page", "name": "Checkout", "properties": {"path": "/checkout"}}
+
+
+@dataclass
+class ClientResult:
+    """What one client thread sent and had acknowledged."""
+
+    events: int = 0
+    requests: int = 0
+    failures: int = 0
+
+
+def run_client(
+    url: str,
+    key: str,
+    batch_size: int,
+    max_batches: int,
+    duration: float,
+    start: threading.Barrier,
+    result: ClientResult,
+    seed: int,
+) -> None:
+    """POST batches until the time or count bound; count acknowledged events."""
+    rng = random.Random(seed)
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as http:
+        start.wait(60)
+        stop_at = time.monotonic() + duration
+        while result.requests < max_batches and time.monotonic() < stop_at:
+            now = _iso(datetime.now(timezone.utc))
+            batch = [realistic_message(rng, now) for _ in range(batch_size)]
+            body = orjson.dumps({"batch": batch, "sentAt": now})
+            response = http.post(
+                "/v1/batch", content=body, headers={"Content-Type": "application/json"}
+            )
+            result.requests += 1
+            if response.status_code == 200 and response.json()["stored"] == batch_size:
+                result.events += batch_size
+            else:
+                result.failures += 1
+
+
+def _src_path() -> str:
+    import tracklane.collector
+
+    return str(Path(tracklane.collector.__file__).resolve().parents[2])
+
+
+@contextlib.contextmanager
+def _subprocess_server(db: Path, key: str) -> Iterator[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_src_path(), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "tracklane.collector", "--port", "0", "--db", str(db)]
+    proc = subprocess.Popen([*command, "--write-key", key], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            if not selector.select(30):
+                raise RuntimeError("the collector did not start within 30 s")
+        line = proc.stdout.readline().decode().strip()
+        if not line.startswith(URL_PREFIX):
+            raise RuntimeError(f"unexpected collector output: {line!r}")
+        yield line[len(URL_PREFIX) :]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@contextlib.contextmanager
+def _thread_server(db: Path, key: str) -> Iterator[str]:
+    from tracklane.collector import serve_in_thread
+
+    with serve_in_thread(db, write_keys=[key]) as server:
+        yield server.url
+
+
+def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, int, float, int]:
+    """Run the clients; return (events acknowledged, requests, failures, seconds, stored)."""
+    results = [ClientResult() for _ in range(args.clients)]
+    start = threading.Barrier(args.clients + 1)
+    threads = [
+        threading.Thread(
+            target=run_client,
+            args=(url, key, args.batch_size, args.max_batches, args.duration, start, r, i),
+            daemon=True,
+        )
+        for i, r in enumerate(results)
+    ]
+    for thread in threads:
+        thread.start()
+    start.wait(60)
+    began = time.monotonic()
+    for thread in threads:
+        thread.join(args.duration + 60)
+    elapsed = time.monotonic() - began
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as http:
+        stored = http.get("/v1/events/count").json()["count"]
+    sent = sum(r.events for r in results)
+    requests = sum(r.requests for r in results)
+    failures = sum(r.failures for r in results)
+    return sent, requests, failures, elapsed, int(stored)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark and print the sustained ingest rate."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per request")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    parser.add_argument("--max-batches", type=int, default=5_000, help="per client")
+    parser.add_argument("--in-thread", action="store_true", help="serve in this process")
+    args = parser.parse_args(argv)
+
+    key = "bench-key"
+    with tempfile.TemporaryDirectory(prefix="tracklane-bench-") as tmp:
+        db = Path(tmp) / "events.db"
+        start_server = _thread_server if args.in_thread else _subprocess_server
+        with start_server(db, key) as url:
+            sent, requests, failures, elapsed, stored = _measure(url, key, args)
+
+    mode = "in-thread" if args.in_thread else "subprocess"
+    print(f"collector ingest ({mode}, {args.clients} clients, batches of {args.batch_size})")
+    print(f"  requests: {requests} ({failures} failed) in {elapsed:.2f} s")
+    print(f"  events acknowledged: {sent}, stored (GET /v1/events/count): {stored}")
+    print(f"  sustained ingest: {sent / elapsed:,.0f} events/s")
+    ok = failures == 0 and stored == sent and sent > 0
+    print("  verification:", "OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

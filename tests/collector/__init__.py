@@ -1,0 +1,1 @@
+"""Tests of ``tracklane.collector`` (a package, so module names never clash with other suites)."""

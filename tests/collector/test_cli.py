@@ -1,0 +1,246 @@
+"""``tracklane serve`` and ``python -m tracklane.collector``, as subprocesses and in-process."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import httpx
+import pytest
+
+import tracklane.collector
+from tracklane._cli import main
+from tracklane.collector._options import ENV_WRITE_KEYS, INSTALL_HINT, write_keys_from
+
+SRC = Path(tracklane.collector.__file__).resolve().parents[2]
+URL_LINE = re.compile(r"tracklane collector listening on (http://127\.0\.0\.1:(\d+))\n")
+STARTUP_DEADLINE = 20.0  # a cold interpreter on a busy CI machine
+EXIT_DEADLINE = 5.0
+
+
+def _env(**extra: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != ENV_WRITE_KEYS}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
+
+
+def _tracklane() -> List[str]:
+    """The installed ``tracklane`` script, or the same entry point through ``-m``."""
+    script = Path(sys.executable).with_name("tracklane")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "tracklane._cli"]
+
+
+class Running:
+    """A collector subprocess whose URL line has been read."""
+
+    def __init__(self, args: Sequence[str], tmp_path: Path, **env: str) -> None:
+        self.stderr_path = tmp_path / f"stderr-{uuid.uuid4().hex}.txt"
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                list(args), stdout=subprocess.PIPE, stderr=stderr, env=_env(**env), cwd=tmp_path
+            )
+        self.url, self.port = self._read_url()
+
+    def _read_url(self) -> Tuple[str, int]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + STARTUP_DEADLINE
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if selector.select(deadline - time.monotonic()):
+                    line = self.proc.stdout.readline().decode()
+                    match = URL_LINE.fullmatch(line)
+                    assert match, f"unexpected output {line!r}; stderr: {self.stderr()}"
+                    return match[1], int(match[2])
+        raise AssertionError(f"no URL printed in {STARTUP_DEADLINE}s; stderr: {self.stderr()}")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def stop(self, sig: int) -> Tuple[int, float]:
+        """Send ``sig``; return the exit code and how long the exit took."""
+        started = time.monotonic()
+        self.proc.send_signal(sig)
+        code = self.proc.wait(EXIT_DEADLINE)
+        return code, time.monotonic() - started
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(EXIT_DEADLINE)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+Spawn = Callable[..., Running]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start collector subprocesses that are always reaped after the test."""
+    started: List[Running] = []
+
+    def start(args: Sequence[str], **env: str) -> Running:
+        running = Running(args, tmp_path, **env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+def _batch(count: int) -> Dict[str, object]:
+    return {
+        "batch": [
+            {"type": "track", "userId": "u", "event": "E", "messageId": str(uuid.uuid4())}
+            for _ in range(count)
+        ]
+    }
+
+
+def test_serve_prints_its_url_and_exits_0_on_sigterm(spawn: Spawn, tmp_path: Path) -> None:
+    """``tracklane serve --port 0`` prints its real URL, honours its keys and exits 0 on SIGTERM."""
+    db = tmp_path / "events.db"
+    args = [*_tracklane(), "serve", "--port", "0", "--db", str(db), "--write-key", "k1"]
+    server = spawn(args, **{ENV_WRITE_KEYS: " k2, k3,"})
+    assert server.port > 0
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for key in ("k1", "k3"):
+            assert http.post("/v1/batch", json=_batch(1), auth=(key, "")).status_code == 200
+        assert http.post("/v1/batch", json=_batch(1), auth=("k4", "")).status_code == 401
+    code, took = server.stop(signal.SIGTERM)
+    assert code == 0, server.stderr()
+    assert took < EXIT_DEADLINE
+    assert db.exists()
+
+
+def test_module_entry_point_uses_defaults_and_exits_0_on_ctrl_c(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """``-m tracklane.collector`` uses 127.0.0.1 and ./tracklane-events.db; Ctrl-C exits 0."""
+    server = spawn([sys.executable, "-m", "tracklane.collector"])
+    assert httpx.post(f"{server.url}/v1/batch", json=_batch(2), timeout=10).status_code == 200
+    code, _ = server.stop(signal.SIGINT)
+    assert code == 0, server.stderr()
+    assert "Traceback" not in server.stderr()
+    with closing(sqlite3.connect(tmp_path / "tracklane-events.db")) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 2
+
+
+def test_acknowledged_events_survive_kill_9(spawn: Spawn, tmp_path: Path) -> None:
+    """Every event acknowledged with 200 is in the database after the server is SIGKILLed."""
+    db = tmp_path / "events.db"
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db)])
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        for _ in range(5):
+            assert http.post("/v1/batch", json=_batch(100)).status_code == 200
+    server.proc.kill()
+    assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 500
+
+
+def test_port_in_use_exits_1_with_a_message(tmp_path: Path) -> None:
+    """A port already taken ends the command with exit code 1 and says why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run(
+            [*_tracklane(), "serve", "--port", port, "--db", str(tmp_path / "e.db")],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=STARTUP_DEADLINE,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_unusable_database_exits_1_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --db in a missing directory ends ``serve`` with exit code 1 and says why."""
+    assert main(["serve", "--db", str(tmp_path / "missing" / "events.db")]) == 1
+    assert "tracklane collector: cannot open" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from tracklane._cli import main; sys.exit(main(['serve']))",
+        "import runpy; runpy.run_module('tracklane.collector', run_name='__main__')",
+    ],
+)
+def test_missing_extra_prints_the_install_command(entry: str) -> None:
+    """Without starlette/uvicorn both entry points print the pip command and exit 2."""
+    code = f"import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None; {entry}"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=STARTUP_DEADLINE,
+    )
+    assert result.returncode == 2, result.stderr
+    assert INSTALL_HINT in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_does_not_import_the_collector_until_serve() -> None:
+    """Importing ``tracklane._cli`` loads neither starlette nor uvicorn."""
+    code = (
+        "import sys, tracklane._cli; "
+        "print(sorted(m for m in ('starlette', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=30
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_no_command_prints_help_and_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """``tracklane`` with no command prints usage and returns 2."""
+    assert main([]) == 2
+    assert "serve" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args", [["--port", "70000"], ["--port", "http"], ["--write-key", " "], ["--verbose"]]
+)
+def test_bad_flags_exit_2(args: List[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Invalid flags are refused by argparse with exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", *args])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ([], None, ()),
+        (["a"], "b, c ,,a", ("a", "b", "c")),
+        ([], " x ", ("x",)),
+        (["a", "a"], "", ("a",)),
+    ],
+)
+def test_write_keys_combine_flags_and_environment(
+    flags: List[str], env: Optional[str], expected: Tuple[str, ...]
+) -> None:
+    """--write-key flags and the comma-separated variable add up, without blanks or repeats."""
+    environ = {} if env is None else {ENV_WRITE_KEYS: env}
+    assert write_keys_from(flags, environ) == expected
