@@ -192,3 +192,28 @@ def test_delivered_and_rejected_messages_are_removed(server, make_client, tmp_pa
     assert client.flush(timeout=5)
     assert rows(path) == 0
     assert client.stats().dropped == {"rejected": 1}
+
+
+def test_sigterm_mid_stream_loses_nothing_with_a_durable_queue(server, tmp_path):
+    """A script killed by SIGTERM mid-stream leaves its queue on disk; the next run sends it."""
+    script = tmp_path / "producer.py"
+    script.write_text(PRODUCER)
+    path = str(tmp_path / "sigterm.db")
+    server.default = Action(delay=0.005)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), server.url, path, "term"], stdout=subprocess.PIPE, text=True
+    )
+    accepted = set()
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if not line.startswith("ready"):
+            accepted.add(int(line))
+        if len(accepted) >= 800:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    drain(server.url, path)
+    received = {m["properties"]["i"] for m in server.accepted()}
+    assert accepted <= received
+    assert rows(path) == 0
