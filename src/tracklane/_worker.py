@@ -65,6 +65,8 @@ class Pipeline:
         self._delivered = 0
         self._retries = 0
         self._inflight = 0
+        self._inflight_batch: List[bytes] = []
+        self._written_off = False
         self._sync_inflight = 0
         self._dropped: Dict[str, int] = {}
         self._accepted = 0
@@ -297,6 +299,8 @@ class Pipeline:
             if thread.is_alive():
                 self._abort.set()
                 thread.join(0.5)
+            if thread.is_alive():
+                self._write_off_inflight()
         elif thread is None:
             self._run_inline(deadline, stop_when_flushed=False)
         with self._lock:
@@ -381,9 +385,31 @@ class Pipeline:
                 self._work.wait(_IDLE_WAIT)
         batch: List[bytes] = self._queue.take(options.batch_size)
         self._inflight = len(batch)
+        self._inflight_batch = batch
+        self._written_off = False
         if self._queue:
             self._queue_since = time.monotonic()
         return batch
+
+    def _write_off_inflight(self) -> None:
+        """Shutdown's deadline passed with a request still in flight: count its batch now.
+
+        The worker thread is a daemon and dies with the interpreter, so waiting longer is
+        no use. The batch is counted as dropped (``shutdown``) and reported; should its
+        request still succeed later, ``_settle`` moves it over to ``delivered``. A durable
+        queue keeps the batch on disk instead, for the next process.
+        """
+        with self._lock:
+            if not self._inflight or self._written_off or self._queue.durable:
+                return
+            batch = self._inflight_batch
+            self._written_off = True
+            self._resolved += len(batch)
+            self._inflight = 0
+            self._done.notify_all()
+            error = ShutdownError("the deadline passed while this batch was still being sent")
+            drop = self._count_drop(DropReason.SHUTDOWN, error, batch)
+        self._report(drop)
 
     def _drop_queued_locked(self) -> Optional[Drop]:
         if not self._queue:
@@ -410,6 +436,15 @@ class Pipeline:
         count = len(batch)
         drops = outcome.drops
         with self._lock:
+            if self._written_off:  # already counted as dropped at shutdown; correct the count
+                self._written_off = False
+                key = DropReason.SHUTDOWN.value
+                self._dropped[key] -= outcome.delivered
+                if not self._dropped[key]:
+                    del self._dropped[key]
+                self._delivered += outcome.delivered
+                self._queue.finish(batch, ())
+                return
             keep: List[bytes] = []
             if self._queue.durable:
                 keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]

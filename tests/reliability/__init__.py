@@ -1,0 +1,1 @@
+"""Reliability suite: fault injection, process models, outage memory, bad input at scale."""
