@@ -7,16 +7,17 @@ stops the collector and exits 0 when everything arrived. Only 127.0.0.1 is used.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List
-
-import httpx
 
 HERE = Path(__file__).resolve().parent
 WRITE_KEY = "demo-write-key"
@@ -40,6 +41,16 @@ def start_collector(db: Path) -> tuple[subprocess.Popen[str], str]:
             return proc, line[line.index("http://") :].strip()
     proc.kill()
     raise SystemExit("the collector did not start")
+
+
+def read_events(url: str) -> List[Dict[str, Any]]:
+    """What the collector stored, through its read API (newest first)."""
+    token = base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
+    request = urllib.request.Request(
+        f"{url}/v1/events?limit=100", headers={"Authorization": f"Basic {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return list(json.load(response)["events"])
 
 
 def describe(event: Dict[str, Any]) -> str:
@@ -88,9 +99,7 @@ def main() -> int:
             app = subprocess.run(
                 [sys.executable, str(HERE / "shop.py")], env=env, timeout=60, check=False
             )
-            events = httpx.get(f"{url}/v1/events", auth=(WRITE_KEY, ""), timeout=10).json()[
-                "events"
-            ]
+            events = read_events(url)
             print(f"\nthe collector stored {len(events)} events:\n")
             print_table(events)
         finally:

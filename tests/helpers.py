@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Action:
     delay: float = 0.0
     hang: bool = False
     reset: bool = False
+    close: bool = False  # close the connection after answering, without saying so
 
 
 def _parse(handler: BaseHTTPRequestHandler, raw: bytes) -> Any:
@@ -53,7 +55,7 @@ def _parse(handler: BaseHTTPRequestHandler, raw: bytes) -> Any:
 class RecordingServer:
     """Answers with scripted actions (then 200) and records every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[ssl.SSLContext] = None) -> None:
         self.requests: List[Received] = []
         self.script: List[Action] = []
         self.default = Action()
@@ -79,7 +81,11 @@ class RecordingServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.url = f"https://localhost:{self.port}"
         self.thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -121,6 +127,8 @@ class RecordingServer:
                 handler.send_header(key, value)
             handler.end_headers()
             handler.wfile.write(action.body)
+            if action.close:
+                handler.close_connection = True
         finally:
             with self._cond:
                 self.in_flight -= 1

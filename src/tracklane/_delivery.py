@@ -132,9 +132,9 @@ class Sender:
             if deadline is not None and time.monotonic() + wait >= deadline:
                 return result, _deadline_drop(deadline_reason, messages, retry, error)
             logger.debug("tracklane: retry %d in %.2fs after %s", retry, wait, error)
-            self.on_retry()
             if abort.wait(wait):
                 return result, _deadline_drop(deadline_reason, messages, retry, error)
+            self.on_retry()
 
 
 def _deadline_drop(

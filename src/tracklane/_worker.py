@@ -298,6 +298,7 @@ class Pipeline:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 self._abort.set()
+                self._sender.transport.close()  # ends a request that is still in progress
                 thread.join(0.5)
             if thread.is_alive():
                 self._write_off_inflight()
