@@ -30,16 +30,20 @@ def take_batch(
 
     Always takes at least one message (each is at most 32 KB, far below the request limit).
     """
-    batch: List[bytes] = []
-    size = ENVELOPE_BYTES
     popleft = queue.popleft
-    while queue and len(batch) < max_count:
-        extra = len(queue[0]) + (1 if batch else 0)
-        if batch and size + extra > max_bytes:
-            break
-        batch.append(popleft())
-        size += extra
-    return batch
+    count = min(max_count, len(queue))
+    batch = [popleft() for _ in range(count)]
+    size = body_size(batch)
+    if size <= max_bytes:
+        return batch  # the common case: one pass, no per-message bookkeeping
+    # Too big: keep the longest prefix that fits, put the rest back in order.
+    size = ENVELOPE_BYTES + len(batch[0])
+    keep = 1
+    while keep < count and size + 1 + len(batch[keep]) <= max_bytes:
+        size += 1 + len(batch[keep])
+        keep += 1
+    queue.extendleft(reversed(batch[keep:]))
+    return batch[:keep]
 
 
 def body_size(messages: List[bytes]) -> int:
