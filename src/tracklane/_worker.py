@@ -36,6 +36,12 @@ class Pipeline:
         self._options = options
         self._max_queue_size = options.max_queue_size
         self._batch_size = options.batch_size
+        # An idle worker looks at the queue every half interval, so the first message of a
+        # batch needs no wake-up call: waking the worker costs the caller a GIL hand-off,
+        # measured as the slowest 1 % of calls. It is woken when a batch is full, on
+        # flush() and shutdown(), and for every first message when flush_interval is 0.
+        self._idle_wait = min(_IDLE_WAIT, max(options.flush_interval / 2, 0.005))
+        self._wake_on_first = options.flush_interval == 0
         self._sender = sender
         self._report = report
         self._closed = False
@@ -123,7 +129,8 @@ class Pipeline:
                 self._accepted += 1
                 if size == 0:
                     self._queue_since = time.monotonic()
-                    self._work.notify()
+                    if self._wake_on_first:
+                        self._work.notify()
                 elif size + 1 == self._batch_size:
                     self._work.notify()
                 return True
@@ -383,7 +390,7 @@ class Pipeline:
             else:
                 if no_wait:
                     return None
-                self._work.wait(_IDLE_WAIT)
+                self._work.wait(self._idle_wait)
         batch: List[bytes] = self._queue.take(options.batch_size)
         self._inflight = len(batch)
         self._inflight_batch = batch
