@@ -48,7 +48,7 @@ def take_batch(
 
 def body_size(messages: List[bytes]) -> int:
     """The exact size of ``batch_body(messages)``."""
-    return ENVELOPE_BYTES + sum(len(m) for m in messages) + max(len(messages) - 1, 0)
+    return ENVELOPE_BYTES + sum(map(len, messages)) + max(len(messages) - 1, 0)
 
 
 def new_queue() -> Deque[bytes]:

@@ -62,6 +62,7 @@ class Connection:
         self._proxy_headers = proxy_headers or {}
         self.sock: Optional[socket.socket] = None
         self._buffer = bytearray()
+        self._armed = -1.0
 
     def open(self, deadline: float) -> None:
         """Connect (through the proxy's CONNECT tunnel for TLS), then TLS-handshake."""
@@ -75,6 +76,7 @@ class Connection:
             if self._tls is not None:
                 sock.settimeout(_remaining(deadline))
                 self.sock = self._tls().wrap_socket(sock, server_hostname=self.host)
+            self._armed = -1.0
         except BaseException:
             sock.close()
             self.sock = None
@@ -114,9 +116,21 @@ class Connection:
 
     # -- wire helpers ---------------------------------------------------------------
 
+    def _arm(self, sock: socket.socket, deadline: float) -> None:
+        """Bound the next socket operation by the deadline.
+
+        Each blocking call may take the socket's timeout, so it must be about the time left;
+        ``settimeout`` is a system call, so it is only made when that time moved by more
+        than 50 ms (not between the steps of one quick request).
+        """
+        left = _remaining(deadline)
+        if abs(left - self._armed) > 0.05:
+            sock.settimeout(left)
+            self._armed = left
+
     def _send(self, data: bytes, deadline: float) -> None:
         sock = self._sock()
-        sock.settimeout(_remaining(deadline))
+        self._arm(sock, deadline)
         sock.sendall(data)
 
     def _sock(self) -> socket.socket:
@@ -126,7 +140,7 @@ class Connection:
 
     def _fill(self, deadline: float) -> None:
         sock = self._sock()
-        sock.settimeout(_remaining(deadline))
+        self._arm(sock, deadline)
         chunk = sock.recv(_CHUNK)
         if not chunk:
             raise ConnectionClosed("the server closed the connection")

@@ -112,8 +112,12 @@ class Pipeline:
     def put(self, data: bytes) -> bool:
         """Queue one encoded message; False (counted, reported) when it was not accepted.
 
-        The hot path: one lock, one append, and a wake-up only when the queue becomes
-        non-empty or reaches a full batch.
+        The hot path: one lock, one append, and a wake-up only when the queue reaches a
+        full batch. When a backlog builds up (two batches or more waiting), the call that
+        completes each further batch also lets go of the GIL for a moment: a thread that
+        calls ``track()`` in a tight loop otherwise keeps the worker from running for the
+        interpreter's switch interval (5 ms) at every step of every request, and the queue
+        grows until it drops. Without a backlog no call ever yields.
         """
         if self._pid != os.getpid():
             self._after_fork()
@@ -131,16 +135,21 @@ class Pipeline:
                     self._queue_since = time.monotonic()
                     if self._wake_on_first:
                         self._work.notify()
-                elif size + 1 == self._batch_size:
+                    return True
+                batch = self._batch_size
+                if size + 1 == batch:
                     self._work.notify()
-                return True
-            if self._closed:
+                    return True
+                if (size + 1) % batch or size < batch:
+                    return True
+            elif self._closed:
                 dropped = self._count_drop(
                     DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
                 )
             else:
                 dropped = self._overflow(data)
         if dropped is None:
+            time.sleep(0)  # a backlog: give the worker its turn (see above)
             return True
         self._report(dropped)
         return dropped.messages[0] is not data
