@@ -274,3 +274,17 @@ def test_caller_context_is_kept_and_library_added(server, make_client):
     assert ctx["ip"] == "10.0.0.1"
     assert ctx["locale"] == "fr"
     assert ctx["library"]["name"] == "tracklane"
+
+
+def test_fast_and_general_track_paths_send_the_same_message():
+    """The inlined common track() call sends exactly what the general path sends."""
+    from tracklane.testing import CapturingClient
+
+    client = CapturingClient()
+    client.track("u", "E", {"a": Decimal("1.5")})  # the inlined path
+    client.track("u", "E", {"a": Decimal("1.5")}, context={})  # the general path
+    fast, general = client.events.messages
+    for msg in (fast, general):
+        del msg["timestamp"], msg["messageId"]
+    assert fast == general
+    assert list(fast) == list(general)

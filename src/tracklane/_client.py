@@ -24,6 +24,7 @@ from ._worker import Pipeline
 from .config import DEFAULT_FLUSH_TIMEOUT, MAX_MESSAGE_BYTES, OnError, Options
 from .exceptions import MessageTooLargeError
 from .messages import (
+    LIBRARY,
     Message,
     build_alias,
     build_group,
@@ -31,6 +32,8 @@ from .messages import (
     build_page,
     build_screen,
     build_track,
+    new_message_id,
+    now_timestamp,
 )
 
 __all__ = ["Client"]
@@ -148,6 +151,33 @@ class Client:
         message_id: Any = None,
     ) -> Result:
         """Record that a user did something (``event``), with ``properties``."""
+        if (
+            type(user_id) is str
+            and user_id
+            and type(event) is str
+            and event
+            and type(properties) is dict
+            and context is None
+            and timestamp is None
+            and anonymous_id is None
+            and integrations is None
+            and message_id is None
+        ):
+            # The common call, built inline: the same message build_track makes, with two
+            # Python frames fewer (they are what a call costs between requests, caches cold).
+            return self._enqueue(
+                {
+                    "type": "track",
+                    "event": event,
+                    "anonymousId": None,
+                    "properties": properties,
+                    "userId": user_id,
+                    "context": {"library": LIBRARY},
+                    "integrations": {},
+                    "timestamp": now_timestamp(),
+                    "messageId": new_message_id(),
+                }
+            )
         return self._enqueue(
             build_track(
                 user_id,

@@ -68,7 +68,7 @@ def _with_user(user_default: JSONDefault) -> JSONDefault:
 def _convert(obj: Any) -> Any:
     """orjson's ``default``: one step towards a JSON type for what orjson does not know."""
     if isinstance(obj, Decimal):
-        return _decimal(obj)
+        return str(obj)
     if isinstance(obj, (set, frozenset)):
         return _sorted_if_possible(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -96,10 +96,6 @@ def _convert(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return list(obj)
     return str(obj)
-
-
-def _decimal(value: Decimal) -> str:
-    return str(value)
 
 
 def _sorted_if_possible(items: Any) -> list[Any]:
