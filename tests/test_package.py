@@ -133,6 +133,10 @@ def test_version_is_in_user_agent_and_library():
 
 def test_pytest_plugin_entry_point():
     """The pytest11 entry point names the plugin module."""
-    points = importlib.metadata.entry_points(group="pytest11")
+    everything = importlib.metadata.entry_points()
+    if hasattr(everything, "select"):  # Python 3.10 and newer
+        points = everything.select(group="pytest11")
+    else:  # Python 3.9: a dict of group -> entry points
+        points = everything.get("pytest11", [])
     values = {p.name: p.value for p in points}
     assert values.get("tracklane") == "tracklane.testing.pytest_plugin"

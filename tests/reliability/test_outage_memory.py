@@ -107,8 +107,10 @@ def test_long_outage_keeps_memory_bounded_and_counts_every_drop(refused_url, ove
     if overflow == "drop_newest":
         assert QUEUE <= accepted <= QUEUE + BATCH
         assert during.dropped == {"queue_full": TOTAL - accepted}
-        assert all(queued[:accepted]), "the first ones fill the queue"
-        assert not any(queued[accepted:]), "the newest are refused"
+        assert all(queued[:QUEUE]), "the first ones fill the queue"
+        # Past that, a call is accepted only where the worker had just taken its first
+        # batch (up to one batch of room, once); every other new call is refused.
+        assert sum(queued[QUEUE:]) == accepted - QUEUE <= BATCH
     else:
         assert accepted == TOTAL, "drop_oldest accepts every new message"
         assert QUEUE < during.pending <= QUEUE + BATCH
@@ -129,17 +131,15 @@ def test_long_outage_keeps_memory_bounded_and_counts_every_drop(refused_url, ove
     assert outcome.count(QUEUE_FULL) == final.dropped["queue_full"]
     assert outcome.count(SHUTDOWN) == final.dropped["shutdown"]
     if overflow == "drop_newest":
-        assert outcome == bytes([SHUTDOWN]) * accepted + bytes([QUEUE_FULL]) * (TOTAL - accepted)
+        assert outcome == bytes(SHUTDOWN if ok else QUEUE_FULL for ok in queued)
     else:
         # The first batch stayed in flight; the oldest queued ones made room for the newest.
         in_flight = final.dropped["shutdown"] - QUEUE
         assert 1 <= in_flight <= BATCH
-        expected = (
-            bytes([SHUTDOWN]) * in_flight
-            + bytes([QUEUE_FULL]) * (TOTAL - QUEUE - in_flight)
-            + bytes([SHUTDOWN]) * QUEUE
-        )
-        assert outcome == expected
+        # The newest messages were still queued at shutdown; the batch in flight was one of
+        # the first ones (which exactly depends on when the worker first got the GIL).
+        assert outcome[-QUEUE:] == bytes([SHUTDOWN]) * QUEUE
+        assert outcome[: TOTAL - QUEUE].count(SHUTDOWN) == in_flight
     measure(
         tracked=final.tracked,
         queue_full=final.dropped["queue_full"],
@@ -168,8 +168,13 @@ def test_full_queue_costs_about_the_size_of_its_messages(refused_url, measure):
     finally:
         tracemalloc.stop()
         client.shutdown(timeout=0.5)
-    assert client.stats().dropped["shutdown"] == QUEUE + BATCH
-    per_message = held / (QUEUE + BATCH)
+    stats = client.stats()
+    # Normally the worker holds the first batch (in flight) and the queue the rest; if it
+    # has not taken a batch yet when the queue fills, the last calls are refused instead.
+    assert stats.tracked == sum(stats.dropped.values()) == QUEUE + BATCH
+    held_messages = QUEUE + BATCH - stats.dropped.get("queue_full", 0)
+    assert held_messages >= QUEUE
+    per_message = held / held_messages
     measure(bytes_per_queued_message=round(per_message), message_bytes=message_size)
     assert per_message < 2 * message_size, (
         f"each queued message holds {per_message:.0f} bytes for {message_size} bytes of JSON"
