@@ -38,8 +38,11 @@ PRODUCER = textwrap.dedent(
 
 
 def rows(path: str) -> int:
-    with sqlite3.connect(path) as db:
+    db = sqlite3.connect(path)
+    try:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    finally:
+        db.close()
 
 
 def run_and_kill(script: str, server_url: str, path: str, tag: str, after: int) -> set:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 import uuid
 from collections import deque
 from pathlib import Path
@@ -94,19 +95,22 @@ class DurableBuffer:
         self.holder = uuid.uuid4().hex
         self._lock_file = open(self._locks / f"{self.holder}.lock", "w")  # noqa: SIM115
         fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=10.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(
-            "INSERT INTO holders (holder, pid) VALUES (?, ?)", (self.holder, os.getpid())
-        )
-        self.recovered = self._adopt_dead_holders()
-        self._count = self._scalar(
-            "SELECT COUNT(*) FROM messages WHERE holder = ? AND leased = 0", (self.holder,)
-        )
+        try:
+            self._db = _open_database(self.path, fsync)
+        except BaseException:
+            self._lock_file.close()
+            raise
+        try:
+            self._db.execute(
+                "INSERT INTO holders (holder, pid) VALUES (?, ?)", (self.holder, os.getpid())
+            )
+            self.recovered = self._adopt_dead_holders()
+            self._count = self._scalar(
+                "SELECT COUNT(*) FROM messages WHERE holder = ? AND leased = 0", (self.holder,)
+            )
+        except BaseException:
+            self.close()
+            raise
         self._leased: List[Tuple[int, bytes]] = []
 
     def _scalar(self, sql: str, args: Tuple[Any, ...]) -> int:
@@ -232,6 +236,33 @@ class DurableBuffer:
 
 
 _INHERITED: List[sqlite3.Connection] = []
+
+
+def _open_database(path: str, fsync: bool, patience: float = 10.0) -> sqlite3.Connection:
+    """Connect, switch to WAL and create the schema, waiting out other processes doing so.
+
+    Switching the journal mode needs an exclusive lock for a moment, and SQLite reports
+    "database is locked" at once (no busy handler) when two processes open a new file
+    together; so the whole setup is retried until ``patience`` runs out.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.005
+    while True:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=patience)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.OperationalError as exc:
+            db.close()
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        except BaseException:
+            db.close()
+            raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def _unlink(path: Path) -> None:
