@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Deque, List
 
 from .config import MAX_REQUEST_BYTES
@@ -49,8 +48,3 @@ def take_batch(
 def body_size(messages: List[bytes]) -> int:
     """The exact size of ``batch_body(messages)``."""
     return ENVELOPE_BYTES + sum(map(len, messages)) + max(len(messages) - 1, 0)
-
-
-def new_queue() -> Deque[bytes]:
-    """An empty message queue."""
-    return deque()

@@ -22,7 +22,14 @@ from uuid import UUID, uuid4
 
 import orjson
 
-__all__ = ["ORJSON_OPTIONS", "JSONDefault", "default_for", "encode", "to_json_safe"]
+__all__ = [
+    "ORJSON_OPTIONS",
+    "JSONDefault",
+    "default_for",
+    "encode",
+    "encode_slowly",
+    "to_json_safe",
+]
 
 JSONDefault = Callable[[Any], Any]
 
@@ -37,11 +44,13 @@ _TOO_DEEP = "<nested too deep>"
 def encode(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
     """Compact JSON bytes for ``value``; never raises."""
     try:
-        if user_default is None:
-            return orjson.dumps(value, default=_convert, option=_OPTIONS)
-        return orjson.dumps(value, default=_with_user(user_default), option=_OPTIONS)
+        return orjson.dumps(value, default=default_for(user_default), option=_OPTIONS)
     except (TypeError, ValueError, RecursionError):
-        pass
+        return encode_slowly(value, user_default)
+
+
+def encode_slowly(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
+    """The path for what orjson refused: convert everything in Python, then the stdlib."""
     walker = _Walker(user_default)
     safe = walker.walk(value, 0)
     text = json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False)

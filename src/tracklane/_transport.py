@@ -61,7 +61,7 @@ class _Route:
     host: str
     port: int
     target: str
-    proxy: Optional[Tuple[str, str, int]] = None  # scheme, host, port of the proxy
+    proxy: Optional[Tuple[str, int]] = None  # host and port of the (http://) proxy
     proxy_headers: Optional[Dict[str, str]] = None
 
 
@@ -142,12 +142,11 @@ class HTTPTransport:
         if self._conn is not None and self._conn.sock is not None:
             return self._conn, True
         route = self._route
-        proxy = route.proxy[1:] if route.proxy is not None else None
         conn = Connection(
             route.host,
             route.port,
             self._context if route.scheme == "https" else None,
-            proxy=proxy,
+            proxy=route.proxy,
             proxy_headers=route.proxy_headers,
         )
         conn.open(deadline)
@@ -226,18 +225,15 @@ def _route(url: str, proxies: object) -> _Route:
             f"proxies: only http:// proxies are supported (HTTPS goes through a CONNECT "
             f"tunnel inside them), not {p_scheme}://"
         )
-    p_port = proxy.port or (443 if p_scheme == "https" else 80)
     headers: Dict[str, str] = {}
     if proxy.username is not None:
         credentials = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
         token = base64.b64encode(credentials.encode()).decode("ascii")
         headers["Proxy-Authorization"] = f"Basic {token}"
     if scheme == "http":  # plain HTTP through a proxy: absolute URI on the request line
-        return _Route(
-            scheme, host, port, url, (p_scheme, proxy.hostname or "", p_port), headers or None
-        )
+        target = url
     return _Route(
-        scheme, host, port, target, (p_scheme, proxy.hostname or "", p_port), headers or None
+        scheme, host, port, target, (proxy.hostname or "", proxy.port or 80), headers or None
     )
 
 

@@ -155,14 +155,16 @@ class Pipeline:
         return dropped.messages[0] is not data
 
     def _append(self, data: bytes) -> None:
+        """Queue ``data`` (lock held), waking the worker by the same rules as :meth:`put`."""
         queue = self._queue
         queue.append(data)
         self._accepted += 1
         size = len(queue)
         if size == 1:
             self._queue_since = time.monotonic()
-            self._work.notify()
-        elif size == self._options.batch_size:
+            if self._wake_on_first:
+                self._work.notify()
+        elif size == self._batch_size:
             self._work.notify()
 
     def _overflow(self, data: bytes) -> Optional[Drop]:

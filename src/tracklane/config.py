@@ -162,8 +162,8 @@ class Options:
             _non_negative_number(name, getattr(self, name))
         for name in ("timeout", "backoff_base", "backoff_cap", "max_retry_after"):
             _non_negative_number(name, getattr(self, name))
-            if getattr(self, name) == 0 and name == "timeout":
-                raise ConfigurationError("timeout: must be greater than 0")
+        if self.timeout == 0:
+            raise ConfigurationError("timeout: must be greater than 0")
         for name in ("debug", "send", "gzip", "sync_mode", "queue_fsync"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name}: must be True or False")
