@@ -1,0 +1,165 @@
+"""ASGI (Starlette, FastAPI, any ASGI app): a request scope middleware and a lifespan helper.
+
+::
+
+    from tracklane.integrations.asgi import TracklaneMiddleware, lifespan
+
+    app = FastAPI(lifespan=lifespan())          # shuts the default client down at exit
+    app.add_middleware(TracklaneMiddleware)     # or: app = TracklaneMiddleware(app)
+
+Plain ASGI: no framework is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    MutableMapping,
+    Optional,
+    Union,
+)
+
+import tracklane
+
+from ._request import RequestSettings, request_fields, user_id_of
+
+__all__ = ["TracklaneMiddleware", "lifespan"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class TracklaneMiddleware:
+    """Open a :func:`tracklane.context` scope for each HTTP request and WebSocket.
+
+    Sets ``ip``, ``userAgent``, ``page`` and ``locale``. ``ip_header`` and
+    ``proxy_count`` read the client's address from a trusted proxy's header;
+    ``user_id=True`` takes ``scope["user"].identity`` when authenticated (Starlette's
+    ``AuthenticationMiddleware`` must run first), a string names another attribute of the
+    user, and a function of the ASGI scope returns the id itself.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        ip_header: Optional[str] = None,
+        proxy_count: int = 1,
+        user_id: Union[bool, str, Callable[[Scope], Any]] = False,
+    ) -> None:
+        self.app = app
+        self.settings = RequestSettings(ip_header, proxy_count, user_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        token = tracklane.context(self.fields(scope), user_id=self._user_id(scope)).enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            tracklane.context.exit(token)
+
+    def fields(self, scope: Scope) -> Dict[str, Any]:
+        """The request's Segment ``context`` fields."""
+        headers: Dict[str, str] = {}
+        for name, value in scope.get("headers") or ():
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        client = scope.get("client")
+        peer = client[0] if client else None
+        header = headers.get(self.settings.ip_header.lower()) if self.settings.ip_header else None
+        path = scope.get("root_path", "") + scope.get("path", "")
+        query = (scope.get("query_string") or b"").decode("latin-1")
+        return request_fields(
+            url=_url(scope, headers, path, query),
+            path=path,
+            query=query,
+            ip=self.settings.client_ip(peer, header),
+            user_agent=headers.get("user-agent"),
+            referrer=headers.get("referer"),
+            accept_language=headers.get("accept-language"),
+        )
+
+    def _user_id(self, scope: Scope) -> Any:
+        setting = self.settings.user_id
+        if setting is False:
+            return None
+        if callable(setting) and not isinstance(setting, bool):
+            return setting(scope)
+        return user_id_of(scope.get("user"), setting, "identity")
+
+
+def _url(scope: Scope, headers: Dict[str, str], path: str, query: str) -> str:
+    scheme = scope.get("scheme") or ("ws" if scope["type"] == "websocket" else "http")
+    host = headers.get("host")
+    if host is None and scope.get("server"):
+        server_host, port = scope["server"]
+        default = {"http": 80, "ws": 80, "https": 443, "wss": 443}.get(scheme)
+        host = server_host if port in (None, default) else f"{server_host}:{port}"
+    url = f"{scheme}://{host or ''}{path}"
+    return f"{url}?{query}" if query else url
+
+
+ClientOrFactory = Union[Any, Callable[[], Any], None]
+
+
+def lifespan(
+    client: ClientOrFactory = None,
+    *,
+    timeout: Optional[float] = None,
+    state_key: str = "tracklane",
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[Dict[str, Any]]]:
+    """A lifespan for Starlette and FastAPI (``FastAPI(lifespan=lifespan(...))``).
+
+    ``client`` is a ``tracklane.Client``, a ``tracklane.AsyncClient``, a function that
+    builds one (called, and awaited if it is a coroutine function, at start-up), or
+    ``None`` for the default client. A given client is in the lifespan state as
+    ``request.state.tracklane``. At exit it is shut down within ``timeout`` seconds
+    (default: its ``shutdown_timeout``): awaited for an ``AsyncClient``, in a worker
+    thread for a ``Client`` so that the event loop keeps running.
+    """
+
+    @contextlib.asynccontextmanager
+    async def run(_app: Any) -> AsyncIterator[Dict[str, Any]]:
+        made = await _resolve(client)
+        try:
+            yield {} if made is None else {state_key: made}
+        finally:
+            await _shutdown(made, timeout)
+
+    return run
+
+
+async def _resolve(client: ClientOrFactory) -> Any:
+    if client is None:
+        return None
+    if not callable(client) or hasattr(client, "track"):
+        return client
+    made = client()
+    return await made if inspect.isawaitable(made) else made
+
+
+async def _shutdown(client: Any, timeout: Optional[float]) -> None:
+    if client is None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(tracklane.shutdown, timeout)
+        )
+        return
+    shutdown = client.shutdown
+    if inspect.iscoroutinefunction(shutdown):
+        await shutdown(timeout)
+        return
+    await asyncio.get_running_loop().run_in_executor(None, functools.partial(shutdown, timeout))
