@@ -40,10 +40,11 @@ class Scope:
         """This scope merged over ``parent`` (the scope open when this one is entered)."""
         if parent is None:
             return self
-        fields = merge(parent.fields, self.fields)
-        if self.user_id is not None or self.anonymous_id is not None:
-            return Scope(fields, self.user_id, self.anonymous_id)
-        return Scope(fields, parent.user_id, parent.anonymous_id)
+        return Scope(
+            merge(parent.fields, self.fields),
+            parent.user_id if self.user_id is None else self.user_id,
+            parent.anonymous_id if self.anonymous_id is None else self.anonymous_id,
+        )
 
     def context_for(self, explicit: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         """A message's ``context``: these fields, with a call's own ``context=`` winning."""
@@ -103,8 +104,8 @@ class context:  # noqa: N801 - used like a function: `with tracklane.context(ip=
     - Scopes nest: an inner scope's fields merge over the outer ones key by key (and key
       by key inside mappings such as ``page``); a field set to ``None`` is removed.
     - A call's own ``context=`` wins over the scope, by the same rule.
-    - ``user_id`` and ``anonymous_id`` are not context fields: they are the identity used
-      by calls that give neither (``alias`` always needs its own ``user_id``).
+    - ``user_id`` and ``anonymous_id`` are not context fields: they are the ``userId``
+      and ``anonymousId`` of calls that give none (``alias`` needs its own ``user_id``).
     - Scopes are local to the thread and the asyncio task (``contextvars``): a thread
       started inside one does not see it, a task created inside one starts with a copy.
 

@@ -190,9 +190,11 @@ def prepare_common(
         )
         message["anonymousId"] = anon or None
     scope = current_scope()
-    if scope is not None and uid is None and message.get("anonymousId") is None:
-        uid = scope.user_id  # the identity of a tracklane.context() scope, for calls with none
-        message["anonymousId"] = scope.anonymous_id
+    if scope is not None:  # a tracklane.context() scope's ids, for calls that give none
+        if uid is None:
+            uid = scope.user_id
+        if message.get("anonymousId") is None:
+            message["anonymousId"] = scope.anonymous_id
     if require_identity and uid is None and message.get("anonymousId") is None:
         raise ValidationError("user_id", "a user_id or an anonymous_id is required")
     message["userId"] = uid

@@ -7,7 +7,11 @@
     app = FastAPI(lifespan=lifespan())          # shuts the default client down at exit
     app.add_middleware(TracklaneMiddleware)     # or: app = TracklaneMiddleware(app)
 
-Plain ASGI: no framework is imported.
+    application = ClientLifespan(get_asgi_application())   # Django, or any ASGI app
+
+Plain ASGI: no framework is imported. Why the lifespan matters: uvicorn (0.29 and later)
+ends its process by raising the stop signal again after a graceful shutdown, so
+``atexit``, where tracklane flushes by itself, never runs there.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    List,
     MutableMapping,
     Optional,
     Union,
@@ -31,7 +36,7 @@ import tracklane
 
 from ._request import RequestSettings, request_fields, user_id_of
 
-__all__ = ["TracklaneMiddleware", "lifespan"]
+__all__ = ["ClientLifespan", "TracklaneMiddleware", "lifespan"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -163,3 +168,62 @@ async def _shutdown(client: Any, timeout: Optional[float]) -> None:
         await shutdown(timeout)
         return
     await asyncio.get_running_loop().run_in_executor(None, functools.partial(shutdown, timeout))
+
+
+class ClientLifespan:
+    """Wrap any ASGI app so that the server's lifespan shutdown shuts the client down.
+
+    For apps without a ``lifespan=`` parameter of their own (Django's ASGI handler, which
+    refuses lifespan events, or a bare ASGI callable). Lifespan events still reach the
+    app when it handles them; when it refuses them, this wrapper answers them itself.
+    ``client`` and ``timeout`` are as for :func:`lifespan`.
+    """
+
+    def __init__(
+        self, app: ASGIApp, client: ClientOrFactory = None, *, timeout: Optional[float] = None
+    ) -> None:
+        self.app = app
+        self._client_or_factory = client
+        self._timeout = timeout
+        self.client: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        received: List[Message] = []
+
+        async def tracked_receive() -> Message:
+            message = await receive()
+            received.append(message)
+            if message["type"] == "lifespan.startup":
+                self.client = await _resolve(self._client_or_factory)
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await _shutdown(self.client, self._timeout)
+            await send(message)
+
+        try:
+            await self.app(scope, tracked_receive, tracked_send)
+        except Exception:
+            if received:  # the app took part in the lifespan, then failed: not ours to hide
+                raise
+            await self._answer(receive, send)
+
+    async def _answer(self, receive: Receive, send: Send) -> None:
+        """The lifespan protocol for an app that refuses it: start, then stop the client."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.client = await _resolve(self._client_or_factory)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _shutdown(self.client, self._timeout)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
