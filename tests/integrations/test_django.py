@@ -5,15 +5,14 @@ from __future__ import annotations
 import signal
 import textwrap
 from pathlib import Path
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Tuple
+from typing import List
 
-import httpx
 import pytest
 
 from tracklane.collector import CollectorServer
 
 from .conftest import ServerProcess, free_port, python, stored
+from .web import check_events, send_requests
 
 pytest.importorskip("django", reason="the Django integration is tested with Django installed")
 
@@ -94,51 +93,6 @@ def _project(tmp_path: Path, collector: CollectorServer, write_key: str) -> None
     )
 
 
-def _requests(port: int, path: str, count: int) -> Dict[str, Dict[str, Any]]:
-    """Send ``count`` requests, six at a time, each with its own ip, agent, referrer, user."""
-
-    def one(i: int) -> Tuple[str, Dict[str, Any]]:
-        request_id = f"r{i}"
-        headers = {
-            "User-Agent": f"agent/{i}",
-            "X-Forwarded-For": f"203.0.113.{i}, 10.0.0.1, 198.51.100.{i}",
-            "Referer": f"https://ref.example/{i}",
-            "Accept-Language": "de;q=0.5, fr-CA, en;q=0.8",
-        }
-        if i % 2 == 0:
-            headers["X-Test-User"] = f"{1000 + i}"
-        response = http.get(path, params={"id": request_id, "q": "x y"}, headers=headers)
-        assert response.status_code == 200, response.text
-        return request_id, {"i": i, "user": headers.get("X-Test-User")}
-
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            return dict(pool.map(one, range(count)))
-
-
-def _check(events: List[Dict[str, Any]], sent: Dict[str, Dict[str, Any]], port: int, path: str):
-    by_id = {event["properties"]["id"]: event for event in events}
-    assert set(by_id) == set(sent), "every request's event is stored"
-    assert len(events) == len(sent), "and stored once"
-    for request_id, info in sent.items():
-        event = by_id[request_id]
-        context = event["context"]
-        i = info["i"]
-        # X-Forwarded-For with one trusted proxy: the right-most address is the client's.
-        assert context["ip"] == f"198.51.100.{i}"
-        assert context["userAgent"] == f"agent/{i}"
-        assert context["locale"] == "fr-CA"
-        assert context["page"] == {
-            "path": path,
-            "url": f"http://127.0.0.1:{port}{path}?id={request_id}&q=x+y",
-            "search": f"?id={request_id}&q=x+y",
-            "referrer": f"https://ref.example/{i}",
-        }
-        assert context["library"]["name"] == "tracklane"
-        assert event["anonymousId"] == "anon"
-        assert event.get("userId") == info["user"], "userId only for an authenticated user"
-
-
 def test_django_under_gunicorn_puts_request_context_on_events(
     tmp_path: Path, collector: CollectorServer, write_key: str, processes: List[ServerProcess]
 ) -> None:
@@ -152,9 +106,9 @@ def test_django_under_gunicorn_puts_request_context_on_events(
     )
     processes.append(server)
     server.wait_for_port(port)
-    sent = _requests(port, "/checkout/", 30)
+    sent = send_requests(port, "/checkout/", 30)
     assert server.stop() == 0, server.output()
-    _check(stored(collector, write_key, len(sent)), sent, port, "/checkout/")
+    check_events(stored(collector, write_key, len(sent)), sent, port, "/checkout/")
 
 
 @pytest.mark.parametrize("path", ["/checkout/", "/checkout-async/"])
@@ -175,8 +129,8 @@ def test_django_under_uvicorn_puts_request_context_on_events(
     )
     processes.append(server)
     server.wait_for_port(port)
-    sent = _requests(port, path, 30)
+    sent = send_requests(port, path, 30)
     # uvicorn re-raises SIGTERM after its graceful shutdown: atexit never runs, and
     # ClientLifespan's shutdown at the end of the lifespan is what delivers the events.
     assert server.stop() in (0, -signal.SIGTERM), server.output()
-    _check(stored(collector, write_key, len(sent)), sent, port, path)
+    check_events(stored(collector, write_key, len(sent)), sent, port, path)
