@@ -94,7 +94,7 @@ def _identity(field: str, value: Any) -> Optional[str]:
     return coerce_id(field, value)
 
 
-class context:  # noqa: N801 - used like a function: `with tracklane.context(ip=...)`
+class context:  # lower case: used like a function, `with tracklane.context(ip=...)`
     """Set Segment ``context`` fields for every message built inside this scope.
 
     ``tracklane.context(ip="1.2.3.4", page={"path": "/"})`` works as a ``with`` block and

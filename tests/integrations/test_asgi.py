@@ -63,7 +63,9 @@ def test_fastapi_under_uvicorn_puts_request_context_on_events(
     shuts the client down, so what was queued at SIGTERM is delivered."""
     (tmp_path / "shop_api.py").write_text(APP.format(write_key=write_key, host=collector.url))
     port = free_port()
-    server = ServerProcess([python(), "-m", "uvicorn", "--port", str(port), "shop_api:app"], tmp_path)
+    server = ServerProcess(
+        [python(), "-m", "uvicorn", "--port", str(port), "shop_api:app"], tmp_path
+    )
     processes.append(server)
     server.wait_for_port(port)
     sent = send_requests(port, path, 30)

@@ -1,4 +1,4 @@
-"""Celery: a real prefork worker (2 children) on kombu's filesystem transport, stopped by SIGTERM."""
+"""Celery: a real prefork worker (2 children) on kombu's filesystem transport, then SIGTERM."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ def send_requests(port: int, path: str, count: int) -> Dict[str, Dict[str, Any]]
         assert response.status_code == 200, response.text
         return request_id, {"i": i, "user": headers.get("X-Test-User")}
 
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            return dict(pool.map(one, range(count)))
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=10) as http, ThreadPoolExecutor(6) as pool:
+        return dict(pool.map(one, range(count)))
 
 
 def check_events(

@@ -33,4 +33,3 @@ def configure_default(options: Mapping[str, Any], where: str) -> None:
     tracklane.shutdown()
     for name, value in given.items():
         setattr(tracklane, name, value)
-

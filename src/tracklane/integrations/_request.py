@@ -28,7 +28,9 @@ class RequestSettings:
         if self.ip_header is not None and (
             not isinstance(self.ip_header, str) or not self.ip_header.strip()
         ):
-            raise tracklane.ConfigurationError("ip_header: must be a header name such as 'X-Forwarded-For'")
+            raise tracklane.ConfigurationError(
+                "ip_header: must be a header name such as 'X-Forwarded-For'"
+            )
         if isinstance(self.proxy_count, bool) or not isinstance(self.proxy_count, int):
             raise tracklane.ConfigurationError("proxy_count: must be a whole number of proxies")
         if self.proxy_count < 1:

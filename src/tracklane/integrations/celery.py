@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from contextvars import Token
 from typing import Any, Dict, Iterable, List, Optional
@@ -59,10 +60,9 @@ class _Hooks:
         with self.lock:
             token = self.tokens.pop(task_id or "", None)
         if token is not None:
-            try:
+            # ValueError: opened in another context (a pool that switched): harmless.
+            with contextlib.suppress(ValueError):
                 tracklane.context.exit(token)
-            except ValueError:  # opened in another context (a pool that switched): harmless
-                pass
         if self.flush_after_task:
             tracklane.flush(self.timeout)
             for client in self.clients:

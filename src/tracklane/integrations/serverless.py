@@ -113,7 +113,9 @@ def _flush(budget: float, clients: Any) -> None:
     try:
         result = tracklane.flush(budget)
         if result is not None and not result:
-            logger.warning("tracklane: %d events still pending as the invocation ends", result.pending)
+            logger.warning(
+                "tracklane: %d events still pending as the invocation ends", result.pending
+            )
         for client in clients:
             client.flush(_left(deadline))
     except Exception:

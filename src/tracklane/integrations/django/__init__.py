@@ -21,8 +21,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 from django.http import HttpRequest, HttpResponseBase
 
 import tracklane
-
-from .._request import RequestSettings, request_fields, user_id_of
+from tracklane.integrations._request import RequestSettings, request_fields, user_id_of
 
 __all__ = ["REQUEST_KEYS", "TracklaneMiddleware", "split_settings"]
 

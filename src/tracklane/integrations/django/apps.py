@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 import tracklane
+from tracklane.integrations._config import configure_default
 
-from .._config import configure_default
 from . import split_settings
 
 
