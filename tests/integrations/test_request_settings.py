@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import tracklane
@@ -96,3 +98,35 @@ def test_django_settings_are_checked_at_startup(default_settings: None) -> None:
         split_settings(["write_key"])
     configure_default({"write_key": "k2", "flush_interval": 2}, "settings.TRACKLANE")
     assert (tracklane.write_key, tracklane.flush_interval) == ("k2", 2)
+
+
+def test_a_failing_user_lookup_never_breaks_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    """If reading the user raises, the request is served and its events have no userId."""
+    import asyncio
+
+    import httpx
+
+    from tracklane.integrations.asgi import TracklaneMiddleware
+
+    stub = tracklane.Client("k", stub=True)
+    sent: list = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        sent.append(stub.track(event="Viewed", anonymous_id="anon")[1])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def broken_user(scope: Any) -> Any:
+        raise RuntimeError("user store down")
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=TracklaneMiddleware(app, user_id=broken_user))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as http:
+            return await http.get("/cart?x=1", headers={"User-Agent": "agent"})
+
+    response = asyncio.run(call())
+    assert response.status_code == 200
+    assert sent[0]["userId"] is None
+    assert sent[0]["context"]["page"]["url"] == "http://shop.test/cart?x=1"
+    assert sent[0]["context"]["userAgent"] == "agent"
+    assert "could not read the request's user id" in caplog.text

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import tracklane
 
-__all__ = ["RequestSettings", "parse_locale", "request_fields"]
+__all__ = ["RequestSettings", "open_scope", "parse_locale", "request_fields", "user_id_of"]
+
+logger = logging.getLogger("tracklane")
 
 
 @dataclass(frozen=True)
@@ -120,3 +123,22 @@ def user_id_of(user: Any, setting: Any, attribute: str) -> Any:
     if user is None or setting is False or not getattr(user, "is_authenticated", False):
         return None
     return getattr(user, setting if isinstance(setting, str) else attribute, None)
+
+
+def open_scope(
+    fields: Callable[[], Dict[str, Any]], user_id: Callable[[], Any]
+) -> tracklane.context:
+    """The request's scope; reading the request or its user never breaks the request.
+
+    What fails is logged and left out (a user lookup that raises, an id of a bad type).
+    """
+    try:
+        found = fields()
+    except Exception:
+        logger.exception("tracklane: could not read the request's context fields")
+        found = {}
+    try:
+        return tracklane.context(found, user_id=user_id())
+    except Exception:
+        logger.exception("tracklane: could not read the request's user id; sending none")
+        return tracklane.context(found)

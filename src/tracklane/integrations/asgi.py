@@ -34,7 +34,7 @@ from typing import (
 
 import tracklane
 
-from ._request import RequestSettings, request_fields, user_id_of
+from ._request import RequestSettings, open_scope, request_fields, user_id_of
 
 __all__ = ["ClientLifespan", "TracklaneMiddleware", "lifespan"]
 
@@ -70,7 +70,7 @@ class TracklaneMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = tracklane.context(self.fields(scope), user_id=self._user_id(scope)).enter()
+        token = open_scope(lambda: self.fields(scope), lambda: self._user_id(scope)).enter()
         try:
             await self.app(scope, receive, send)
         finally:

@@ -23,7 +23,7 @@ import flask
 import tracklane
 
 from ._config import configure_default
-from ._request import RequestSettings, request_fields
+from ._request import RequestSettings, open_scope, request_fields
 
 __all__ = ["Tracklane"]
 
@@ -72,15 +72,20 @@ class Tracklane:
 
 def _enter(settings: RequestSettings) -> Any:
     request = flask.request
-    header = request.headers.get(settings.ip_header) if settings.ip_header else None
-    fields = request_fields(
-        url=request.url,
-        path=request.path,
-        query=request.query_string.decode("latin-1"),
-        ip=settings.client_ip(request.remote_addr, header),
-        user_agent=request.headers.get("User-Agent"),
-        referrer=request.headers.get("Referer"),
-        accept_language=request.headers.get("Accept-Language"),
-    )
-    user_id = settings.user_id(request) if callable(settings.user_id) else None
-    return tracklane.context(fields, user_id=user_id).enter()
+
+    def fields() -> Dict[str, Any]:
+        header = request.headers.get(settings.ip_header) if settings.ip_header else None
+        return request_fields(
+            url=request.url,
+            path=request.path,
+            query=request.query_string.decode("latin-1"),
+            ip=settings.client_ip(request.remote_addr, header),
+            user_agent=request.headers.get("User-Agent"),
+            referrer=request.headers.get("Referer"),
+            accept_language=request.headers.get("Accept-Language"),
+        )
+
+    def user_id() -> Any:
+        return settings.user_id(request) if callable(settings.user_id) else None
+
+    return open_scope(fields, user_id).enter()

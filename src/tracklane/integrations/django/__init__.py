@@ -15,18 +15,26 @@ Works under WSGI and ASGI, with sync and async views.
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Tuple, Union
+import logging
+from typing import Any, Awaitable, Callable, Dict, Mapping, Optional, Tuple, Union, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest, HttpResponseBase
 
 import tracklane
-from tracklane.integrations._request import RequestSettings, request_fields, user_id_of
+from tracklane.integrations._request import (
+    RequestSettings,
+    open_scope,
+    request_fields,
+    user_id_of,
+)
 
 __all__ = ["REQUEST_KEYS", "TracklaneMiddleware", "split_settings"]
 
 REQUEST_KEYS = ("ip_header", "proxy_count", "user_id")
 """Keys of ``settings.TRACKLANE`` that configure the middleware, not the client."""
+
+logger = logging.getLogger("tracklane")
 
 Handler = Callable[[HttpRequest], Union[HttpResponseBase, Awaitable[HttpResponseBase]]]
 
@@ -71,19 +79,19 @@ class TracklaneMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._call_async(request)
-        scope = tracklane.context(self.fields(request), user_id=self._user_id(request))
-        with scope:
+        with open_scope(lambda: self.fields(request), lambda: self._user_id(request)):
             return self.get_response(request)
 
     async def _call_async(self, request: HttpRequest) -> HttpResponseBase:
-        user_id = None
+        user_id: Any = None
         if self.settings.user_id is not False:
-            user_id = await sync_to_async(self._user_id)(request)
-        token = tracklane.context(self.fields(request), user_id=user_id).enter()
+            try:  # the user may need the database: never from the event loop
+                user_id = await sync_to_async(self._user_id)(request)
+            except Exception:
+                logger.exception("tracklane: could not read the request's user id; sending none")
+        token = open_scope(lambda: self.fields(request), lambda: user_id).enter()
         try:
-            response = self.get_response(request)
-            assert not isinstance(response, HttpResponseBase)
-            return await response
+            return await cast(Awaitable[HttpResponseBase], self.get_response(request))
         finally:
             tracklane.context.exit(token)
 
