@@ -71,3 +71,39 @@ def test_fastapi_under_uvicorn_puts_request_context_on_events(
     sent = send_requests(port, path, 30)
     assert server.stop() in (0, -signal.SIGTERM), server.output()
     check_events(stored(collector, write_key, len(sent)), sent, port, path)
+
+
+BARE_APP = """
+import tracklane
+from fastapi import FastAPI
+
+tracklane.write_key = {write_key!r}
+tracklane.host = {host!r}
+tracklane.flush_interval = 60
+
+app = FastAPI()  # no lifespan helper: only tracklane's own exit flush could send
+
+
+@app.get("/checkout/")
+async def checkout(id: str):
+    tracklane.track("u", "Checkout", {{"id": id}})
+    return "ok"
+"""
+
+
+def test_without_the_lifespan_uvicorn_loses_what_is_queued(
+    tmp_path: Path, collector: CollectorServer, write_key: str, processes: List[ServerProcess]
+) -> None:
+    """Why the lifespan helper exists: uvicorn dies by re-raising SIGTERM, skipping atexit."""
+    (tmp_path / "bare_api.py").write_text(BARE_APP.format(write_key=write_key, host=collector.url))
+    port = free_port()
+    server = ServerProcess(
+        [python(), "-m", "uvicorn", "--port", str(port), "bare_api:app"], tmp_path
+    )
+    processes.append(server)
+    server.wait_for_port(port)
+    sent = send_requests(port, "/checkout/", 5)
+    assert len(sent) == 5
+    assert server.stop() == -signal.SIGTERM, server.output()
+    # The process is gone and had made no request (5 events, batches of 100, 60 s interval).
+    assert stored(collector, write_key, 1, timeout=0) == []

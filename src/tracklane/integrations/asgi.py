@@ -86,7 +86,9 @@ class TracklaneMiddleware:
         client = scope.get("client")
         peer = client[0] if client else None
         header = headers.get(self.settings.ip_header.lower()) if self.settings.ip_header else None
-        path = scope.get("root_path", "") + scope.get("path", "")
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and not path.startswith(root):  # servers differ on whether path includes it
+            path = root + path
         query = (scope.get("query_string") or b"").decode("latin-1")
         return request_fields(
             url=_url(scope, headers, path, query),
