@@ -138,7 +138,3 @@ def python() -> str:
     """The interpreter running the tests (its venv has gunicorn, uvicorn, celery)."""
     return sys.executable
 
-
-def restore_signal(signum: int, handler: Any) -> None:
-    """Put back a signal handler a test replaced."""
-    signal.signal(signum, handler)
