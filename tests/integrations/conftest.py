@@ -137,4 +137,3 @@ def default_settings() -> Iterator[None]:
 def python() -> str:
     """The interpreter running the tests (its venv has gunicorn, uvicorn, celery)."""
     return sys.executable
-
