@@ -41,13 +41,14 @@ def track_order(number):
 
 def _config(folder: Path) -> Dict[str, Any]:
     queue = str(folder / "queue")
-    for name in ("queue", "results"):
+    for name in ("queue", "results", "control"):
         (folder / name).mkdir(exist_ok=True)
     return {
         "broker_url": "filesystem://",
         "broker_transport_options": {
             "data_folder_in": queue,
             "data_folder_out": queue,
+            "control_folder": str(folder / "control"),  # else ./control in the cwd
             "polling_interval": 0.02,
         },
         "result_backend": f"file://{folder / 'results'}",
