@@ -168,6 +168,12 @@ class PostgresServer:
         self.stop()
         raise RuntimeError(f"PostgreSQL did not start: {last_error}")
 
+    def restart(self) -> None:
+        """Restart the server (fast shutdown: open connections are cut)."""
+        assert self._dir is not None, "the server is not started"
+        log = str(self._dir / "server.log")  # without -l the server would hold our stdout pipe
+        self._run("pg_ctl", "restart", "-w", "-m", "fast", "-D", str(self.data_dir), "-l", log)
+
     def create_database(self, prefix: str = "t") -> str:
         """Create a fresh empty database and return its DSN."""
         import psycopg
@@ -184,7 +190,9 @@ class PostgresServer:
         if (self.data_dir / "postmaster.pid").exists():
             for mode in ("fast", "immediate"):
                 try:
-                    self._run("pg_ctl", "stop", "-w", "-t", "30", "-m", mode, "-D", str(self.data_dir))
+                    self._run(
+                        "pg_ctl", "stop", "-w", "-t", "30", "-m", mode, "-D", str(self.data_dir)
+                    )
                     break
                 except (RuntimeError, subprocess.TimeoutExpired):
                     continue
