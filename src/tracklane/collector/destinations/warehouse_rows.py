@@ -14,6 +14,7 @@ becomes a :class:`Discard` (kept as text, never dropped silently).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -127,13 +128,13 @@ class Table:
 
     def add(self, row: Dict[str, Value]) -> None:
         self.rows.append(row)
+        kinds = self.kinds
         for column, value in row.items():
-            kind = kind_of(value)
-            seen = self.kinds.get(column)
+            seen = kinds.get(column)
             if seen is None:
-                self.kinds[column] = kind
-            elif {seen, kind} == {"int", "float"}:  # a numeric column that is not all ints
-                self.kinds[column] = "float"
+                kinds[column] = kind_of(value)
+            elif seen == "int" and type(value) is float:  # a numeric column not all ints
+                kinds[column] = "float"
 
 
 @dataclass
@@ -150,6 +151,7 @@ class Rows:
         return found
 
 
+@functools.lru_cache(maxsize=16_384)  # the same keys come in every message
 def snake_case(name: str) -> str:
     """Segment's column/table naming: ``accountType`` -> ``account_type``, at most 63 bytes.
 
@@ -190,11 +192,8 @@ def _normalize(value: Any) -> Optional[Value]:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        if _DATETIME.fullmatch(value):
-            try:
-                return Moment(value, parse_iso(value))
-            except ValueError:
-                return value
+        if len(value) >= 16 and value[4:5] == "-" and _DATETIME.fullmatch(value):
+            return _moment(value) or value
         return value
     return dumps(value).decode("utf-8")  # arrays (and anything else) are stringified
 
@@ -263,12 +262,20 @@ def _id_text(value: Any) -> Optional[str]:
 
 
 def _moment(value: Any) -> Optional[Moment]:
-    if isinstance(value, str):
-        try:
-            return Moment(value, parse_iso(value))
-        except ValueError:
-            return None
-    return None
+    """``value`` as a Moment if it is an ISO-8601 string (no offset means UTC)."""
+    if not isinstance(value, str):
+        return None
+    try:  # the C parser first (5x faster); parse_iso for what it refuses (e.g. "Z" on 3.10)
+        at = datetime.fromisoformat(value)
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        return Moment(value, at)
+    except ValueError:
+        pass
+    try:
+        return Moment(value, parse_iso(value))
+    except ValueError:
+        return None
 
 
 def _common(row: _Row, message: Mapping[str, Any], uuid_ts: Moment) -> None:
