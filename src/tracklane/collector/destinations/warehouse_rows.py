@@ -19,7 +19,19 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Set, Tuple, Union
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Set,
+    Tuple,
+    Union,
+)
 
 from tracklane.collector._json import dumps
 from tracklane.collector._time import parse_iso
@@ -99,8 +111,13 @@ _UNDERSCORES = re.compile(r"_+")
 class Moment(NamedTuple):
     """A string that reads as a date-time: stored as a timestamp, or as its text."""
 
-    text: str
-    at: datetime
+    text: str  # as sent
+    at: datetime  # aware
+    iso: str  # ``at`` in ISO-8601 with its offset, as PostgreSQL reads it
+
+    @classmethod
+    def of(cls, text: str, at: datetime) -> Moment:
+        return cls(text, at, at.isoformat())
 
 
 Value = Union[bool, int, float, str, Moment]
@@ -263,17 +280,20 @@ def _id_text(value: Any) -> Optional[str]:
 
 def _moment(value: Any) -> Optional[Moment]:
     """``value`` as a Moment if it is an ISO-8601 string (no offset means UTC)."""
-    if not isinstance(value, str):
-        return None
+    return _parse_moment(value) if isinstance(value, str) else None
+
+
+@functools.lru_cache(maxsize=4096)  # the times of one request's messages repeat
+def _parse_moment(value: str) -> Optional[Moment]:
     try:  # the C parser first (5x faster); parse_iso for what it refuses (e.g. "Z" on 3.10)
         at = datetime.fromisoformat(value)
         if at.tzinfo is None:
             at = at.replace(tzinfo=timezone.utc)
-        return Moment(value, at)
+        return Moment.of(value, at)
     except ValueError:
         pass
     try:
-        return Moment(value, parse_iso(value))
+        return Moment.of(value, parse_iso(value))
     except ValueError:
         return None
 
@@ -316,7 +336,7 @@ def build_rows(messages: Iterable[Mapping[str, Any]], uuid_ts: datetime) -> Rows
     """
     rows = Rows()
     users: Dict[str, _Row] = {}
-    stamp = Moment(uuid_ts.isoformat(), uuid_ts)
+    stamp = Moment.of(uuid_ts.isoformat(), uuid_ts)
     seen: Set[str] = set()
     for message in messages:
         message_id = _id_text(message.get("messageId"))
@@ -416,6 +436,33 @@ _INT_RANGES = {
 _FLOAT_TYPES = frozenset({"double precision", "real", "numeric"})
 _TIME_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone", "date"})
 _JSON_TYPES = frozenset({"json", "jsonb"})
+_MISFIT = object()
+Converter = Callable[[Value], Any]
+
+
+def _converter(column_type: str) -> Converter:
+    """The function fitting a value to a column of ``column_type`` (``_MISFIT`` if it cannot)."""
+    if column_type in _TEXT_TYPES:
+        return _text
+    bound = _INT_RANGES.get(column_type)
+    if bound is not None:
+        limit = bound
+
+        def to_int(value: Value) -> Any:
+            if type(value) is int and -limit <= value < limit:
+                return value
+            return _MISFIT
+
+        return to_int
+    if column_type in _FLOAT_TYPES:
+        return lambda value: value if type(value) in (int, float) else _MISFIT
+    if column_type == "boolean":
+        return lambda value: value if type(value) is bool else _MISFIT
+    if column_type in _TIME_TYPES:
+        return lambda value: value.iso if type(value) is Moment else _MISFIT
+    if column_type in _JSON_TYPES:
+        return lambda value: value.text if type(value) is Moment else value
+    return _text
 
 
 def fit(value: Value, column_type: str) -> Tuple[bool, Any]:
@@ -425,23 +472,8 @@ def fit(value: Value, column_type: str) -> Tuple[bool, Any]:
     integer column takes ints in its range; boolean only booleans; a timestamp column
     only date-times. A column of another type (changed by hand) gets the value's text.
     """
-    if column_type in _TEXT_TYPES:
-        return True, _text(value)
-    if isinstance(value, bool):
-        return (True, value) if column_type in ("boolean", *_JSON_TYPES) else (False, None)
-    bound = _INT_RANGES.get(column_type)
-    if bound is not None:
-        ok = isinstance(value, int) and -bound <= value < bound
-        return (True, value) if ok else (False, None)
-    if column_type in _FLOAT_TYPES:
-        return (True, value) if isinstance(value, (int, float)) else (False, None)
-    if column_type in _TIME_TYPES:
-        return (True, value.at.isoformat()) if isinstance(value, Moment) else (False, None)
-    if column_type == "boolean":
-        return False, None
-    if column_type in _JSON_TYPES:
-        return True, value.text if isinstance(value, Moment) else value
-    return True, _text(value)
+    converted = _converter(column_type)(value)
+    return (False, None) if converted is _MISFIT else (True, converted)
 
 
 def fit_rows(
@@ -450,30 +482,37 @@ def fit_rows(
     """Fit every row of ``table`` to the table's ``columns`` (name -> PostgreSQL type).
 
     A value that does not fit is left out of its row (the column stays NULL) and
-    returned as a Discard with the column type in its reason.
+    returned as a Discard with the column type in its reason. (One converter per
+    column, strings into text columns taken as they are: half the time of calling
+    ``fit`` per value, measured on the bench's events.)
     """
+    missing = [column for column in table.kinds if column not in columns]
+    if missing:
+        raise KeyError(f"{table.name}.{missing[0]} has no column")
+    converters = {column: _converter(columns[column]) for column in table.kinds}
+    text_columns = {column for column in table.kinds if columns[column] in _TEXT_TYPES}
     fitted: List[Dict[str, Any]] = []
     discards: List[Discard] = []
     for row in table.rows:
         out: Dict[str, Any] = {}
         for column, value in row.items():
-            column_type = columns.get(column)
-            if column_type is None:
-                raise KeyError(f"{table.name}.{column} has no column")
-            ok, converted = fit(value, column_type)
-            if ok:
+            if type(value) is str and column in text_columns:
+                out[column] = value
+                continue
+            converted = converters[column](value)
+            if converted is not _MISFIT:
                 out[column] = converted
-            else:
-                received = row.get("received_at")
-                discards.append(
-                    Discard(
-                        table.name,
-                        str(row["id"]),
-                        column,
-                        _text(value),
-                        f"a {kind_of(value)} value in a {column_type} column",
-                        received.at if isinstance(received, Moment) else None,
-                    )
+                continue
+            received = row.get("received_at")
+            discards.append(
+                Discard(
+                    table.name,
+                    str(row["id"]),
+                    column,
+                    _text(value),
+                    f"a {kind_of(value)} value in a {columns[column]} column",
+                    received.at if isinstance(received, Moment) else None,
                 )
+            )
         fitted.append(out)
     return fitted, discards
