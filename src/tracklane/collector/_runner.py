@@ -13,7 +13,8 @@ from typing import Iterable, Optional, TextIO, Tuple, Type
 import uvicorn
 
 from tracklane.collector.app import create_app
-from tracklane.collector.storage import Storage, StrPath
+from tracklane.collector.storage import StrPath
+from tracklane.collector.stores import EventStore, open_store
 
 __all__ = ["CollectorServer", "CollectorStartError", "run_until_signalled", "serve_in_thread"]
 
@@ -34,7 +35,9 @@ class CollectorServer:
     the object is a context manager that stops on exit.
     """
 
-    def __init__(self, storage: Storage, write_keys: Tuple[str, ...], sock: socket.socket) -> None:
+    def __init__(
+        self, storage: EventStore, write_keys: Tuple[str, ...], sock: socket.socket
+    ) -> None:
         """Prepare (but do not start) a server on the bound, listening ``sock``."""
         self.storage = storage
         self.db_path = storage.path
@@ -132,7 +135,7 @@ def serve_in_thread(
     keys = tuple(dict.fromkeys(write_keys))
     sock = _listen(host, port)
     try:
-        storage = Storage(db_path)
+        storage = open_store(db_path)
     except BaseException:
         sock.close()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -49,7 +50,8 @@ from tracklane.collector._ingest import (
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._time import utc_now
-from tracklane.collector.storage import Storage, StorageError, StrPath
+from tracklane.collector.storage import StorageError, StrPath
+from tracklane.collector.stores import EventStore, open_store
 
 __all__ = ["BATCH_PATHS", "create_app"]
 
@@ -57,15 +59,15 @@ BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ()) -> Starlette:
-    """Build the collector app storing into ``storage`` (a database path or a Storage).
+def create_app(storage: Union[StrPath, EventStore], write_keys: Iterable[str] = ()) -> Starlette:
+    """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
     With ``write_keys`` given, only those keys may send or read events. A database
     opened from a path here is closed at the app's lifespan shutdown; a Storage
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
     """
-    owned = not isinstance(storage, Storage)
-    store = Storage(storage) if not isinstance(storage, Storage) else storage
+    owned = isinstance(storage, (str, os.PathLike))
+    store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
     collector = _Collector(store, write_keys)
 
     @asynccontextmanager
@@ -96,7 +98,7 @@ def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ())
 class _Collector:
     """Request handlers sharing one store and one set of accepted write keys."""
 
-    def __init__(self, storage: Storage, write_keys: Iterable[str]) -> None:
+    def __init__(self, storage: EventStore, write_keys: Iterable[str]) -> None:
         self.storage = storage
         self.write_keys = frozenset(write_keys)
 

@@ -1,0 +1,1 @@
+"""Destinations the collector delivers stored messages to."""
