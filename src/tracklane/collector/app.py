@@ -6,6 +6,7 @@ Routes:
 - ``POST /v1/track|identify|page|screen|group|alias``: one message, typed by the path
 - ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
 - ``GET /health``: ``{"ok": true}``
+- ``GET /``: the debugger page, and its API under ``/debugger/`` (``collector/debugger``)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from tracklane.collector._ingest import (
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._time import utc_now
+from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import Storage, StorageError, StrPath
 
 __all__ = ["BATCH_PATHS", "create_app"]
@@ -90,6 +92,10 @@ def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ())
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
+    ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
+    install_debugger(
+        app, store, collector.write_keys, ingest_paths
+    )  # the page at / (collector/debugger)
     return app
 
 
