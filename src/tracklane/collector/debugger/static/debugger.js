@@ -28,7 +28,7 @@ const state = {
   events: [], // newest first
   rejects: [], // newest first
   view: [], // the merged list shown, newest first
-  index: new Map(), // item key -> position in view
+  rejectedShown: 0, // how many items of view are refusals
   eventsAfter: 0,
   rejectsAfter: 0,
   eventsDone: false,
@@ -173,9 +173,12 @@ function nameOf(message) {
   }
 }
 
-// The slot for routing: per-destination statuses, shown when the API carries them.
+// The slot for routing: per-destination statuses, shown when the API's item carries them
+// as "deliveries" (a list of {destination, status, attempts, lastError}, or an object keyed
+// by destination). Read beside the event, never from it: a sender could put any field in
+// its own message.
 function deliveriesOf(entry) {
-  const found = entry.deliveries ?? entry.event?.deliveries;
+  const found = entry.deliveries;
   if (!found) return [];
   if (Array.isArray(found)) return found;
   return Object.entries(found).map(([destination, value]) =>
@@ -246,7 +249,13 @@ function rebuildView() {
     else view[k] = rejects[j++];
   }
   state.view = view;
-  state.index = new Map(view.map((item, position) => [item.key, position]));
+  state.rejectedShown = j;
+}
+
+// Position of an item in the view (-1 if not there); only keyboard moves and the payload
+// view ask, so a scan beats keeping an index of every row up to date.
+function positionOf(key) {
+  return key === null ? -1 : state.view.findIndex((item) => item.key === key);
 }
 
 // ---- the virtualised list ------------------------------------------------------------
@@ -294,8 +303,9 @@ function fillRow(row, item, position) {
     source.textContent = item.source;
     status.textContent = item.status;
   }
-  row.setAttribute("aria-selected", String(item.key === state.selected));
-  row.hidden = false;
+  const selected = String(item.key === state.selected);
+  if (row.getAttribute("aria-selected") !== selected) row.setAttribute("aria-selected", selected);
+  if (row.hidden) row.hidden = false;
 }
 
 let frameRequested = false;
@@ -314,17 +324,22 @@ function renderNow() {
   const top = list.scrollTop;
   const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
   const last = Math.min(total, Math.ceil((top + list.clientHeight) / ROW_HEIGHT) + OVERSCAN);
-  while (state.pool.length < last - first) state.pool.push(makeRow());
-  for (let k = 0; k < state.pool.length; k++) {
-    const position = first + k;
-    if (position < last) fillRow(state.pool[k], state.view[position], position);
-    else state.pool[k].hidden = true;
+  // Row element for position p is pool[p % pool.length]: while an item stays in view it
+  // keeps its element, so a scroll step rewrites only the rows that came into view.
+  const pool = state.pool;
+  while (pool.length < last - first) pool.push(makeRow());
+  const used = new Set();
+  for (let position = first; position < last; position++) {
+    const row = pool[position % pool.length];
+    fillRow(row, state.view[position], position);
+    used.add(row);
   }
+  for (const row of pool) if (!used.has(row) && !row.hidden) row.hidden = true;
   $("empty").hidden = total > 0;
-  const rejected = state.view.reduce((n, item) => n + (item.kind === "rejected" ? 1 : 0), 0);
+  const rejected = state.rejectedShown;
   const more = state.eventsDone ? "" : "+ older on scroll";
   $("counts").textContent = `${total - rejected} events · ${rejected} rejected ${more}`;
-  if (state.selected && state.index.has(state.selected)) {
+  if (state.selected && !$("detail").hidden) {
     list.setAttribute("aria-activedescendant", "row-" + state.selected);
   } else list.removeAttribute("aria-activedescendant");
   if (!state.eventsDone && last > total - 200) loadOlder();
@@ -408,7 +423,7 @@ async function reload() {
     remember(state.rejects);
     rebuildView();
     render();
-    if (state.selected && state.index.has(state.selected)) showDetail(state.selected);
+    if (state.selected) showDetail(state.selected);
     setLive(true, "live");
   } catch (error) {
     if (generation !== state.generation) return;
@@ -573,8 +588,8 @@ function skew(sent, received) {
 }
 
 function selectedItem() {
-  const position = state.index.get(state.selected);
-  return position === undefined ? null : state.view[position];
+  const position = positionOf(state.selected);
+  return position < 0 ? null : state.view[position];
 }
 
 function copyTarget(item) {
@@ -707,7 +722,7 @@ function moveTo(position) {
 }
 
 list.addEventListener("keydown", (e) => {
-  const current = state.index.get(state.selected) ?? -1;
+  const current = positionOf(state.selected);
   const page = Math.max(1, Math.floor(list.clientHeight / ROW_HEIGHT) - 1);
   const moves = {
     ArrowDown: current + 1,
