@@ -747,6 +747,7 @@ document.addEventListener("keydown", (e) => {
   const editing = e.target.closest && e.target.closest("input, select, textarea");
   if (e.key === "Escape") {
     if (editing) {
+      e.preventDefault(); // a search field would clear itself: leave the filter as typed
       e.target.blur();
       list.focus();
     } else if (state.selected) closeDetail();
