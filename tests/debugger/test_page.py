@@ -251,7 +251,7 @@ def test_rejected_messages_show_marked_with_their_reason(
             {"type": "track", "event": "Huge", "userId": "ada", "properties": {"x": "y" * 40_000}},
         ]
         assert http.post("/v1/batch", json={"batch": batch}).json()["stored"] == 1
-    expect(page.locator(".spacer > .row.rejected")).to_have_count(2)
+    expect(page.locator(".spacer > .row.rejected:not([hidden])")).to_have_count(2)
     statuses = [(r["name"], r["status"], r["rejected"]) for r in rows(page)]
     assert ("Nobody", "rejected: invalid", True) in statuses
     assert ("Fine", "stored", False) in statuses
@@ -280,10 +280,33 @@ def test_unknown_write_key_shows_to_a_keyed_reader(browser: Any, tmp_path: Path)
         typo.track("ada", "Lost To A Typo")
         typo.flush()
         typo.shutdown(timeout=5)
-        expect(page.locator(".spacer > .row.rejected")).to_have_count(1)
+        expect(page.locator(".spacer > .row.rejected:not([hidden])")).to_have_count(1)
         row(page, "/v1/batch").click()
         expect(page.locator("#reason")).to_contain_text("unknown write key")
         context.close()
+
+
+def test_page_follows_a_collector_restart(browser: Any, tmp_path: Path) -> None:
+    """The page says when the collector is gone, and picks up events and refusals after it
+    restarts on the same address (refusal numbering restarts with the process)."""
+    bad = {"batch": [{"type": "track", "event": "Nobody"}]}
+    first = serve_in_thread(tmp_path / "events.db")
+    host, port = first.host, first.port
+    context = browser.new_context(base_url=first.url)
+    page = context.new_page()
+    with first:
+        for _ in range(3):
+            httpx.post(first.url + "/v1/batch", json=bad, auth=(WRITE_KEY, ""))
+        open_debugger(page)
+        expect(page.locator(".spacer > .row.rejected:not([hidden])")).to_have_count(3)
+    expect(page.locator("#live")).to_contain_text("offline")
+    with serve_in_thread(tmp_path / "events.db", host=host, port=port) as second:
+        message = {"type": "track", "event": "After Restart", "userId": "ada"}
+        httpx.post(second.url + "/v1/batch", json={"batch": [message, bad["batch"][0]]})
+        expect(row(page, "After Restart")).to_have_count(1)
+        expect(page.locator(".spacer > .row.rejected:not([hidden])")).to_have_count(1)
+        expect(page.locator("#live")).to_have_text("live")
+    context.close()
 
 
 def test_keyboard_and_colour_schemes(
@@ -291,6 +314,10 @@ def test_keyboard_and_colour_schemes(
 ) -> None:
     """Keys move through rows, open the payload and search; light and dark schemes follow the
     system and stay readable (WCAG AA contrast)."""
+    client.identify("ada", {"email": "ada@example.com", "plan": "pro"})
+    client.group("ada", "acme", {"seats": 12})
+    client.page("ada", "Docs", "Quickstart", {"path": "/docs/quickstart"})
+    client.alias("anon-7", "ada")
     for n in range(5):
         client.track("ada", f"Event {n}", {"n": n, "plan": "pro"}, context={"ip": "203.0.113.9"})
     client.flush()
@@ -302,7 +329,7 @@ def test_keyboard_and_colour_schemes(
         page = context.new_page()
         page.goto(collector.url + "/")
         expect(page.locator("#live")).to_have_text("live")
-        expect(page.locator(".spacer > .row:not([hidden])")).to_have_count(6)
+        expect(page.locator(".spacer > .row:not([hidden])")).to_have_count(10)
         page.locator("#list").focus()
         page.keyboard.press("j")
         expect(page.locator("#detail-title")).to_have_text("Rejected (invalid): Nobody")
@@ -312,7 +339,7 @@ def test_keyboard_and_colour_schemes(
         page.keyboard.press("k")
         expect(page.locator("#detail-title")).to_have_text("Rejected (invalid): Nobody")
         page.keyboard.press("End")
-        expect(page.locator("#detail-title")).to_have_text("track · Event 0")
+        expect(page.locator("#detail-title")).to_have_text("identify · ada@example.com")
         page.keyboard.press("Enter")
         expect(page.locator("#payload")).to_be_focused()
         page.keyboard.press("Escape")
@@ -326,7 +353,9 @@ def test_keyboard_and_colour_schemes(
         page.keyboard.press("Home")
         expect(page.locator("#detail-title")).to_have_text("track · Event 3")
         page.locator("input[name=q]").fill("")
-        expect(page.locator(".spacer > .row:not([hidden])")).to_have_count(6)
+        expect(page.locator(".spacer > .row:not([hidden])")).to_have_count(10)
+        page.locator(".spacer > .row", has_text="Event 3").click()
+        expect(page.locator("#list")).to_be_focused()
         shot = tmp_path / f"debugger-{scheme}.png"
         page.screenshot(path=str(shot))
         _keep_screenshot(shot)

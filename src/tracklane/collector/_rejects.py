@@ -10,6 +10,7 @@ path's fsync budget, nor grow the database. Each collector process keeps its own
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -101,6 +102,8 @@ class RejectLog:
         self._lock = threading.Lock()
         self._last_seq = 0
         self.total = 0  # every refusal recorded since start, including those fallen off
+        # Tells readers that seq numbering restarted (a new process): their cursor is void.
+        self.log_id = uuid.uuid4().hex[:12]
 
     def add(self, **fields: Any) -> RejectedMessage:
         """Record one refusal (the fields of RejectedMessage but ``seq``); return it."""

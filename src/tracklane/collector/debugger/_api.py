@@ -1,8 +1,9 @@
 """The debugger's page and JSON API.
 
 - ``GET /``: the page (static HTML; its script and styles under ``/debugger/static/``).
-- ``GET /debugger/api/events``: ``{"events": [{"seq", "source", "event"}], "latestSeq"}``.
-- ``GET /debugger/api/rejected``: ``{"rejected": [...], "latestSeq"}`` (see ``_rejects``).
+- ``GET /debugger/api/events``: ``{"events": [{"seq", "source", "event"}]}``.
+- ``GET /debugger/api/rejected``: ``{"rejected": [...], "log"}`` (see ``_rejects``); a new
+  ``log`` means the collector restarted and refusal seqs start again from 1.
 
 Both take the cursor shared with ``tracklane tail``: ``after=<seq>`` gives what came
 later, oldest first; ``before=<seq>`` what came earlier, newest first; neither gives
@@ -226,7 +227,7 @@ class DebuggerAPI:
         found = self.rejects.page(
             after=query.after, before=query.before, limit=query.limit, visible=visible
         )
-        return {"rejected": [record.to_json() for record in found]}
+        return {"rejected": [record.to_json() for record in found], "log": self.rejects.log_id}
 
 
 def _json(status: int, body: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> Response:

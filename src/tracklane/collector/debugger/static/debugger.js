@@ -35,6 +35,7 @@ const state = {
   loadingOlder: false,
   paused: false,
   pending: [], // items that arrived while paused, newest first
+  rejectsLog: null, // the collector's refusal log id: a new one restarts refusal seqs
   selected: null, // key of the open item
   generation: 0, // bumped when the filters change; stale answers are dropped
   names: new Set(),
@@ -418,6 +419,7 @@ async function reload() {
     state.rejects = rejects.rejected.map(rejectItem);
     state.eventsAfter = state.events.length ? state.events[0].seq : 0;
     state.rejectsAfter = state.rejects.length ? state.rejects[0].seq : 0;
+    state.rejectsLog = rejects.log ?? null;
     state.eventsDone = status === "rejected" || state.events.length < FIRST_PAGE;
     remember(state.events);
     remember(state.rejects);
@@ -445,6 +447,11 @@ async function poll(generation) {
         status === "accepted" ? { rejected: [] } : api("rejected", { ...filters, after: state.rejectsAfter, limit: 1000 }),
       ]);
       if (generation !== state.generation) return;
+      if (rejects.log && state.rejectsLog && rejects.log !== state.rejectsLog) {
+        reload(); // the collector restarted: its refusal numbering began again
+        return;
+      }
+      state.rejectsLog = rejects.log ?? state.rejectsLog;
       const fresh = [...events.events.map(eventItem), ...rejects.rejected.map(rejectItem)];
       if (events.events.length) state.eventsAfter = events.events[events.events.length - 1].seq;
       if (rejects.rejected.length) state.rejectsAfter = rejects.rejected[rejects.rejected.length - 1].seq;
@@ -606,6 +613,7 @@ function showDetail(key) {
     return;
   }
   detail.hidden = false;
+  if (detail.dataset.key !== item.key) detail.scrollTop = 0;
   detail.dataset.key = item.key;
   $("copied").textContent = "";
   $("times").replaceChildren();
