@@ -54,7 +54,8 @@ def test_page_and_assets_are_served_from_the_package(http: httpx.Client) -> None
     assert "http://" not in page.text
     assert "https://" not in page.text
     static = importlib.resources.files("tracklane.collector.debugger").joinpath("static")
-    for name, kind in (("debugger.js", "javascript"), ("debugger.css", "text/css")):
+    assets = [("debugger.js", "javascript"), ("payload.js", "javascript"), ("debugger.css", "css")]
+    for name, kind in assets:
         asset = http.get(f"/debugger/static/{name}")
         assert asset.status_code == 200
         assert kind in asset.headers["content-type"]
