@@ -8,7 +8,8 @@ measures in the browser:
 - smooth scrolling: 240 frames of 140 px each, frame intervals (median, p95, max);
 - history: jumps to the bottom until every event is loaded (pages of 1,000 from the
   store), the time this takes, and the longest main-thread task meanwhile;
-- that the last row then shows the oldest event.
+- that the last row then shows the oldest event;
+- live: how long after a POST is answered its row appears (10 events, one at a time).
 
     python bench/debugger_scroll.py --events 200000 --output result.json
 
@@ -139,6 +140,47 @@ def seed(db: Path, count: int) -> str:
     return "The Oldest Event"
 
 
+SEEN_ROWS = """() => {
+  window.__seen = {};
+  const spacer = document.getElementById("spacer");
+  new MutationObserver(() => {
+    const now = performance.timeOrigin + performance.now();
+    for (const cell of spacer.querySelectorAll(".name")) {
+      if (!(cell.textContent in window.__seen)) window.__seen[cell.textContent] = now;
+    }
+  }).observe(spacer, { subtree: true, childList: true, characterData: true });
+}"""
+
+
+def live_latencies(page: Any, url: str, count: int = 10) -> List[float]:
+    """Milliseconds from a stored POST's answer to its row in the page's DOM.
+
+    Timed in the page (a MutationObserver's wall clock), not by Playwright's own waiting,
+    which only notices changes on its next polling round.
+    """
+    import httpx
+
+    page.evaluate("document.getElementById('list').scrollTop = 0")  # the newest rows in view
+    page.evaluate(SEEN_ROWS)
+    found: List[float] = []
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for n in range(count):
+            name = f"Live {n} {uuid.uuid4().hex[:6]}"
+            message = {"type": "track", "event": name, "userId": "live"}
+            http.post("/v1/track", json=message, auth=("bench-key", "")).raise_for_status()
+            answered = time.time() * 1000
+            deadline = time.monotonic() + 10
+            seen = None
+            while seen is None and time.monotonic() < deadline:
+                seen = page.evaluate("(name) => window.__seen[name] ?? null", name)
+                if seen is None:
+                    page.wait_for_timeout(20)  # polling the page's own record, bounded
+            if seen is None:
+                raise RuntimeError(f"{name!r} did not appear within 10 s")
+            found.append(seen - answered)
+    return found
+
+
 def percentile(values: List[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -161,12 +203,13 @@ def run(count: int) -> Dict[str, Any]:
                 page = browser.new_page(viewport={"width": 1280, "height": 800})
                 page.add_init_script(INIT_SCRIPT)
                 page.goto(server.url + "/")
-                page.wait_for_function("window.__perf.firstRow !== null", timeout=30_000)
+                page.locator(".spacer .row").first.wait_for(state="attached", timeout=30_000)
                 first_row_ms = page.evaluate("window.__perf.firstRow")
                 idle = page.evaluate(SMOOTH_SCROLL, 0)
                 frames = page.evaluate(SMOOTH_SCROLL, 140)
                 loaded = page.evaluate(LOAD_ALL, count)
                 long_tasks = page.evaluate("window.__perf.longTasks")
+                latencies = live_latencies(page, server.url)
             finally:
                 browser.close()
     return {
@@ -187,6 +230,10 @@ def run(count: int) -> Dict[str, Any]:
         "long_tasks": len(long_tasks),
         "longest_task_ms": round(max(long_tasks, default=0.0), 1),
         "scroll_height_px": loaded["scrollHeight"],
+        "live_ms": {
+            "median": round(percentile(latencies, 0.5), 1),
+            "max": round(max(latencies), 1),
+        },
         "last_row": loaded["lastRow"],
         "reached_oldest": loaded["lastRow"] == oldest,
     }

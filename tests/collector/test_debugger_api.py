@@ -51,6 +51,7 @@ def test_page_and_assets_are_served_from_the_package(http: httpx.Client) -> None
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "/debugger/static/debugger.js" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
     assert "http://" not in page.text
     assert "https://" not in page.text
     static = importlib.resources.files("tracklane.collector.debugger").joinpath("static")
