@@ -186,7 +186,7 @@ def percentile(values: List[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run(count: int) -> Dict[str, Any]:
+def run(count: int, live: int = 10) -> Dict[str, Any]:
     """Run the scenario with ``count`` stored events; return the figures."""
     from playwright.sync_api import sync_playwright
 
@@ -209,7 +209,7 @@ def run(count: int) -> Dict[str, Any]:
                 frames = page.evaluate(SMOOTH_SCROLL, 140)
                 loaded = page.evaluate(LOAD_ALL, count)
                 long_tasks = page.evaluate("window.__perf.longTasks")
-                latencies = live_latencies(page, server.url)
+                latencies = live_latencies(page, server.url, max(1, live))
             finally:
                 browser.close()
     return {
@@ -243,11 +243,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000, help="events stored (50,000)")
     parser.add_argument("--output", type=Path, help="also write the JSON result here")
+    parser.add_argument("--live", type=int, default=10, help="live events timed one by one (10)")
     args = parser.parse_args()
     if not os.path.exists(CHROMIUM):
         print(f"needs Chromium at {CHROMIUM} (apt-get install chromium)", file=sys.stderr)
         return 2
-    result = run(args.events)
+    result = run(args.events, args.live)
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
@@ -158,6 +159,9 @@ def test_messages_refused_in_a_batch_are_recorded_with_their_reason(
     assert second["source"] == "wk-deb\u2026"
     assert second["path"] == "/v1/batch"
     assert "writeKey" not in str(first) + str(second)
+    [event] = _events(http)  # refusals and events share one time format (the page merges them)
+    for record in (first, second, event["event"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["receivedAt"])
 
 
 def test_whole_requests_refused_are_recorded(http: httpx.Client) -> None:

@@ -12,6 +12,7 @@ the documented answer: ``{"error": "..."}`` on 400/401 and
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +22,6 @@ from tracklane.collector._body import GzipInflater
 from tracklane.collector._ingest import MAX_REQUEST_BYTES, RequestError
 from tracklane.collector._json import dumps, loads
 from tracklane.collector._rejects import MAX_KEPT_PAYLOAD_BYTES, RejectLog, reject_kind
-from tracklane.collector._time import format_iso, utc_now
 
 __all__ = ["RejectCapture"]
 
@@ -93,7 +93,7 @@ class RejectCapture:
         reply = reply if isinstance(reply, dict) else {}
         client = scope.get("client")
         common: Dict[str, Any] = {
-            "received_at": format_iso(utc_now()),
+            "received_at": _now_iso(),
             "status": status,
             "path": scope["path"],
             "write_key": write_key,
@@ -137,6 +137,11 @@ class RejectCapture:
             excerpt=excerpt,
             **common,
         )
+
+
+def _now_iso() -> str:
+    """The time now as the store writes ``receivedAt`` (UTC, milliseconds, ``Z``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _inflate(body: bytes, encoding: Optional[str]) -> Tuple[bytes, Optional[str]]:
