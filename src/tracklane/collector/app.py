@@ -92,10 +92,9 @@ def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ())
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
+    # The debugger: its page at /, its API, and the recorder of refused messages.
     ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
-    install_debugger(
-        app, store, collector.write_keys, ingest_paths
-    )  # the page at / (collector/debugger)
+    install_debugger(app, store, collector.write_keys, ingest_paths)
     return app
 
 
