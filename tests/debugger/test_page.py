@@ -141,6 +141,7 @@ def test_pause_holds_arrivals_and_counts_them(page: Any, client: tracklane.Clien
     assert names(page) == ["Before Pause"]
     page.click("#pause")
     expect(page.locator("#pause")).to_have_text("Pause")
+    expect(page.locator(".spacer > .row:not([hidden])")).to_have_count(4)
     assert names(page) == ["While Paused 2", "While Paused 1", "While Paused 0", "Before Pause"]
 
 
