@@ -94,6 +94,7 @@ def main() -> int:
         db = Path(tmp) / "demo-events.db"
         collector, url = start_collector(db)
         print(f"collector: {url}  (database {db})")
+        print(f"debugger:  {url}/  (a live page of what arrives; `tracklane serve` keeps it up)")
         try:
             env = dict(os.environ, TRACKLANE_WRITE_KEY=WRITE_KEY, TRACKLANE_HOST=url)
             app = subprocess.run(

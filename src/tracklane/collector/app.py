@@ -6,6 +6,7 @@ Routes:
 - ``POST /v1/track|identify|page|screen|group|alias``: one message, typed by the path
 - ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
 - ``GET /health``: ``{"ok": true}``
+- ``GET /``: the debugger page, and its API under ``/debugger/`` (``collector/debugger``)
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from tracklane.collector._ingest import (
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._time import utc_now
-from tracklane.collector.storage import StorageError, StrPath
+from tracklane.collector.debugger import install_debugger
+from tracklane.collector.storage import Storage, StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
 
 __all__ = ["BATCH_PATHS", "create_app"]
@@ -92,6 +94,10 @@ def create_app(storage: Union[StrPath, EventStore], write_keys: Iterable[str] = 
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
+    # The debugger: its page at /, its API, and the recorder of refused messages.
+    ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
+    if isinstance(store, Storage):  # the PostgreSQL store has no row cursor yet
+        install_debugger(app, store, collector.write_keys, ingest_paths)
     return app
 
 
