@@ -492,7 +492,8 @@ def module_api(server, seg_server, monkeypatch):
     monkeypatch.delenv("TRACKLANE_WRITE_KEY", raising=False)
     monkeypatch.delenv("SEGMENT_WRITE_KEY", raising=False)
     monkeypatch.delenv("TRACKLANE_HOST", raising=False)
-    tracklane.shutdown(timeout=2)
+    if tracklane.default_client is not None:
+        tracklane.default_client.shutdown(timeout=2)
     monkeypatch.setattr(tracklane, "default_client", None)
     monkeypatch.setattr(tracklane, "write_key", "module-key")
     monkeypatch.setattr(tracklane, "host", server.url)
@@ -520,7 +521,8 @@ def test_module_level_api_mirrors_segment(module_api, server, seg_server):
         _module_calls(module)
         module.flush()
         module.shutdown()
-    assert tracklane.default_client is None
+    assert tracklane.default_client is not None
+    assert tracklane.default_client.write_key == segment_analytics.default_client.write_key
     seg_msgs, our_msgs = seg_server.accepted(), server.accepted()
     assert [m["messageId"] for m in our_msgs] == [f"mod-{i}" for i in range(1, 7)]
     assert [comparable(m, True) for m in our_msgs] == [comparable(m, True) for m in seg_msgs]

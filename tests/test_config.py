@@ -109,15 +109,20 @@ def test_boundaries_are_accepted():
         {"oauth_client_id": "id"},
         {"oauth_client_key": "secret"},
         {"oauth_key_id": "kid"},
-        {"oauth_auth_server": "https://auth.example.com"},
-        {"oauth_scope": "something:else"},
+        {"oauth_client_id": "id", "oauth_key_id": "kid"},
     ],
-    ids=lambda v: next(iter(v)),
+    ids=lambda v: "+".join(v),
 )
-def test_oauth_options_are_refused(options):
-    """OAuth options with real values are refused (not silently ignored)."""
-    with pytest.raises(ConfigurationError, match="oauth"):
+def test_partial_oauth_credentials_are_refused(options):
+    """Some OAuth credentials without the others are refused (not silently ignored)."""
+    with pytest.raises(ConfigurationError, match="oauth_"):
         tracklane.Client("k", **options)
+
+
+def test_oauth_server_and_scope_alone_change_nothing():
+    """oauth_auth_server/oauth_scope without credentials are accepted; Basic auth is kept."""
+    options = build(oauth_auth_server="https://auth.example.com", oauth_scope="x:y")
+    assert not options.oauth
 
 
 def test_oauth_options_at_segment_defaults_are_accepted():
@@ -245,11 +250,12 @@ def test_default_host_is_segment_us():
     """Without host or region, messages go to Segment's US endpoint."""
     assert build().host == US
     assert build(host=None).host == US
+    assert build(host="").host == US  # segment-analytics-python: `host or default`
 
 
 @pytest.mark.parametrize(
     "host",
-    ["", "   ", "ftp://api.segment.io", "https://", "api.segment.io:99999", "http://[::1", 42],
+    ["   ", "ftp://api.segment.io", "https://", "api.segment.io:99999", "http://[::1", 42],
     ids=repr,
 )
 def test_invalid_host_names_host(host):
@@ -328,7 +334,8 @@ def clean_default(monkeypatch):
         "TRACKLANE_SYNC_MODE",
     ):
         monkeypatch.delenv(name, raising=False)
-    tracklane.shutdown(timeout=2)
+    if tracklane.default_client is not None:
+        tracklane.default_client.shutdown(timeout=2)
     monkeypatch.setattr(tracklane, "default_client", None)
     monkeypatch.setattr(tracklane, "write_key", None)
     monkeypatch.setattr(tracklane, "host", None)
