@@ -225,6 +225,7 @@ class Options:
         try:
             import jwt  # noqa: F401
             from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
         except ImportError:
             raise ConfigurationError(
                 f"oauth_client_id: OAuth needs PyJWT and cryptography: {OAUTH_EXTRA_HINT}"
@@ -234,11 +235,13 @@ class Options:
             raise ConfigurationError("oauth_client_key: must be a PEM private key (text)")
         try:
             data = key.encode() if isinstance(key, str) else key
-            serialization.load_pem_private_key(data, password=None)
+            loaded = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError):
             raise ConfigurationError(
                 "oauth_client_key: not a PEM private key without a password"
             ) from None
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise ConfigurationError("oauth_client_key: must be an RSA private key (RS256)")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
