@@ -391,6 +391,22 @@ def test_decimal_is_a_string_where_segment_sends_a_float(pair, server, seg_serve
     assert seg_msg["properties"] == {"price": 19.9, "exact": 1.2345678901234567e19}
 
 
+def test_decimal_as_number_is_a_number_like_segment_but_exact(server, seg_server, make_client):
+    """decimal_as="number" sends a JSON number as segment does, without its float rounding."""
+    seg = SegmentClient("compat-key", host=seg_server.url, sync_mode=True)
+    ours = make_client(write_key="compat-key", decimal_as="number")
+    props = {"price": Decimal("19.90"), "exact": Decimal("12345678901234567890.123456789")}
+    for client in (seg, ours):
+        assert client.track("u", "E", copy.deepcopy(props))[0]
+    assert ours.flush(timeout=5)
+    (seg_msg,), (our_msg,) = seg_server.accepted(), server.accepted()
+    assert seg_msg["properties"]["price"] == our_msg["properties"]["price"] == 19.9
+    assert b'"price": 19.9,' in seg_server.requests[0].body
+    assert b'"price":19.90,' in server.requests[0].body
+    assert b'"exact": 1.2345678901234567e+19' in seg_server.requests[0].body
+    assert b'"exact":12345678901234567890.123456789' in server.requests[0].body
+
+
 def test_naive_datetime_value_gets_an_explicit_utc_offset(pair, server, seg_server):
     """A naive datetime property gets +00:00 in tracklane; segment sends it without offset."""
     naive = dt.datetime(2020, 1, 1, 12, 30)

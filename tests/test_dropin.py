@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import types
 import unittest
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
@@ -226,9 +227,10 @@ class TestModuleDefaultClient(SegmentStyleTest):
         client = tracklane.default_client
         self.assertEqual((client.gzip, client.sync_mode, client.timeout), (True, True, 3.5))
         self.assertEqual((client.options.max_queue_size, client.options.batch_size), (77, 20))
-        success, _ = tracklane.track("u", "Inline")  # sync_mode: delivered in the call
-        self.assertTrue(success)
+        success, _ = tracklane.track("u", "Inline", {"price": Decimal("9.90")})
+        self.assertTrue(success)  # sync_mode: delivered in the call
         self.assertEqual(self.server.requests[0].headers["content-encoding"], "gzip")
+        self.assertIn(b'"price":9.90', self.server.requests[0].body)
 
     def test_settings_changed_after_shutdown_apply_to_the_next_client(self) -> None:
         """After shutdown() the next call builds a new client from the current settings."""
