@@ -575,9 +575,7 @@ def test_module_level_on_error_is_used(module_api, server, monkeypatch):
 SEGMENT_MODULE_SETTINGS = [
     name
     for name in vars(SegmentClient.DefaultConfig)
-    if not name.startswith("_")
-    and not name.startswith("oauth_")
-    and hasattr(segment_analytics, name)
+    if not name.startswith("_") and hasattr(segment_analytics, name)
 ]
 
 
@@ -770,3 +768,38 @@ def test_truthy_non_callable_on_error_is_refused_unlike_segment():
     SegmentClient("k", on_error="log it", send=False)
     with pytest.raises(tracklane.ConfigurationError, match="on_error"):
         tracklane.Client("k", on_error="log it")
+
+
+def test_oauth_flow_matches_segment(server, seg_server, make_client):
+    """With the same OAuth options both get a token for a verified assertion of the same
+    shape (header and claim names) and send the batch with it as Bearer."""
+    from oauth_server import CLIENT_ID, KEY_ID, TokenServer, new_private_key, pem
+
+    key = new_private_key()
+    tokens = TokenServer(key.public_key())
+    try:
+        server.gate = seg_server.gate = tokens.gate
+        options = {
+            "oauth_client_id": CLIENT_ID,
+            "oauth_client_key": pem(key),
+            "oauth_key_id": KEY_ID,
+            "oauth_auth_server": tokens.url,
+        }
+        seg = SegmentClient("k", host=seg_server.url, sync_mode=True, **options)
+        ours = make_client(write_key="k", **options)
+        assert seg.track("u", "Segment")[0]
+        assert ours.track("u", "Ours")[0]
+        assert ours.flush(timeout=10)
+        seg_request, our_request = tokens.requests
+        assert (seg_request.status, our_request.status) == (200, 200), tokens.requests
+        assert seg_request.header == our_request.header
+        assert sorted(seg_request.claims) == sorted(our_request.claims)
+        assert seg_request.form.keys() == our_request.form.keys()
+        assert seg_server.requests[0].headers["authorization"] == "Bearer tok-1"
+        assert server.requests[0].headers["authorization"] == "Bearer tok-2"
+        assert [m["event"] for m in seg_server.accepted() + server.accepted()] == [
+            "Segment",
+            "Ours",
+        ]
+    finally:
+        tokens.stop()

@@ -451,7 +451,41 @@ MODULE_SETTINGS = [
     ("overflow", "block", "overflow", tracklane.OverflowPolicy.BLOCK),
     ("block_timeout", 3.0, "block_timeout", 3.0),
     ("json_default", _json_default, "json_default", _json_default),
+    ("decimal_as", "number", "decimal_as", "number"),
+    ("flush_at", 8, "batch_size", 8),
+    ("max_total_backoff", 31.0, "max_total_backoff", 31.0),
+    ("max_total_backoff_duration", 30, "max_total_backoff", 30),
+    ("max_retry_after", 8.0, "max_retry_after", 8.0),
+    ("max_rate_limit_duration", 9, "max_retry_after", 9),
+    ("backoff_base", 0.1, "backoff_base", 0.1),
+    ("backoff_cap", 2.0, "backoff_cap", 2.0),
+    ("proxies", "http://127.0.0.1:3128", "proxies", "http://127.0.0.1:3128"),
+    ("queue_fsync", True, "queue_fsync", True),
+    (
+        "oauth_auth_server",
+        "https://auth.example.com",
+        "oauth_auth_server",
+        "https://auth.example.com",
+    ),
+    ("oauth_scope", "tracking_api:read", "oauth_scope", "tracking_api:read"),
 ]
+
+
+def test_every_client_option_is_a_module_setting():
+    """Each option Client accepts (but thread) is declared as a module setting, unset or at
+    segment's default, so that setting it on the module reaches the default client."""
+    names = tracklane.Options.accepted_names() - {"thread"}
+    missing = sorted(name for name in names if not hasattr(tracklane, name))
+    assert missing == []
+    defaults = {name: getattr(tracklane, name) for name in names if getattr(tracklane, name)}
+    assert defaults == {
+        "send": True,
+        "max_queue_size": 10_000,
+        "timeout": 15,
+        "max_retries": 10,
+        "oauth_auth_server": "https://oauth2.segment.io",
+        "oauth_scope": "tracking_api:write",
+    }
 
 
 @pytest.mark.parametrize(
@@ -464,7 +498,7 @@ def test_module_attribute_configures_default_client(
 ):
     """Every documented option set as a tracklane.<name> attribute reaches the default client."""
     monkeypatch.setattr(tracklane, "write_key", "k")
-    monkeypatch.setattr(tracklane, attribute, value, raising=False)
+    monkeypatch.setattr(tracklane, attribute, value)
     options = tracklane.get_default_client().options
     assert getattr(options, field) == expected
 
