@@ -95,6 +95,27 @@ def test_token_is_refreshed_before_it_expires(api, tokens, oauth_client):
     assert client.stats().retries == 0
 
 
+def test_failed_early_refresh_keeps_using_the_valid_token(api, tokens, oauth_client):
+    """If the token server fails while the token is still valid, batches keep going with it."""
+    tokens.expires_in = 4  # refreshed from 2 s on; still valid until 4 s
+    client = oauth_client()
+    client.track("u", "First")
+    assert client.flush(timeout=5)
+    tokens.script.extend(Action(status=503, body=b'{"error":"unavailable"}') for _ in range(50))
+    deadline = time.monotonic() + 3.5
+    while len(tokens.requests) < 2 and time.monotonic() < deadline:
+        client.track("u", "Later")
+        assert client.flush(timeout=5)
+        time.sleep(0.05)  # polling the server's state, bounded by the deadline
+    for _ in range(5):  # the next batches do not ask again at once
+        client.track("u", "Later")
+        assert client.flush(timeout=5)
+    assert [r.status for r in tokens.requests] == [200, 503]
+    assert {auth for auth, _ in bearer_tokens(api)} == {"Bearer tok-1"}
+    assert {status for _, status in bearer_tokens(api)} == {200}
+    assert client.stats().retries == 0
+
+
 def test_a_401_fetches_a_new_token_and_sends_again(api, tokens, oauth_client):
     """After the API refuses the token (401), a new one is fetched and the batch resent."""
     seen: List[Any] = []

@@ -118,12 +118,16 @@ class TokenSource:
             try:
                 return self._fetch(deadline)
             except OAuthError as exc:
-                if cached is not None and time.monotonic() < self._expires_at:
-                    logger.debug(
-                        "tracklane: OAuth token refresh failed (%s); old one still valid", exc
-                    )
-                    return cached
-                raise
+                now = time.monotonic()
+                if cached is None or now >= self._expires_at:
+                    raise
+                # The early refresh failed but the token is still good: use it, and try
+                # again later rather than before every batch (a hanging token server would
+                # otherwise cost each batch a timeout).
+                left = self._expires_at - now
+                self._refresh_at = min(self._expires_at, now + max(1.0, left / 4))
+                logger.debug("tracklane: OAuth token refresh failed (%s); old one still valid", exc)
+                return cached
 
     def reject(self, token: str) -> None:
         """The tracking API answered 401 to ``token``: fetch a new one next time."""
