@@ -103,7 +103,6 @@ class TokenSource:
         self._not_before = 0.0  # monotonic: the token endpoint asked us to wait until then
         self._skew = 0.0  # seconds our clock is ahead of the auth server's
         self._warned_refused = False
-        self.fetches = 0
 
     def token(self, deadline: float) -> str:
         """A valid access token, fetched if needed; raises :class:`OAuthError`."""
@@ -143,16 +142,19 @@ class TokenSource:
             raise OAuthError(
                 f"the OAuth server asked us to wait {wait:.1f}s more", 429, "", retry_after=wait
             )
+        try:
+            assertion = self._assertion()
+        except Exception as exc:  # pragma: no cover - the key was checked when built
+            raise OAuthError(f"could not sign the client assertion: {type(exc).__name__}") from exc
         body = urlencode(
             {
                 "grant_type": "client_credentials",
                 "client_assertion_type": ASSERTION_TYPE,
-                "client_assertion": self._assertion(),
+                "client_assertion": assertion,
                 "scope": self._scope,
             }
         ).encode("ascii")
         request = b"".join((self._head, str(len(body)).encode("ascii"), b"\r\n\r\n", body))
-        self.fetches += 1
         started = time.monotonic()
         conn = self._connection()
         try:
