@@ -3,7 +3,11 @@
 Both libraries post to local recording servers; the messages are compared field by field.
 Only these may differ: ``messageId`` and ``timestamp`` when the caller gives none,
 ``sentAt``, ``context.library``, and the conversions BEHAVIOUR.md documents (each asserted
-explicitly below, with what segment does instead).
+explicitly below, with what segment does instead). The same code also behaves the same
+around the messages: argument errors are ``AssertionError`` in both, ``Client`` has segment's
+attributes with segment's values, module-level ``flush()``/``join()``/``shutdown()`` build
+``default_client`` from the module settings, a falsy ``on_error`` means no handler, and the
+OAuth flow produces the same assertion and Bearer header.
 """
 
 from __future__ import annotations
