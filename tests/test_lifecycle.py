@@ -174,6 +174,7 @@ def test_write_key_never_logged(server, make_client, caplog):
 
 def test_module_level_default_client(server, monkeypatch):
     """The module-level API builds its client lazily from the module settings."""
+    monkeypatch.setattr(tracklane, "default_client", None)
     monkeypatch.setattr(tracklane, "write_key", "mod-key")
     monkeypatch.setattr(tracklane, "host", server.url)
     try:
@@ -183,7 +184,7 @@ def test_module_level_default_client(server, monkeypatch):
     finally:
         tracklane.shutdown(timeout=2)
     assert [m["event"] for m in server.accepted()] == ["Module"]
-    assert tracklane.default_client is None
+    assert tracklane.default_client.write_key == "mod-key"  # still there, as in segment
 
 
 def test_flush_and_track_from_on_error_do_not_deadlock(server, make_client):

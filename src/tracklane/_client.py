@@ -19,6 +19,7 @@ from ._context import current_scope
 from ._delivery import Drop, Sender, Transport
 from ._encode import ORJSON_OPTIONS, default_for, encode_slowly
 from ._retry import RetryPolicy
+from ._segment_attrs import SegmentAttributes
 from ._stats import DropReason, FlushResult, Stats
 from ._transport import HTTPTransport
 from ._worker import Pipeline
@@ -45,11 +46,13 @@ _UNSET: Any = object()
 _LOG_INTERVAL = 10.0
 
 
-class Client:
+class Client(SegmentAttributes):
     """One queue and one delivery worker for one write key.
 
     The positional order of the first parameters is segment-analytics-python's; every
     option can also be given by keyword, with that library's (and analytics-ruby's) names.
+    segment's public attributes (``write_key``, ``host``, ``send``, ``log`` ...) are there
+    too, read-only.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class Client:
             if value is not _UNSET and not (name == "host" and value is None):
                 options[name] = value
         self.options = Options.build(write_key, **options)
+        self._given = {"host": host, "on_error": options.get("on_error")}
         opts = self.options
         if opts.debug:
             logger.setLevel(logging.DEBUG)
@@ -109,7 +113,7 @@ class Client:
         self._sender = Sender(self._transport, policy, opts.timeout, self._count_retry)
         self._pipeline = Pipeline(opts, self._sender, self._report)
         self._json_default = opts.json_default
-        self._default = default_for(opts.json_default)
+        self._default = default_for(opts.json_default, opts.decimal_as)
         self._stub = opts.stub
         self._sync = opts.sync_mode
         self._never = threading.Event()
@@ -292,7 +296,8 @@ class Client:
         try:
             data = orjson.dumps(message, default=self._default, option=ORJSON_OPTIONS)
         except (TypeError, ValueError, RecursionError):
-            data = encode_slowly(message, self._json_default)  # handles what orjson refused
+            # handles what orjson refused
+            data = encode_slowly(message, self._json_default, self.options.decimal_as)
         # orjson returns bytes that keep its 4 KB working buffer allocated; a queue of them
         # would cost 4 KB a message. An exact-size copy costs 0.2 µs and saves 90 % of that.
         data = bytes(memoryview(data))

@@ -150,6 +150,8 @@ def _deadline_drop(
 
 
 def _error_of(result: SendResult) -> DeliveryError:
+    if isinstance(result.error, DeliveryError):  # already ours (an OAuthError)
+        return result.error
     if result.status is None:
         error = TransportError(f"no response: {type(result.error).__name__}: {result.error}")
         error.__cause__ = result.error

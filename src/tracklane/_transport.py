@@ -22,20 +22,24 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from ._http import Connection, ConnectionClosed
 from ._retry import parse_retry_after
 from ._version import __version__
 from .config import Options, is_loopback
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, OAuthError
+
+if TYPE_CHECKING:
+    from ._oauth import TokenSource
 
 __all__ = ["HTTPTransport", "SendResult"]
 
 logger = logging.getLogger("tracklane")
 _warned_plain_http: set[str] = set()
 _IDLE_STALE = 1.0  # seconds idle after which a failing kept-alive connection counts as stale
+_LENGTH = b"\r\nContent-Length: "
 
 
 @dataclass(frozen=True)
@@ -85,15 +89,19 @@ class HTTPTransport:
             f"Host: {host_header}",
             "Content-Type: application/json",
             f"User-Agent: tracklane/{__version__}",
-            f"Authorization: Basic {token}",
             "Connection: keep-alive",
         ]
         if options.gzip:
             lines.append("Content-Encoding: gzip")
         if route.scheme == "http" and route.proxy_headers:
             lines += [f"{k}: {v}" for k, v in route.proxy_headers.items()]
-        # Everything but Content-Length is the same for every request: built once.
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        # Everything but Content-Length (and an OAuth token) is the same for every request:
+        # built once.
+        self._head_start = ("\r\n".join(lines) + "\r\nAuthorization: ").encode("latin-1")
+        self._head = self._head_start + f"Basic {token}\r\nContent-Length: ".encode("latin-1")
+        self._tokens: Optional[TokenSource] = None
+        if options.oauth:
+            self._tokens = _token_source(options, self._context)
         self._ssl: Optional[ssl.SSLContext] = None
         plain = self._url.startswith("http://") and not is_loopback(self._url)
         if plain and options.host not in _warned_plain_http:
@@ -103,8 +111,28 @@ class HTTPTransport:
     def send(self, body: bytes, timeout: float) -> SendResult:
         """POST ``body`` to ``/v1/batch``; never raises for network trouble."""
         content = gzip_module.compress(body, 6) if self._options.gzip else body
-        request = b"".join((self._head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
         deadline = time.monotonic() + max(timeout, 0.001)
+        if self._tokens is not None:
+            return self._send_with_token(self._tokens, content, deadline)
+        return self._post(self._head, content, deadline)
+
+    def _send_with_token(self, tokens: TokenSource, content: bytes, deadline: float) -> SendResult:
+        """Send with an OAuth access token; after a 401, once more with a new token."""
+        for attempt in (1, 2):
+            try:
+                token = tokens.token(deadline)
+            except OAuthError as exc:  # a failed attempt like any other: retried, counted
+                return SendResult(error=exc, retry_after=exc.retry_after)
+            head = b"".join((self._head_start, b"Bearer ", token.encode("ascii"), _LENGTH))
+            result = self._post(head, content, deadline)
+            if result.status != 401 or attempt == 2:
+                return result
+            logger.info("tracklane: HTTP 401 with the OAuth access token; fetching a new one")
+            tokens.reject(token)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _post(self, head: bytes, content: bytes, deadline: float) -> SendResult:
+        request = b"".join((head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
         with self._lock:
             for attempt in (1, 2):
                 reused = False
@@ -183,6 +211,27 @@ class HTTPTransport:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _token_source(options: Options, tls: Callable[[], ssl.SSLContext]) -> TokenSource:
+    """The OAuth token source, reaching the auth server the way batches reach the host."""
+    from ._oauth import TokenSource, connection_factory  # the oauth extra: only when used
+
+    url = options.oauth_auth_server + "/token"
+    route = _route(url, options.proxies)
+    host_header = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
+    if ":" in route.host:
+        host_header = f"[{route.host}]:{route.port}"
+    if url.startswith("http://") and not is_loopback(url):
+        logger.warning("tracklane: OAuth token requests go to %s over plain http", url)
+    connect = connection_factory(
+        route.host,
+        route.port,
+        tls if route.scheme == "https" else None,
+        route.proxy,
+        route.proxy_headers,
+    )
+    return TokenSource(options, connect, route.target, host_header)
 
 
 def tls_context(ca_bundle: object = None) -> ssl.SSLContext:

@@ -60,8 +60,9 @@ class MemoryTransport:
 class CapturedEvents:
     """The messages a capturing client accepted, with assertion helpers."""
 
-    def __init__(self, transport: MemoryTransport) -> None:
+    def __init__(self, transport: MemoryTransport, decimal_as: str = "string") -> None:
         self._transport = transport
+        self._decimal_as = decimal_as
 
     @property
     def messages(self) -> List[Dict[str, Any]]:
@@ -90,14 +91,15 @@ class CapturedEvents:
     ) -> List[Dict[str, Any]]:
         """Assert ``event`` was tracked (for ``user_id``, with at least ``properties``).
 
-        ``properties`` are compared in wire form: a ``Decimal`` arrives as a string, a
-        datetime as ISO-8601 text. Returns the matching messages.
+        ``properties`` are compared in wire form: a ``Decimal`` arrives as a string (a number
+        with ``decimal_as="number"``), a datetime as ISO-8601 text. Returns the matching
+        messages.
         """
         matches = [
             m
             for m in self.tracked(event)
             if (user_id is None or m.get("userId") == coerce_id("user_id", user_id))
-            and _contains(m.get("properties") or {}, properties or {})
+            and _contains(m.get("properties") or {}, properties or {}, self._decimal_as)
         ]
         if times is not None and len(matches) != times:
             raise AssertionError(
@@ -122,8 +124,8 @@ class CapturedEvents:
         return len(self.messages)
 
 
-def _contains(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
-    wire = orjson.loads(tracklane._encode.encode(dict(expected)))
+def _contains(actual: Mapping[str, Any], expected: Mapping[str, Any], decimal_as: str) -> bool:
+    wire = orjson.loads(tracklane._encode.encode(dict(expected), decimal_as=decimal_as))
     return all(k in actual and actual[k] == v for k, v in wire.items())
 
 
@@ -139,7 +141,7 @@ class CapturingClient(Client):
         options.setdefault("host", "http://127.0.0.1")
         options["sync_mode"] = True
         super().__init__(write_key, transport=self.transport, **options)
-        self.events = CapturedEvents(self.transport)
+        self.events = CapturedEvents(self.transport, self.options.decimal_as)
 
 
 @contextmanager
