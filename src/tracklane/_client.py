@@ -15,9 +15,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import orjson
 
-from ._delivery import Drop, Sender, Transport
+from ._core.delivery import Drop
+from ._core.retry import RetryPolicy
+from ._delivery import Sender
 from ._encode import ORJSON_OPTIONS, default_for, encode_slowly
-from ._retry import RetryPolicy
 from ._stats import DropReason, FlushResult, Stats
 from ._transport import HTTPTransport
 from ._worker import Pipeline
@@ -35,6 +36,7 @@ from .messages import (
     new_message_id,
     now_timestamp,
 )
+from .transports import Transport
 
 __all__ = ["Client"]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import gzip as gzip_module
 import logging
 import os
@@ -25,32 +26,18 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
+from ._core.retry import parse_retry_after
 from ._http import Connection, ConnectionClosed
-from ._retry import parse_retry_after
 from ._version import __version__
 from .config import Options, is_loopback
 from .exceptions import ConfigurationError
+from .transports import SendResult
 
 __all__ = ["HTTPTransport", "SendResult"]
 
 logger = logging.getLogger("tracklane")
 _warned_plain_http: set[str] = set()
 _IDLE_STALE = 1.0  # seconds idle after which a failing kept-alive connection counts as stale
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What one POST gave: a status (with body and Retry-After) or an error without a response."""
-
-    status: Optional[int] = None
-    body: str = ""
-    retry_after: Optional[float] = None
-    error: Optional[BaseException] = None
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx answer."""
-        return self.status is not None and 200 <= self.status < 300
 
 
 @dataclass(frozen=True)
@@ -129,7 +116,7 @@ class HTTPTransport:
                 return SendResult(
                     status=status,
                     body=text,
-                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                    retry_after=_retry_after(response.headers.get("retry-after")),
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -199,6 +186,12 @@ def tls_context(ca_bundle: object = None) -> ssl.SSLContext:
         return context
     context.load_verify_locations(cafile=certifi.where())
     return context
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    return parse_retry_after(value, dt.datetime.now(dt.timezone.utc))
 
 
 def _stale(exc: BaseException) -> bool:
