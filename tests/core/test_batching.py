@@ -35,7 +35,7 @@ def test_body_size_is_exact(count):
     """body_size predicts the body's length to the byte, the envelope included."""
     messages = [msg(i, size=i * 3) for i in range(count)]
     assert body_size(messages) == len(batch_body(messages, SENT_AT))
-    assert ENVELOPE_BYTES == len(batch_body([], SENT_AT))
+    assert len(batch_body([], SENT_AT)) == ENVELOPE_BYTES
 
 
 def test_take_batch_takes_up_to_the_count_in_order():
@@ -55,11 +55,11 @@ def test_take_batch_cuts_at_the_byte_limit_exactly():
     batch = take_batch(queue, 10, limit)
     assert len(batch) == 4
     assert len(batch_body(batch, SENT_AT)) == limit
-    assert list(queue)[0] == msg(4, size=100)
+    assert next(iter(queue)) == msg(4, size=100)
     assert len(queue) == 6
     batch = take_batch(queue, 10, limit - 1)
     assert len(batch) == 3
-    assert list(queue)[0] == msg(7, size=100)
+    assert next(iter(queue)) == msg(7, size=100)
 
 
 def test_take_batch_always_takes_one_message():

@@ -78,9 +78,11 @@ def scripted(*results: SendResult) -> Answer:
 def test_delivered_on_first_attempt():
     """A 200 delivers every message with one request and no wait."""
     outcome, trace, _ = run(msgs(1, 2, 3), ok)
-    assert outcome.delivered == 3 and not outcome.drops
+    assert outcome.delivered == 3
+    assert not outcome.drops
     assert len(trace) == 1
-    assert isinstance(trace[0], Send) and trace[0].timeout == 15.0
+    assert isinstance(trace[0], Send)
+    assert trace[0].timeout == 15.0
 
 
 def test_retries_with_backoff_then_delivers():
@@ -103,7 +105,8 @@ def test_rejected_is_dropped_with_the_servers_answer():
     (drop,) = outcome.drops
     assert drop.reason is DropReason.REJECTED
     assert isinstance(drop.error, APIError)
-    assert drop.error.status_code == 401 and "bad key" in str(drop.error.body)
+    assert drop.error.status_code == 401
+    assert "bad key" in str(drop.error.body)
     assert len(drop.messages) == 2
 
 
@@ -116,7 +119,8 @@ def test_split_isolates_one_bad_message():
     outcome, trace, _ = run(msgs(*range(8)), answer)
     assert outcome.delivered == 7
     (drop,) = outcome.drops
-    assert drop.reason is DropReason.REJECTED and drop.messages == msgs(5)
+    assert drop.reason is DropReason.REJECTED
+    assert drop.messages == msgs(5)
     sizes = [a.count for a in trace if isinstance(a, Send)]
     assert sizes == [8, 4, 4, 2, 1, 1, 2]
 
@@ -137,7 +141,8 @@ def test_no_answer_gives_a_transport_error():
     failure = OSError("refused")
     outcome, _, _ = run(msgs(1), lambda _: SendResult(error=failure))
     cause = outcome.drops[0].error.__cause__
-    assert isinstance(cause, TransportError) and cause.__cause__ is failure
+    assert isinstance(cause, TransportError)
+    assert cause.__cause__ is failure
 
 
 def test_deadline_bounds_each_request_and_ends_the_batch():
@@ -149,7 +154,8 @@ def test_deadline_bounds_each_request_and_ends_the_batch():
         reason=DropReason.RETRIES_EXHAUSTED,
     )
     first = trace[0]
-    assert isinstance(first, Send) and first.timeout == 2.5
+    assert isinstance(first, Send)
+    assert first.timeout == 2.5
     (drop,) = outcome.drops
     assert drop.reason is DropReason.RETRIES_EXHAUSTED
     assert isinstance(drop.error, RetriesExhaustedError)
@@ -161,7 +167,8 @@ def test_deadline_already_passed_sends_nothing():
     outcome, trace, _ = run(msgs(1), ok, deadline=999.0)
     assert trace == []
     (drop,) = outcome.drops
-    assert drop.reason is DropReason.SHUTDOWN and isinstance(drop.error, ShutdownError)
+    assert drop.reason is DropReason.SHUTDOWN
+    assert isinstance(drop.error, ShutdownError)
 
 
 def test_request_that_eats_the_deadline_drops_the_rest():
@@ -173,7 +180,8 @@ def test_request_that_eats_the_deadline_drops_the_rest():
     # 1002: the second half's turn is past the deadline.
     assert outcome.delivered == 1
     (drop,) = outcome.drops
-    assert drop.reason is DropReason.SHUTDOWN and drop.messages == msgs(2)
+    assert drop.reason is DropReason.SHUTDOWN
+    assert drop.messages == msgs(2)
 
 
 def test_aborted_wait_drops_with_the_last_error():
@@ -187,9 +195,10 @@ def test_aborted_wait_drops_with_the_last_error():
 
 def test_total_budget_ends_retries():
     """Retry-After beyond the total budget ends the batch as retries exhausted."""
-    outcome, trace, _ = run(
+    outcome, _trace, _ = run(
         msgs(1), scripted(SendResult(status=429, retry_after=50.0), SendResult(status=429))
     )
-    assert outcome.drops == [] and outcome.delivered == 1
+    assert outcome.drops == []
+    assert outcome.delivered == 1
     outcome, _, _ = run(msgs(1), lambda _: SendResult(status=429, retry_after=59.0))
     assert outcome.drops[0].reason is DropReason.RETRIES_EXHAUSTED

@@ -47,7 +47,8 @@ def test_final_statuses(status):
 
 def test_split_statuses():
     """Only 400 and 413 split a batch."""
-    assert is_split_status(400) and is_split_status(413)
+    assert is_split_status(400)
+    assert is_split_status(413)
     assert not is_split_status(422)
 
 
