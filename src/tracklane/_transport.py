@@ -27,13 +27,13 @@ from typing import Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
 from ._core.retry import parse_retry_after
-from ._http import Connection, ConnectionClosed
+from ._http import Connection, ConnectionClosed, Response
 from ._version import __version__
 from .config import Options, is_loopback
 from .exceptions import ConfigurationError
 from .transports import SendResult
 
-__all__ = ["HTTPTransport", "SendResult"]
+__all__ = ["HTTPTransport", "RequestFormat", "SendResult", "is_stale", "result_of", "tls_context"]
 
 logger = logging.getLogger("tracklane")
 _warned_plain_http: set[str] = set()
@@ -52,17 +52,15 @@ class _Route:
     proxy_headers: Optional[Dict[str, str]] = None
 
 
-class HTTPTransport:
-    """Keeps one connection per process and posts batches with Basic auth."""
+class RequestFormat:
+    """The bytes of a batch request: a head built once, then Content-Length and the body.
+
+    Shared by the blocking and the asyncio transports, so both send the same request.
+    """
 
     def __init__(self, options: Options) -> None:
-        self._options = options
-        self._lock = threading.Lock()
-        self._conn: Optional[Connection] = None
-        self._last_used = 0.0
-        self._pid = os.getpid()
-        self._url = options.batch_url
-        route = self._route = _route(self._url, options.proxies)
+        self.url = options.batch_url
+        route = self.route = _route(self.url, options.proxies)
         token = base64.b64encode(f"{options.write_key}:".encode()).decode("ascii")
         host_header = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         if ":" in route.host:  # an IPv6 literal
@@ -80,17 +78,43 @@ class HTTPTransport:
         if route.scheme == "http" and route.proxy_headers:
             lines += [f"{k}: {v}" for k, v in route.proxy_headers.items()]
         # Everything but Content-Length is the same for every request: built once.
-        self._head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
-        self._ssl: Optional[ssl.SSLContext] = None
-        plain = self._url.startswith("http://") and not is_loopback(self._url)
+        self.head = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
+        plain = self.url.startswith("http://") and not is_loopback(self.url)
         if plain and options.host not in _warned_plain_http:
             _warned_plain_http.add(options.host)
             logger.warning("tracklane: sending to %s over plain http (not TLS)", options.host)
 
+    def frame(self, content: bytes) -> bytes:
+        """The complete request for ``content`` (already gzipped if the option is on)."""
+        return b"".join((self.head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
+
+
+def result_of(response: Response) -> SendResult:
+    """What an answer means for delivery: status, error text, Retry-After in seconds."""
+    status = response.status
+    text = response.body.decode("utf-8", "replace") if status >= 300 else ""
+    return SendResult(
+        status=status, body=text, retry_after=_retry_after(response.headers.get("retry-after"))
+    )
+
+
+class HTTPTransport:
+    """Keeps one connection per process and posts batches with Basic auth."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._lock = threading.Lock()
+        self._conn: Optional[Connection] = None
+        self._last_used = 0.0
+        self._pid = os.getpid()
+        self._format = RequestFormat(options)
+        self._route = self._format.route
+        self._ssl: Optional[ssl.SSLContext] = None
+
     def send(self, body: bytes, timeout: float) -> SendResult:
         """POST ``body`` to ``/v1/batch``; never raises for network trouble."""
         content = gzip_module.compress(body, 6) if self._options.gzip else body
-        request = b"".join((self._head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
+        request = self._format.frame(content)
         deadline = time.monotonic() + max(timeout, 0.001)
         with self._lock:
             for attempt in (1, 2):
@@ -105,19 +129,13 @@ class HTTPTransport:
                     # server meanwhile: no failure of the endpoint, so try once on a fresh
                     # connection. A connection in use a moment ago failing is a real fault,
                     # left to the retry policy (counted, with backoff).
-                    if reused and attempt == 1 and idle >= _IDLE_STALE and _stale(exc):
+                    if reused and attempt == 1 and idle >= _IDLE_STALE and is_stale(exc):
                         continue
                     return SendResult(error=exc)
                 self._last_used = time.monotonic()
                 if not response.keep_alive:
                     self._discard()
-                status = response.status
-                text = response.body.decode("utf-8", "replace") if status >= 300 else ""
-                return SendResult(
-                    status=status,
-                    body=text,
-                    retry_after=_retry_after(response.headers.get("retry-after")),
-                )
+                return result_of(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connection(self, deadline: float) -> Tuple[Connection, bool]:
@@ -194,7 +212,8 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     return parse_retry_after(value, dt.datetime.now(dt.timezone.utc))
 
 
-def _stale(exc: BaseException) -> bool:
+def is_stale(exc: BaseException) -> bool:
+    """An error that a kept-alive connection closed by the server while idle gives."""
     return isinstance(
         exc, (ConnectionClosed, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
     )

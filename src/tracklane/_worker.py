@@ -204,10 +204,11 @@ class Pipeline:
         with self._lock:
             self._ledger.refuse(reason)
 
-    def count_stubbed(self) -> None:
+    def count_stubbed(self, data: bytes) -> bool:
         """Count a message a stub client accepted and sent nowhere: tracked and delivered."""
         with self._lock:
             self._ledger.stubbed()
+        return True
 
     def begin_inline(self) -> None:
         """A ``sync_mode`` call starts delivering one message in the caller's thread."""
