@@ -17,6 +17,8 @@ from helpers import Action, RecordingServer
 from tracklane import _transport
 from tracklane.exceptions import TransportError
 
+pytestmark = pytest.mark.both_clients
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:

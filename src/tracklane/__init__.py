@@ -18,6 +18,7 @@ import os
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from ._aio_client import AsyncClient
 from ._client import Client
 from ._stats import DropReason, FlushResult, Stats
 from ._version import __version__
@@ -38,6 +39,7 @@ from .exceptions import (
 __all__ = [
     "APIError",
     "AnalyticsError",
+    "AsyncClient",
     "Client",
     "ConfigurationError",
     "DeliveryError",
