@@ -197,13 +197,18 @@ class AsyncClient(BaseClient):
         pipeline = self._pipeline
         if self._stub:
             return pipeline.stubbed(data), message
+        # The task on this loop also closes the inline connection when the loop ends.
+        pipeline._bind(asyncio.get_running_loop())
         if not pipeline.begin_inline():
             pipeline.refuse_closed(data)
             return False, message
         if self._inline_transport is None:
-            self._inline_transport = (
-                AsyncHTTPTransport(self.options) if self._own_transport else self._transport
-            )
+            if self._own_transport:
+                inline = AsyncHTTPTransport(self.options)
+                pipeline.on_loop_end.append(inline.abort)
+                self._inline_transport = inline
+            else:
+                self._inline_transport = self._transport
         deadline = time.monotonic() + self.options.timeout
         outcome = await pipeline.deliver(
             [data], deadline, DropReason.RETRIES_EXHAUSTED, self._inline_transport

@@ -57,6 +57,10 @@ class AsyncPipeline:
         self._transport = transport
         self._policy = policy
         self._report = report
+        self.on_loop_end: List[Callable[[], None]] = []
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            self.on_loop_end.append(abort)
         self._batch_size = options.batch_size
         self._max_queue_size = options.max_queue_size
         self._queue: Queue = None
@@ -490,6 +494,10 @@ class AsyncPipeline:
                         self._queue.requeue(self._inflight_batch)
                         self._ledger.inflight = 0
                         self._inflight_batch = []
+            # Connections belong to this loop: close them while it still runs.
+            for close in self.on_loop_end:
+                with contextlib.suppress(Exception):
+                    close()
             raise
 
     async def _next_batch(self) -> Optional[List[bytes]]:
