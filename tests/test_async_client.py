@@ -344,3 +344,21 @@ async def test_stub_validates_and_sends_nothing(server):
     assert await client.flush(1)
     assert client.stats().delivered == 2
     assert server.requests == []
+
+
+@pytest.mark.anyio
+async def test_capturing_async_client_records_calls_at_once():
+    """tracklane.testing.CapturingAsyncClient captures each call before it returns."""
+    from tracklane.testing import CapturingAsyncClient
+
+    client = CapturingAsyncClient()
+    client.track("u1", "Signed Up", {"plan": "pro"})
+    client.events.assert_tracked("Signed Up", user_id="u1", properties={"plan": "pro"})
+    ok, _ = await client.deliver.track("u1", "Paid")
+    assert ok is True
+    assert [m["event"] for m in client.events.tracked()] == ["Signed Up", "Paid"]
+    with pytest.raises(tracklane.ValidationError):
+        client.track("u1", None)
+    stats = client.stats()
+    assert (stats.tracked, stats.delivered) == (2, 2)
+    await client.shutdown(1)
