@@ -114,8 +114,8 @@ def test_loop_lag_stays_small_with_a_slow_server_and_with_a_dead_one(capsys):
                 f"\nloop lag, {phase}: p99 {p99 * 1000:.1f} ms, max {worst * 1000:.1f} ms"
                 f" over {seconds:.1f} s ({ticks} ticks)"
             )
-    noise = report["idle"][1]
+    noise_p99, noise = report["idle"][:2]
     for phase in ("slow", "down"):
         p99, worst, _, _ = report[phase]
         assert worst < noise + BOUND, f"{phase}: the loop was blocked for {worst * 1000:.0f} ms"
-        assert p99 < BOUND
+        assert p99 < noise_p99 + BOUND
