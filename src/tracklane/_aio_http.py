@@ -73,11 +73,19 @@ class _Reader(asyncio.Protocol):
             left = deadline - loop.time()
             if left <= 0:
                 raise asyncio.TimeoutError("the deadline passed")
-            self._waiter = loop.create_future()
+            # A timer on the waiter itself: one loop turn less per read than wait_for.
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(left, _expire, waiter)
             try:
-                await asyncio.wait_for(self._waiter, left)
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(asyncio.TimeoutError("the deadline passed"))
 
 
 class _Connection:
