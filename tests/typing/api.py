@@ -48,3 +48,23 @@ def main() -> None:
         client.track(None, "No id")
     except tracklane.ValidationError as exc:
         print(exc.field)
+
+
+async def async_main() -> None:
+    from tracklane.testing import CapturingAsyncClient
+    from tracklane.transports import SendResult
+
+    async with tracklane.AsyncClient("key", host="http://127.0.0.1:8787", on_error=on_error) as ac:
+        queued, message = ac.track("u", "Event", {"n": 1})
+        assert isinstance(queued, bool)
+        assert message["event"] == "Event"
+        delivered, sent = await ac.deliver.identify("u", {"name": "Ada"})
+        assert isinstance(delivered, bool)
+        assert sent["type"] == "identify"
+        flushed: tracklane.FlushResult = await ac.flush(timeout=1.0)
+        print(flushed.complete, ac.stats().pending)
+    capturing = CapturingAsyncClient()
+    capturing.track("u", "Captured")
+    capturing.events.assert_tracked("Captured")
+    result = SendResult(status=200)
+    assert result.ok
