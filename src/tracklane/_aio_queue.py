@@ -12,6 +12,7 @@ process killed in that moment loses what was staged (``Client`` commits inside t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -94,15 +95,20 @@ class DiskQueue:
         """Stage a message; the disk thread writes it shortly (pipeline lock held)."""
         self._staged.append(data)
         if not self._writer_scheduled and self._lock is not None:
-            self._writer_scheduled = True
-            self._executor.submit(self._write_staged, self._lock)
+            self._schedule(self._lock)
+
+    def _schedule(self, lock: threading.Lock) -> None:
+        try:
+            self._executor.submit(self._write_staged, lock)
+        except RuntimeError:  # interpreter exit: written by close_now instead
+            return
+        self._writer_scheduled = True
 
     def bind(self, lock: threading.Lock) -> None:
         """Use the pipeline's lock for the staged messages and the mirror count."""
         self._lock = lock
         if self._staged and not self._writer_scheduled:
-            self._writer_scheduled = True
-            self._executor.submit(self._write_staged, lock)
+            self._schedule(lock)
 
     def popleft(self) -> bytes:
         """Remove the newest-staged-last oldest message (drop_oldest; pipeline lock held)."""
@@ -165,7 +171,8 @@ class DiskQueue:
     def requeue(self, batch: List[bytes]) -> None:
         """Release an unsent batch's lease, so it is taken again (pipeline lock held)."""
         self._on_disk += len(batch)
-        self._executor.submit(self._disk.finish, batch, batch)
+        with contextlib.suppress(RuntimeError):  # at exit the lease ends with the process
+            self._executor.submit(self._disk.finish, batch, batch)
 
     def drain(self) -> List[bytes]:
         """Nothing is dropped at shutdown: it stays on disk for the next process."""

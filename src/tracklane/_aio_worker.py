@@ -83,6 +83,7 @@ class AsyncPipeline:
         self._ledger = Ledger(self._queue.recovered)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._task: Optional[asyncio.Task[None]] = None
+        self._generation = 0  # bumped at each (re)binding: a stale task stops by itself
         self._waiter: Optional[asyncio.Future[None]] = None
         self._sleeper: Optional[asyncio.Future[bool]] = None
         self._flushers: List[asyncio.Future[None]] = []
@@ -265,7 +266,12 @@ class AsyncPipeline:
             self._sleeper = None
             self._flushers = []
             self._aborted = False
-            self._task = loop.create_task(self._run())
+            if self._task is not None and not self._task.done() and current is not None:
+                # Its loop is alive but not running: it must never run this task again.
+                with contextlib.suppress(RuntimeError):
+                    current.call_soon_threadsafe(self._task.cancel)
+            self._generation += 1
+            self._task = loop.create_task(self._run(self._generation))
         return True
 
     def _wake(self) -> None:
@@ -468,9 +474,9 @@ class AsyncPipeline:
 
     # -- the task -----------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, generation: int) -> None:
         try:
-            while True:
+            while generation == self._generation:
                 batch = await self._next_batch()
                 if batch is None:
                     return
@@ -484,9 +490,11 @@ class AsyncPipeline:
                     logger.exception("tracklane: unexpected error while sending a batch")
                     error = DeliveryError(f"internal error: {exc!r}")
                     outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
+                if generation != self._generation:
+                    return  # rebound meanwhile: the batch went back to the queue
                 await self._settle(batch, outcome)
         except asyncio.CancelledError:
-            if self._cancel_reason != "shutdown":
+            if generation == self._generation and self._cancel_reason != "shutdown":
                 # The loop is stopping (asyncio.run returned): the batch goes back to the
                 # queue, for the next loop or the exit hook; at least once, never lost.
                 with self._lock:
