@@ -22,7 +22,7 @@ from ._buffer import DurableBuffer
 from ._core.batching import take_batch
 from ._core.ledger import Ledger
 
-__all__ = ["DiskQueue", "MemoryQueue", "open_queue"]
+__all__ = ["DiskQueue", "MemoryQueue"]
 
 
 class MemoryQueue:
@@ -111,7 +111,7 @@ class DiskQueue:
             self._schedule(lock)
 
     def popleft(self) -> bytes:
-        """Remove the newest-staged-last oldest message (drop_oldest; pipeline lock held)."""
+        """Remove the oldest message not yet on disk (``drop_oldest``; pipeline lock held)."""
         if self._staged:
             return self._staged.popleft()
         raise IndexError("the oldest messages are already on disk")
@@ -197,10 +197,3 @@ class DiskQueue:
     def forget_after_fork(self) -> None:
         """In a forked child: leave the parent's database and lock alone."""
         self._disk.forget_after_fork()
-
-
-def open_queue(path: Optional[str], fsync: bool) -> object:
-    """A fresh queue: durable at ``path``, else in memory."""
-    if path is None:
-        return MemoryQueue()
-    return DiskQueue(path, fsync)
