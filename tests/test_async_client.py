@@ -362,3 +362,13 @@ async def test_capturing_async_client_records_calls_at_once():
     stats = client.stats()
     assert (stats.tracked, stats.delivered) == (2, 2)
     await client.shutdown(1)
+
+
+def test_importing_tracklane_does_not_import_asyncio():
+    """Programs that only use Client do not pay for asyncio: AsyncClient loads on first use."""
+    code = (
+        "import sys, tracklane; assert 'asyncio' not in sys.modules; "
+        "assert tracklane.AsyncClient.__name__ == 'AsyncClient'; assert 'asyncio' in sys.modules"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from ._aio_client import AsyncClient
 from ._client import Client
 from ._stats import DropReason, FlushResult, Stats
 from ._version import __version__
@@ -35,6 +34,21 @@ from .exceptions import (
     TransportError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from ._aio_client import AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient is imported on first use: asyncio would add tens of milliseconds to the
+    # start of every program that only uses Client.
+    if name == "AsyncClient":
+        from ._aio_client import AsyncClient
+
+        AsyncClient.__module__ = "tracklane"
+        return AsyncClient
+    raise AttributeError(f"module 'tracklane' has no attribute {name!r}")
+
 
 __all__ = [
     "APIError",
@@ -226,7 +240,7 @@ def stats() -> Optional[Stats]:
 
 
 for _name in __all__:
-    _value = globals()[_name]
+    _value = globals().get(_name)  # AsyncClient: set in __getattr__
     if isinstance(_value, type):
         _value.__module__ = "tracklane"
 del _name, _value
