@@ -48,6 +48,8 @@ class Outcome:
 
     delivered: int = 0
     drops: List[Drop] = field(default_factory=list)
+    requests: int = 0
+    """Requests the endpoint acknowledged (more than one when the batch was split)."""
 
 
 class Sender:
@@ -87,6 +89,7 @@ class Sender:
             result, drop = self._send_with_retries(part, abort, deadline, deadline_reason)
             if drop is None:
                 outcome.delivered += len(part)
+                outcome.requests += 1
                 continue
             status = result.status if result is not None else None
             if status is not None and is_split_status(status) and len(part) > 1:

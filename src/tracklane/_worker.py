@@ -69,6 +69,7 @@ class Pipeline:
         self._queue = self._open_buffer()
         self._tracked = 0
         self._delivered = 0
+        self._batches = 0
         self._retries = 0
         self._inflight = 0
         self._inflight_batch: List[bytes] = []
@@ -230,6 +231,7 @@ class Pipeline:
         with self._lock:
             self._sync_inflight -= 1
             self._delivered += outcome.delivered
+            self._batches += outcome.requests
             for drop in outcome.drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
         for drop in outcome.drops:
@@ -253,6 +255,7 @@ class Pipeline:
             pending=len(self._queue) + self._inflight + self._sync_inflight,
             dropped=dict(self._dropped),
             recovered=self._recovered,
+            batches=self._batches,
         )
 
     def flush(self, timeout: float) -> FlushResult:
@@ -462,6 +465,7 @@ class Pipeline:
                 if not self._dropped[key]:
                     del self._dropped[key]
                 self._delivered += outcome.delivered
+                self._batches += outcome.requests
                 self._queue.finish(batch, ())
                 return
             keep: List[bytes] = []
@@ -471,6 +475,7 @@ class Pipeline:
             self._queue.finish(batch, keep)
             self._inflight = 0
             self._delivered += outcome.delivered
+            self._batches += outcome.requests
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)

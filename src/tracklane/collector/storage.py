@@ -84,7 +84,11 @@ class StoredMessage:
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Read filters; ``None`` means "any". ``since`` is an ISO-8601 UTC ``...Z`` string."""
+    """Read filters; ``None`` means "any". ``since`` is an ISO-8601 UTC ``...Z`` string.
+
+    ``after`` is a storage sequence number (an event's ``seq``): only later events match,
+    and :meth:`Storage.query` returns them oldest first, so a reader can follow new events.
+    """
 
     write_key: Optional[str] = None
     type: Optional[str] = None
@@ -92,11 +96,12 @@ class EventFilter:
     anonymous_id: Optional[str] = None
     event: Optional[str] = None
     since: Optional[str] = None
+    after: Optional[int] = None
 
-    def where(self) -> Tuple[str, List[str]]:
+    def where(self) -> Tuple[str, List[Union[str, int]]]:
         """Return a SQL ``WHERE`` clause (or ``""``) and its parameters."""
         clauses: List[str] = []
-        params: List[str] = []
+        params: List[Union[str, int]] = []
         for column, value in (
             ("write_key", self.write_key),
             ("type", self.type),
@@ -110,6 +115,9 @@ class EventFilter:
         if self.since is not None:
             clauses.append("received_at >= ?")
             params.append(self.since)
+        if self.after is not None:
+            clauses.append("id > ?")
+            params.append(self.after)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
@@ -222,18 +230,21 @@ class Storage:
                 ticket.done = True
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
-        """Return up to ``limit`` matching events, newest first, as served by the read API."""
+        """Return up to ``limit`` matching events as served by the read API: newest first,
+        or oldest first when the filter has ``after``. Each carries its ``seq``."""
         clause, params = where.where()
+        order = "ASC" if where.after is not None else "DESC"
         sql = (
-            "SELECT received_at, timestamp, original_timestamp, body FROM events"
-            f"{clause} ORDER BY id DESC LIMIT ?"
+            "SELECT id, received_at, timestamp, original_timestamp, body FROM events"
+            f"{clause} ORDER BY id {order} LIMIT ?"
         )
         with self._read_lock:
             self._check_open()
             rows = self._reader.execute(sql, [*params, limit]).fetchall()
         events: List[Dict[str, Any]] = []
-        for received_at, timestamp, original_timestamp, body in rows:
+        for seq, received_at, timestamp, original_timestamp, body in rows:
             event: Dict[str, Any] = loads_stored(body)
+            event["seq"] = seq
             event["receivedAt"] = received_at
             event["timestamp"] = timestamp
             event["originalTimestamp"] = original_timestamp
