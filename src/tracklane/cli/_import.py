@@ -40,6 +40,7 @@ from tracklane.cli._records import (
     LineError,
     csv_rows,
     derived_message_id,
+    record_digest,
     is_csv,
     parse_mapping,
     to_call,
@@ -140,7 +141,7 @@ class Importer:
         self.rejections: List[Tuple[int, str]] = []  # (record number, reason), not yet saved
         self.examples: Dict[str, List[int]] = {}
         self.skipped_examples: List[str] = []
-        self.mark: Tuple[int, int, int] = (0, 0, 0)  # (done, enqueued, skipped) this input
+        self.mark: Tuple[int, int, int, bytes] = (0, 0, 0, b"")  # done, enqueued, skipped, last
         self.progress = Progress()
         self.base = Progress()
         self.state: Optional[StateFile] = None
@@ -169,7 +170,7 @@ class Importer:
 
     def checkpoint(self, timeout: float) -> bool:
         """Flush; if everything read so far is settled, save the state. True when saved."""
-        done, enqueued, skipped = self.mark
+        done, enqueued, skipped, last = self.mark
         result = self.client.flush(timeout)
         with self.lock:
             if self.failure is not None or not result:
@@ -188,6 +189,8 @@ class Importer:
         progress.done = self.base.done + done
         progress.sent = self.base.sent + enqueued - (progress.rejected - self.base.rejected)
         progress.skipped = self.base.skipped + skipped
+        if done:
+            progress.fingerprint = record_digest(last)
         if self.state is not None:
             self.state.save(self.key, progress)
         return True
@@ -209,16 +212,9 @@ class Importer:
         if not args.dry_run and (args.state or not source.is_stdin):
             self.state = StateFile(args.state or source.name + STATE_SUFFIX)
             saved = None if args.restart else self.state.get(self.key)
-        fingerprint = source.fingerprint()
-        if saved is not None and saved.fingerprint not in (None, fingerprint):
-            raise StateError(
-                f"{self.state.path if self.state else ''} was written for a different "
-                f"{source.name} (its beginning changed); delete it or pass --restart"
-            )
-        self.base = saved or Progress(fingerprint=fingerprint)
-        self.base.fingerprint = fingerprint
+        self.base = saved or Progress()
         self.progress = self.base.copy()
-        self.mark = (0, 0, 0)
+        self.mark = (0, 0, 0, b"")
         stream = source.open()
         try:
             records = self._records(source, stream)
@@ -237,11 +233,18 @@ class Importer:
                 stop.set()
                 if thread is not None:
                     thread.join()
-                if reporter is not None:
-                    done = self.mark[0]
-                    reporter.finish(source.position(), done, self.progress.done - self.base.done)
         finally:
             source.close()
+
+    def finish(self, source: Input, reporter: Optional[Reporter]) -> None:
+        """The input's last progress line, after its last checkpoint."""
+        if reporter is not None:
+            done = self.mark[0]
+            reporter.finish(source.position(), done, self.progress.done - self.base.done)
+
+    def state_path(self) -> str:
+        """Where this input's progress is kept."""
+        return self.state.path if self.state is not None else "the state file"
 
     def _records(self, source: Input, stream: Any) -> Iterator[Tuple[int, bytes, Any]]:
         if is_csv(source.name, self.args.format):
@@ -265,14 +268,24 @@ class Importer:
         unit = "row" if is_csv(source.name, args.format) else "line"
         done = 0
         dry_run = args.dry_run
+        verified = skip == 0
         for number, raw, build in records:
             if number <= skip:
+                if number < skip:
+                    continue
+                verified = True
+                if record_digest(raw) != self.base.fingerprint:
+                    raise StateError(
+                        f"{source.name}: {unit} {number} is not the one acknowledged before "
+                        f"(the file changed); delete {self.state_path()} or pass --restart"
+                    )
                 continue
             if build is None:  # a blank line
-                self.mark = (number - skip, enqueued, skipped)
+                done = number - skip
+                self.mark = (done, enqueued, skipped, raw)
                 continue
             try:
-                kind, kwargs = to_call(build() if type(build) is not dict else build)
+                kind, kwargs = to_call(build() if callable(build) else build)
                 message_id = kwargs.get("message_id")
                 if message_id is None:
                     message_id = kwargs["message_id"] = derived_message_id(label, number, raw)
@@ -306,7 +319,7 @@ class Importer:
                         "pass --skip-invalid"
                     ) from None
             done = number - skip
-            self.mark = (done, enqueued, skipped)
+            self.mark = (done, enqueued, skipped, raw)
             if not done % _UPDATE_EVERY:
                 if self.failure is not None:
                     raise _Stop(describe_error(self.failure))
@@ -317,6 +330,11 @@ class Importer:
                 ahead = done / rate - (time.monotonic() - started)
                 if ahead > 0:
                     time.sleep(ahead)
+        if not verified:
+            raise StateError(
+                f"{source.name} has fewer records than the {skip:,} acknowledged before (the "
+                f"file changed); delete {self.state_path()} or pass --restart"
+            )
         if args.dry_run:
             self.progress.done = self.base.done + done
             self.progress.skipped = self.base.skipped + skipped
@@ -398,8 +416,10 @@ def run(args: argparse.Namespace) -> int:
                 importer.run_input(source, reporter)
                 if not args.dry_run and not importer.checkpoint(60.0):
                     raise _Stop(_unsettled(importer))
+                importer.finish(source, reporter)
             except KeyboardInterrupt:
                 saved = importer.checkpoint(30.0) if not args.dry_run else False
+                importer.finish(source, reporter)
                 _summary(importer, source, totals)
                 print(
                     f"tracklane import: interrupted; {'progress saved' if saved else 'not saved'}"
@@ -410,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
             except (_Stop, StateError, OSError) as exc:
                 if not args.dry_run and not isinstance(exc, StateError):
                     importer.checkpoint(30.0)
+                importer.finish(source, reporter)
                 _summary(importer, source, totals)
                 return error(
                     "import", str(exc) if not isinstance(exc, OSError) else f"{name}: {exc}"
@@ -417,8 +438,10 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:  # a CSV mapping that does not fit the header
                 return error("import", str(exc))
             _summary(importer, source, totals)
-            if args.dry_run and importer.progress.skipped - importer.base.skipped:
-                code = 0 if args.skip_invalid else 1
+            if args.dry_run and importer.progress.skipped and not args.skip_invalid:
+                code = 1
+            if importer.progress.rejected:
+                code = 1
     finally:
         signal.signal(signal.SIGTERM, previous)
         if reporter is not None:

@@ -21,6 +21,7 @@ from tracklane.cli._fields import ENVELOPE_FIELDS, FIELDS, TYPES
 
 __all__ = [
     "Call",
+    "record_digest",
     "ColumnMap",
     "Input",
     "LineError",
@@ -88,6 +89,11 @@ def derived_message_id(label: bytes, number: int, raw: bytes) -> str:
     """A stable id from the input's name, the record's number and its text: a re-sent record
     gets the same id, so the receiver deduplicates it. 32 hex digits (128 bits)."""
     return _blake2b(b"%s%d\n%s" % (label, number, raw), digest_size=16).hexdigest()
+
+
+def record_digest(raw: bytes) -> str:
+    """What the state file keeps of the last acknowledged record, to know it again."""
+    return _blake2b(raw, digest_size=12).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,7 @@ class Input:
         self._raw: Optional[BinaryIO] = None
         self.compressed = False
         self.size: Optional[int] = None
+        self._final = 0
 
     def open(self) -> BinaryIO:
         """Open for reading (gzip recognised by its magic bytes); returns the decoded stream."""
@@ -223,21 +230,17 @@ class Input:
         """Bytes of the (compressed) file read so far: what the progress bar counts."""
         if self._raw is None or self.is_stdin:
             return 0
+        if self._raw.closed:
+            return self._final
         try:
             return self._raw.tell()
         except (OSError, ValueError):
             return 0
 
-    def fingerprint(self) -> Optional[str]:
-        """A digest of the file's first 64 KB: a state file is only reused for the same file."""
-        if self.is_stdin:
-            return None
-        with open(self.name, "rb") as handle:
-            return hashlib.sha256(handle.read(65536)).hexdigest()
-
     def close(self) -> None:
         """Close the file (never stdin)."""
         if self._raw is not None and not self.is_stdin:
+            self._final = self.position()
             self._raw.close()
 
 
