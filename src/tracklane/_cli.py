@@ -1,4 +1,4 @@
-"""The ``tracklane`` command; kept as an alias of :mod:`tracklane.cli` (``python -m tracklane._cli``)."""
+"""The ``tracklane`` command: an alias of :mod:`tracklane.cli` (``python -m tracklane._cli``)."""
 
 from __future__ import annotations
 

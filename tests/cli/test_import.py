@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Set
 
 import httpx
-import pytest
 
 from helpers import Action, RecordingServer
 from tracklane.collector import CollectorServer
@@ -22,6 +21,7 @@ from tracklane.collector import CollectorServer
 from .conftest import cli_env, count, run_cli, stored, tracklane_command
 
 TYPES = ("track", "identify", "page", "screen", "group", "alias")
+TYPES_IN_ORDER = ("identify", "track", "page", "screen", "group", "alias")
 
 
 def line_for(n: int) -> Dict[str, Any]:
@@ -144,7 +144,7 @@ def test_sigterm_saves_progress_and_the_same_command_continues(
     )
     wait_for_checkpoint(state, proc, 1)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert b"interrupted; progress saved" in err
     done = next(iter(json.loads(state.read_text())["inputs"].values()))["done"]
@@ -181,7 +181,7 @@ def test_dry_run_reports_every_bad_line(tmp_path: Path) -> None:
     assert report[1:-1] == [
         f"{path}:3: event: is required",
         f"{path}:4: colour: is not a field of a Segment message",
-        f"{path}:5: type: must be one of identify, track, page, screen, group, alias, not 'purchase'",
+        f"{path}:5: type: must be one of {', '.join(TYPES_IN_ORDER)}, not 'purchase'",
         f"{path}:7: userId: a user_id or an anonymous_id is required",
         f"{path}:8: properties: is not part of an alias message",
         f"{path}:9: timestamp: not an ISO-8601 time: 'last week'",
@@ -259,7 +259,8 @@ def test_refused_write_key_stops_without_moving_the_checkpoint(
     write_lines(path, 50)
     result = run_cli(*import_args(path, keyed_collector, "not-a-key"))
     assert result.returncode == 1
-    assert "HTTP 401" in result.stderr and "unknown write key" in result.stderr
+    assert "HTTP 401" in result.stderr
+    assert "unknown write key" in result.stderr
     state = Path(f"{path}.import-state.json")
     if state.exists():
         assert next(iter(json.loads(state.read_text())["inputs"].values()))["done"] == 0
@@ -298,7 +299,8 @@ def test_gzip_csv_with_a_column_mapping(
     result = run_cli(*import_args(path, collector, write_key, "--type=track", *mapping))
     assert result.returncode == 0, result.stderr
     first, second = stored(collector, write_key)
-    assert first["userId"] == "u1" and first["event"] == "Signed Up"
+    assert first["userId"] == "u1"
+    assert first["event"] == "Signed Up"
     assert first["properties"] == {"order": {"total": 12.5}, "paid": True, "extra": {"a": [1, 2]}}
     assert first["context"]["ip"] == "10.0.0.1"
     assert first["originalTimestamp"] == "2022-02-03T04:05:06.789+00:00"
@@ -364,8 +366,10 @@ def test_progress_bar_on_a_terminal(
     assert proc.wait(30) == 0, output.decode(errors="replace")
     text = output.decode(errors="replace")
     assert "\x1b[" in text  # drawn, not printed
-    assert "━" in text and "100%" in text
-    assert "records/s" in text and "ETA" in text
+    assert "━" in text
+    assert "100%" in text
+    assert "records/s" in text
+    assert "ETA" in text
     assert "3,003 records, 3,000 sent" in text
     assert "acked 3,003" in text
 
@@ -379,7 +383,7 @@ def test_plain_progress_lines_when_piped(
     result = run_cli(*import_args(path, collector, write_key, "--progress-interval=0.05"))
     assert result.returncode == 0, result.stderr
     assert "\x1b" not in result.stderr + result.stdout
-    assert f"events.jsonl: 2,002 records read (100% of the file)" in result.stderr
+    assert "events.jsonl: 2,002 records read (100% of the file)" in result.stderr
     assert "records/s" in result.stderr
     assert result.stdout.startswith(f"{path}: 2,002 records, 2,000 sent")
 

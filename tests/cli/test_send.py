@@ -142,7 +142,8 @@ def test_refused_write_key_prints_status_and_server_error(keyed_collector: Colle
     )
     assert result.returncode == 1
     line = result.stderr.strip()
-    assert "HTTP 401" in line and "unknown write key" in line, line
+    assert "HTTP 401" in line, line
+    assert "unknown write key" in line, line
     assert len(line.splitlines()) == 1
 
 
@@ -179,4 +180,5 @@ def test_missing_write_key_says_where_to_put_it() -> None:
     """No key anywhere: exit 1 naming the flag and the variables."""
     result = run_cli("send", "--type=track", "--userId=u", "--event=E")
     assert result.returncode == 1
-    assert "--writeKey" in result.stderr and "TRACKLANE_WRITE_KEY" in result.stderr
+    assert "--writeKey" in result.stderr
+    assert "TRACKLANE_WRITE_KEY" in result.stderr

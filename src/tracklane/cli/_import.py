@@ -40,9 +40,9 @@ from tracklane.cli._records import (
     LineError,
     csv_rows,
     derived_message_id,
-    record_digest,
     is_csv,
     parse_mapping,
+    record_digest,
     to_call,
 )
 from tracklane.cli._state import Progress, StateError, StateFile

@@ -21,12 +21,12 @@ from tracklane.cli._fields import ENVELOPE_FIELDS, FIELDS, TYPES
 
 __all__ = [
     "Call",
-    "record_digest",
     "ColumnMap",
     "Input",
     "LineError",
     "derived_message_id",
     "parse_mapping",
+    "record_digest",
     "to_call",
 ]
 

@@ -57,7 +57,9 @@ def _after(text: Optional[str]) -> Optional[int]:
     if text is None:
         return None
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise RequestError(f"'after' must be an event's seq (a whole number >= 0), not {text[:32]!r}")
+        raise RequestError(
+            f"'after' must be an event's seq (a whole number >= 0), not {text[:32]!r}"
+        )
     return int(text)
 
 
