@@ -65,6 +65,7 @@ EXAMPLES = """\
 
 STATE_SUFFIX = ".import-state.json"
 CHECKPOINT_INTERVAL = 1.0
+_CHECKPOINT_FLUSH_TIMEOUT = 30.0
 _UPDATE_EVERY = 2048
 # Rejections by the server that concern the message itself; others (401, 403, 404...)
 # concern the whole import and stop it.
@@ -197,7 +198,9 @@ class Importer:
 
     def _checkpoints(self, stop: threading.Event) -> None:
         while not stop.wait(CHECKPOINT_INTERVAL):
-            self.checkpoint(min(5.0, CHECKPOINT_INTERVAL * 5))
+            # The flush waits only for what was queued when it began (a few batches: the
+            # queue is small), however fast new records arrive.
+            self.checkpoint(_CHECKPOINT_FLUSH_TIMEOUT)
             if self.failure is not None:
                 return
 
@@ -394,7 +397,9 @@ def run(args: argparse.Namespace) -> int:
             host=host,
             send=not args.dry_run,
             batch_size=args.batch_size,
-            max_queue_size=max(10_000, args.batch_size * 8),
+            # A few batches in the queue keep the receiver busy; a short queue keeps each
+            # checkpoint's flush short and memory flat.
+            max_queue_size=max(2_000, args.batch_size * 4),
             flush_interval=0.05,
             overflow="block",
             block_timeout=3600.0,
