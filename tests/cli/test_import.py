@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Set
 
 import httpx
+import pytest
 
 from helpers import Action, RecordingServer
 from tracklane.collector import CollectorServer
@@ -129,11 +130,12 @@ def test_sigkill_mid_import_then_rerun_stores_every_line_once(
             assert event["messageId"] == f"given-{n}"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_saves_progress_and_the_same_command_continues(
-    collector: CollectorServer, write_key: str, tmp_path: Path
+    sig: int, collector: CollectorServer, write_key: str, tmp_path: Path
 ) -> None:
-    """SIGTERM stops the import at once with its progress saved (exit 130); a re-run
-    finishes it, and a third run has nothing left to send."""
+    """SIGTERM or Ctrl-C stops the import at once with its progress saved (exit 130); a
+    re-run finishes it, and a third run has nothing left to send."""
     total = 6_000
     path = tmp_path / "events.jsonl"
     write_lines(path, total)
@@ -143,7 +145,7 @@ def test_sigterm_saves_progress_and_the_same_command_continues(
         [*tracklane_command(), *args], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     wait_for_checkpoint(state, proc, 1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert b"interrupted; progress saved" in err

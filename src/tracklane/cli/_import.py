@@ -147,6 +147,15 @@ class Importer:
         self.base = Progress()
         self.state: Optional[StateFile] = None
         self.key = ""
+        self.busy = False
+        self.interrupted = False
+
+    def interrupt(self, _signum: int, _frame: Optional[FrameType]) -> None:
+        """SIGINT/SIGTERM: stop now, or right after the record being sent is counted."""
+        if self.busy and not self.interrupted:
+            self.interrupted = True
+            return
+        raise KeyboardInterrupt
 
     # -- what the client tells us ------------------------------------------------------
 
@@ -233,6 +242,7 @@ class Importer:
             try:
                 self._send(source, records, reporter)
             finally:
+                self.busy = False
                 stop.set()
                 if thread is not None:
                     thread.join()
@@ -287,6 +297,9 @@ class Importer:
                 done = number - skip
                 self.mark = (done, enqueued, skipped, raw)
                 continue
+            # From the call to the mark, a record is sent but not yet counted: a signal
+            # waits for the end of it (see interrupt()).
+            self.busy = True
             try:
                 kind, kwargs = to_call(build() if callable(build) else build)
                 message_id = kwargs.get("message_id")
@@ -323,6 +336,9 @@ class Importer:
                     ) from None
             done = number - skip
             self.mark = (done, enqueued, skipped, raw)
+            self.busy = False
+            if self.interrupted:
+                raise KeyboardInterrupt
             if not done % _UPDATE_EVERY:
                 if self.failure is not None:
                     raise _Stop(describe_error(self.failure))
@@ -410,7 +426,9 @@ def run(args: argparse.Namespace) -> int:
         return error("import", str(exc).replace("batch_size", "--batch-size", 1))
     importer = Importer(args, client)
     reporter = make_reporter("none" if args.dry_run else args.progress, args.progress_interval)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = {
+        sig: signal.signal(sig, importer.interrupt) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     started = time.monotonic()
     code = 0
     totals = Progress()
@@ -448,7 +466,8 @@ def run(args: argparse.Namespace) -> int:
             if importer.progress.rejected:
                 code = 1
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if reporter is not None:
             reporter.close()
         client.shutdown(timeout=5)
@@ -492,7 +511,3 @@ def _summary(importer: Importer, source: Input, totals: Progress) -> None:
             print(f"  skipped {text}")
     for name in ("done", "sent", "rejected", "skipped"):
         setattr(totals, name, getattr(totals, name) + getattr(progress, name))
-
-
-def _interrupt(_signum: int, _frame: Optional[FrameType]) -> None:
-    raise KeyboardInterrupt
