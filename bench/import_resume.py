@@ -81,8 +81,8 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
             out.write(json.dumps(message, separators=(",", ":")) + "\n")
 
 
-def run_measured(args: List[str]) -> Tuple[int, float, int, str]:
-    """Run a command; return (exit code, wall seconds, peak RSS in KB, stdout)."""
+def run_measured(args: List[str]) -> Tuple[int, float, int, str, float]:
+    """Run a command; return (exit code, wall seconds, peak RSS in KB, stdout, CPU seconds)."""
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _pid, status, usage = os.wait4(proc.pid, 0)
@@ -92,7 +92,7 @@ def run_measured(args: List[str]) -> Tuple[int, float, int, str]:
     if err.strip():
         print(err.strip(), file=sys.stderr)
     code = os.waitstatus_to_exitcode(status)
-    return code, elapsed, int(usage.ru_maxrss), out
+    return code, elapsed, int(usage.ru_maxrss), out, usage.ru_utime + usage.ru_stime
 
 
 def into_sink(path: Path, count: int, batch_size: int) -> Dict[str, float]:
@@ -179,7 +179,7 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
         _pid, _status, usage = os.wait4(first.pid, 0)
         first_seconds = time.monotonic() - started
         at_kill = done_in(state)
-        code, second_seconds, rss, out = run_measured(command)
+        code, second_seconds, rss, out, _cpu = run_measured(command)
         assert code == 0, out
     finally:
         server.terminate()
