@@ -28,7 +28,7 @@ def test_help_lists_every_command() -> None:
     """``tracklane --help`` names every command."""
     result = run_cli("--help")
     assert result.returncode == 0
-    for name in ("send", "import", "tail", "doctor", "e2e", "serve", "completion"):
+    for name in ("send", "track", "alias", "import", "tail", "doctor", "e2e", "serve"):
         assert f"    {name}" in result.stdout
 
 
@@ -72,7 +72,7 @@ def _complete(line: str, tmp_path: Path) -> List[str]:
 
 def test_completion_of_commands_and_flags(tmp_path: Path) -> None:
     """Tab completion offers the commands, then a command's flags (analytics-ruby's spelling)."""
-    assert _complete("tracklane s", tmp_path) == ["send", "serve"]
+    assert _complete("tracklane s", tmp_path) == ["screen", "send", "serve"]
     flags = _complete("tracklane send --user", tmp_path)
     assert [flag.strip() for flag in flags] == ["--userId"]
     types = _complete("tracklane send --type ", tmp_path)

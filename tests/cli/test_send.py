@@ -182,3 +182,18 @@ def test_missing_write_key_says_where_to_put_it() -> None:
     assert result.returncode == 1
     assert "--writeKey" in result.stderr
     assert "TRACKLANE_WRITE_KEY" in result.stderr
+
+
+def test_per_type_form_with_the_usual_spelling(collector: CollectorServer, write_key: str) -> None:
+    """``tracklane group --user-id ... --group-id ...`` sends like ``send --type=group``,
+    and names its own flags in errors."""
+    args = [f"--write-key={write_key}", f"--host={collector.url}", "--user-id=u 1"]
+    result = run_cli("group", *args, "--group-id=acme", '--traits={"plan": "pro"}')
+    assert result.returncode == 0, result.stderr
+    [event] = stored(collector, write_key)
+    assert (event["type"], event["groupId"], event["traits"]) == ("group", "acme", {"plan": "pro"})
+    missing = run_cli("group", *args)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "tracklane group: --group-id: is required"
+    refused = run_cli("alias", *args, "--event=E")
+    assert refused.returncode == 2  # alias has no --event flag at all

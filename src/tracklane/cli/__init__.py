@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence, Tuple
 from tracklane._version import __version__
 from tracklane.cli import _doctor, _e2e, _import, _send, _tail
 from tracklane.cli._completion import add_completion_arguments, run_completion
+from tracklane.cli._fields import TYPES
 from tracklane.collector._options import add_serve_arguments, serve
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
@@ -44,6 +45,16 @@ COMMANDS: Tuple[Command, ...] = (
         _send.add_send_arguments,
         _send.run,
         _send.DESCRIPTION,
+    ),
+    *(
+        Command(
+            kind,
+            f"send one {kind} message (send --type={kind}, flags spelled --user-id ...)",
+            _send.TYPED_EXAMPLES[kind],
+            _send.typed_arguments(kind),
+            _send.run,
+        )
+        for kind in TYPES
     ),
     Command(
         "import",

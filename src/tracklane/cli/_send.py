@@ -9,7 +9,7 @@ network error, or the invalid flag) and exits 1. Bad flags exit 2, as argparse d
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import tracklane
 from tracklane.cli._common import (
@@ -22,7 +22,14 @@ from tracklane.cli._common import (
 from tracklane.cli._fields import FIELDS as _FIELDS
 from tracklane.cli._fields import TYPES
 
-__all__ = ["DESCRIPTION", "EXAMPLES", "add_send_arguments", "run"]
+__all__ = [
+    "DESCRIPTION",
+    "EXAMPLES",
+    "TYPED_EXAMPLES",
+    "add_send_arguments",
+    "run",
+    "typed_arguments",
+]
 
 DESCRIPTION = (
     "Send one message and exit 0 once the server accepted it. The flags are analytics-ruby's "
@@ -100,24 +107,28 @@ def call_arguments(args: argparse.Namespace) -> Tuple[Dict[str, Any], List[str]]
     return kwargs, unused
 
 
-def flag_for(exc: tracklane.ValidationError) -> str:
-    """A validation error in the words of the flags."""
+def flag_for(exc: tracklane.ValidationError, names: Dict[str, str]) -> str:
+    """A validation error in the words of the flags (``names``: argument -> flag)."""
     if exc.field == "user_id" and "anonymous_id" in exc.problem:
-        return "--userId or --anonymousId is required"
-    return f"{_FLAG_OF.get(exc.field, exc.field)}: {exc.problem}"
+        return f"{names['user_id']} or {names['anonymous_id']} is required"
+    return f"{names.get(exc.field, exc.field)}: {exc.problem}"
 
 
 def run(args: argparse.Namespace) -> int:
     """Send the message; 0 when the server accepted it."""
+    command = args.command
+    names = getattr(args, "flag_names", None) or _FLAG_OF
     kwargs, unused = call_arguments(args)
     if unused:
         return error(
-            "send", f"{', '.join(unused)}: not part of {_article(args.type)} {args.type} message"
+            command, f"{', '.join(unused)}: not part of {_article(args.type)} {args.type} message"
         )
     key, _ = resolve_write_key(args.writeKey)
     if key is None:
         return error(
-            "send", "no write key: pass --writeKey or set $TRACKLANE_WRITE_KEY / $SEGMENT_WRITE_KEY"
+            command,
+            f"no write key: pass {names.get('write_key', '--writeKey')} or set "
+            "$TRACKLANE_WRITE_KEY / $SEGMENT_WRITE_KEY",
         )
     host, _ = resolve_host(args.host)
     errors: List[BaseException] = []
@@ -131,17 +142,17 @@ def run(args: argparse.Namespace) -> int:
             on_error=lambda exc, _batch: errors.append(exc),
         )
     except tracklane.ConfigurationError as exc:
-        return error("send", _option_flag(str(exc)))
+        return error(command, _option_flag(str(exc)))
     try:
         ok, _message = getattr(client, args.type)(**kwargs)
     except tracklane.ValidationError as exc:
-        return error("send", flag_for(exc))
+        return error(command, flag_for(exc, names))
     finally:
         client.shutdown(timeout=1)
     if ok:
         return 0
     reason = describe_error(errors[0]) if errors else "the message was not delivered"
-    return error("send", reason)
+    return error(command, reason)
 
 
 def _option_flag(text: str) -> str:
@@ -157,3 +168,53 @@ def _option_flag(text: str) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+# The per-type forms: `tracklane track --user-id u --event E`, the usual spelling.
+_KEBAB = {
+    "userId": "--user-id",
+    "anonymousId": "--anonymous-id",
+    "groupId": "--group-id",
+    "previousId": "--previous-id",
+    "messageId": "--message-id",
+}
+
+
+def typed_arguments(kind: str) -> Callable[[argparse.ArgumentParser], None]:
+    """``add_arguments`` of ``tracklane KIND``: only the fields KIND takes, in kebab-case."""
+
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--write-key", dest="writeKey", metavar="KEY", help="the write key")
+        for field, (_argument, types) in _FIELDS.items():
+            if kind not in types:
+                continue
+            flag = _KEBAB.get(field, f"--{field}")
+            if field in ("properties", "traits", "context", "integrations"):
+                parser.add_argument(
+                    flag, dest=field, type=json_object(flag), metavar="JSON", help="a JSON object"
+                )
+            else:
+                metavar = "ID" if field.endswith("Id") else field.upper()
+                parser.add_argument(flag, dest=field, metavar=metavar)
+        for field, (_argument, types) in _FIELDS.items():
+            if kind not in types:
+                parser.set_defaults(**{field: None})
+        parser.add_argument("--host", metavar="URL", help="the endpoint (default: api.segment.io)")
+        parser.add_argument("--timeout", type=float, default=15.0, metavar="SECONDS")
+        parser.add_argument("--retries", type=int, default=3, metavar="N")
+        parser.set_defaults(type=kind, flag_names=_KEBAB_OF)
+
+    return add
+
+
+_KEBAB_OF = {argument: _KEBAB.get(field, f"--{field}") for field, (argument, _) in _FIELDS.items()}
+_KEBAB_OF["write_key"] = "--write-key"
+
+TYPED_EXAMPLES = {
+    "track": "  tracklane track --user-id u1 --event Bought --properties '{\"total\": 9.5}'",
+    "identify": '  tracklane identify --user-id u1 --traits \'{"email": "ann@example.com"}\'',
+    "page": "  tracklane page --anonymous-id a1 --name Pricing --category Docs",
+    "screen": "  tracklane screen --user-id u1 --name Settings",
+    "group": '  tracklane group --user-id u1 --group-id acme --traits \'{"plan": "pro"}\'',
+    "alias": "  tracklane alias --previous-id anon-7 --user-id u1",
+}
