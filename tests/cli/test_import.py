@@ -401,3 +401,35 @@ def test_the_same_file_renamed_is_not_stored_twice(
     assert run_cli(*import_args(path, collector, write_key, "--restart")).returncode == 0
     ids: Set[str] = {e["messageId"] for e in all_events(collector, write_key)}
     assert len(ids) == 100 == count(collector, write_key)
+
+
+def test_rejections_are_counted_in_a_resumed_run(tmp_path: Path) -> None:
+    """A run that resumes half-way still attributes a rejection to its record."""
+    server = RecordingServer()
+    try:
+
+        def decide(body: Any) -> Action:
+            events = [m.get("event") for m in body["batch"]] if isinstance(body, dict) else []
+            if "Poison" in events:
+                return Action(status=400, body=b'{"success":false,"error":"poison pill"}')
+            return Action()
+
+        server.decide = decide
+        path = tmp_path / "events.jsonl"
+        lines = [json.dumps(line_for(n)) for n in range(30)]
+        lines[24] = json.dumps({"type": "track", "userId": "u", "event": "Poison"})
+        broken = [*lines[:20], "{broken", *lines[21:]]
+        path.write_text("\n".join(broken) + "\n")
+        args = ["import", str(path), "--writeKey=k", f"--host={server.url}", "--retries=0"]
+        first = run_cli(*args)
+        assert first.returncode == 1
+        assert f"{path}:21: line: is not valid JSON" in first.stderr
+        path.write_text("\n".join(lines) + "\n")
+        second = run_cli(*args)
+        assert second.returncode == 1, second.stderr
+        assert "(this run started after record 20)" in second.stdout
+        assert "30 records, 29 sent, 1 rejected by the server" in second.stdout
+        assert "poison pill; e.g. records 25" in second.stdout
+        assert len(server.accepted()) == 29
+    finally:
+        server.close()

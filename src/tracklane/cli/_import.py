@@ -164,6 +164,8 @@ class Importer:
         if isinstance(exc, tracklane.MessageTooLargeError):
             self.too_large = exc  # raised from the call, in the reading thread
             return
+        if isinstance(exc, tracklane.QueueFullError):
+            return  # the reading thread offers the record again
         if isinstance(exc, tracklane.APIError) and exc.status_code in _MESSAGE_STATUSES:
             reason = describe_error(exc)
             with self.lock:
@@ -185,9 +187,11 @@ class Importer:
         with self.lock:
             if self.failure is not None or not result:
                 return False
-            mine = [r for r in self.rejections if r[0] <= done]
-            self.rejections = [r for r in self.rejections if r[0] > done]
-            while self.order and self.order[0][0] <= done:
+            # Record numbers count from the top of the input; ``done`` from this run's start.
+            upto = self.base.done + done
+            mine = [r for r in self.rejections if r[0] <= upto]
+            self.rejections = [r for r in self.rejections if r[0] > upto]
+            while self.order and self.order[0][0] <= upto:
                 self.numbers.pop(self.order.popleft()[1], None)
         progress = self.progress
         for number, reason in mine:
@@ -326,12 +330,17 @@ class Importer:
                     numbers[message_id] = number
                     order.append((number, message_id))
                 queued, _ = calls[kind](**kwargs)
-                if not queued:
+                while not queued:
                     if self.too_large is not None:
                         too_large, self.too_large = self.too_large, None
                         raise LineError("message", str(too_large))
+                    # The queue stayed full for a second: the receiver is slow or failing.
+                    # Not sent: look at why, then offer it again (same messageId).
                     if self.failure is not None:
                         raise _Stop(describe_error(self.failure))
+                    if self.interrupted:
+                        raise KeyboardInterrupt
+                    queued, _ = calls[kind](**kwargs)
                 enqueued += 1
             except (LineError, tracklane.ValidationError) as exc:
                 where = (
@@ -412,7 +421,7 @@ def run(args: argparse.Namespace) -> int:
             max_queue_size=max(2_000, args.batch_size * 4),
             flush_interval=0.05,
             overflow="block",
-            block_timeout=3600.0,
+            block_timeout=1.0,
             max_retries=args.retries,
             on_error=lambda exc, batch: importer.on_error(exc, batch) if importer else None,
         )
@@ -445,8 +454,8 @@ def run(args: argparse.Namespace) -> int:
                 )
                 return 130
             except (_Stop, StateError, OSError) as exc:
-                if not args.dry_run and not isinstance(exc, StateError):
-                    importer.checkpoint(30.0)
+                if not args.dry_run and not isinstance(exc, StateError) and not importer.failure:
+                    importer.checkpoint(30.0)  # a bad record: save what came before it
                 importer.finish(source, reporter)
                 _summary(importer, source, totals)
                 return error(
@@ -464,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         if reporter is not None:
             reporter.close()
-        client.shutdown(timeout=5)
+        client.shutdown(timeout=1 if importer.failure else 5)
     elapsed = time.monotonic() - started
     if len(args.inputs) > 1:
         print(
