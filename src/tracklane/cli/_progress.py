@@ -62,11 +62,21 @@ class Reporter:
 
 
 class RichReporter(Reporter):
-    """A rich progress bar: bytes of the file read, records, rate and time left."""
+    """A rich progress bar per input: bytes of the file read, records, rate and time left.
+
+    The bar is on stderr and stops when its input is done, before the summary is printed
+    on stdout (which rich leaves alone, so a piped stdout gets only the summary).
+    """
 
     def __init__(self, out: TextIO) -> None:
         super().__init__(out, 0.0)
         from rich.console import Console
+
+        self._console = Console(file=out)
+        self._progress: Any = None
+        self._task: Any = None
+
+    def start(self, label: str, total: Optional[int], already: int) -> None:
         from rich.progress import (
             BarColumn,
             Progress,
@@ -76,6 +86,9 @@ class RichReporter(Reporter):
             TimeRemainingColumn,
         )
 
+        super().start(label, total, 0)
+        if already:
+            self._console.print(f"{label}: resuming after record {already:,}")
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -85,19 +98,17 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=Console(file=out),
+            console=self._console,
             refresh_per_second=8,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._progress.start()
-        self._task: Any = None
-
-    def start(self, label: str, total: Optional[int], already: int) -> None:
-        super().start(label, total, 0)
-        if already:
-            self._progress.console.print(f"{label}: resuming after record {already:,}")
         self._task = self._progress.add_task(label, total=total, lines=0, rate=0.0, acked=0)
 
     def update(self, position: int, lines: int, acknowledged: int) -> None:
+        if self._progress is None:
+            return
         elapsed = max(time.monotonic() - self.started, 1e-9)
         self._progress.update(
             self._task,
@@ -109,9 +120,12 @@ class RichReporter(Reporter):
 
     def finish(self, position: int, lines: int, acknowledged: int) -> None:
         self.update(position, lines, acknowledged)
+        self.close()
 
     def close(self) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def make_reporter(mode: str, interval: float) -> Optional[Reporter]:
@@ -121,6 +135,8 @@ def make_reporter(mode: str, interval: float) -> Optional[Reporter]:
         return None
     if mode == "bar" or (mode == "auto" and out.isatty()):
         try:
+            import rich.progress  # noqa: F401 - is the extra installed?
+
             return RichReporter(out)
         except ImportError:
             print(
