@@ -159,6 +159,16 @@ def test_sigterm_saves_progress_and_the_same_command_continues(
     assert numbers_of(all_events(collector, write_key)) == list(range(total))
 
 
+def test_byte_order_mark_and_crlf_are_accepted(tmp_path: Path) -> None:
+    """A JSON Lines file saved with a UTF-8 byte order mark and CRLF line ends is valid."""
+    path = tmp_path / "windows.jsonl"
+    body = "\r\n".join(json.dumps(line_for(n), ensure_ascii=False) for n in range(3))
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode() + b"\r\n")
+    result = run_cli("import", "--dry-run", str(path))
+    assert result.returncode == 0, result.stdout
+    assert f"{path}: 3 records, 3 valid, 0 rejected by the server, 0 invalid" in result.stdout
+
+
 def test_dry_run_reports_every_bad_line(tmp_path: Path) -> None:
     """``--dry-run`` lists line, field and reason for each bad line and exits 1 (0 with
     ``--skip-invalid``); nothing needs a write key or a server."""

@@ -66,6 +66,7 @@ EXAMPLES = """\
 STATE_SUFFIX = ".import-state.json"
 CHECKPOINT_INTERVAL = 1.0
 _CHECKPOINT_FLUSH_TIMEOUT = 30.0
+_BOM = b"\xef\xbb\xbf"
 _UPDATE_EVERY = 2048
 # Rejections by the server that concern the message itself; others (401, 403, 404...)
 # concern the whole import and stop it.
@@ -293,6 +294,8 @@ class Importer:
         for number, item in records:
             if type(item) is bytes:
                 raw = item.strip()
+                if number == 1 and raw[:3] == _BOM:  # files saved by some Windows editors
+                    raw = raw[3:]
                 build: Any = raw
             else:
                 raw, build = item
