@@ -443,3 +443,36 @@ def test_rejections_are_counted_in_a_resumed_run(tmp_path: Path) -> None:
         assert len(server.accepted()) == 29
     finally:
         server.close()
+
+
+def test_several_files_each_with_its_own_state(
+    collector: CollectorServer, write_key: str, tmp_path: Path
+) -> None:
+    """Several inputs (plain and gzip) are imported in turn, each resumable on its own,
+    with a total at the end."""
+    plain = tmp_path / "a.jsonl"
+    write_lines(plain, 40)
+    packed = tmp_path / "b.jsonl.gz"
+    with gzip.open(packed, "wt", encoding="utf-8") as out:
+        for n in range(100, 130):
+            out.write(json.dumps(line_for(n)) + "\n")
+    result = run_cli(*import_args(plain, collector, write_key), str(packed))
+    assert result.returncode == 0, result.stderr
+    assert "total: 70 records, 70 sent, 0 rejected, 0 skipped" in result.stdout
+    for path, done in ((plain, 40), (packed, 30)):
+        state = json.loads(Path(f"{path}.import-state.json").read_text())
+        assert next(iter(state["inputs"].values()))["done"] == done
+    assert numbers_of(stored(collector, write_key)) == [*range(40), *range(100, 130)]
+
+
+def test_rate_caps_records_per_second(
+    collector: CollectorServer, write_key: str, tmp_path: Path
+) -> None:
+    """``--rate 100`` spreads 150 records over at least 1.4 seconds."""
+    path = tmp_path / "events.jsonl"
+    write_lines(path, 150)
+    started = time.monotonic()
+    result = run_cli(*import_args(path, collector, write_key, "--rate=100"))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 1.4
+    assert count(collector, write_key) == 150

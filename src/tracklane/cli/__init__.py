@@ -139,7 +139,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from tracklane.cli._completion import complete
 
         complete(parser)
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # `tracklane import a.jsonl --writeKey K b.jsonl`: argparse stops collecting a
+        # command's files at the first flag; the files after it belong to the same list.
+        collects = getattr(args, "collects", None)
+        if collects is None or any(extra.startswith("-") and extra != "-" for extra in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        getattr(args, collects).extend(extras)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -76,6 +76,7 @@ _MESSAGE_STATUSES = frozenset({400, 413, 422})
 def add_import_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``tracklane import``."""
     parser.add_argument("inputs", nargs="+", metavar="FILE", help="input files; - for stdin")
+    parser.set_defaults(collects="inputs")  # files may also follow the flags
     parser.add_argument("--writeKey", "--write-key", dest="write_key", metavar="KEY")
     parser.add_argument("--host", metavar="URL", help="the endpoint (default: api.segment.io)")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file name")
