@@ -181,6 +181,7 @@ class FlushAndShutdown:
             with self._lock:
                 self._ledger.inflight = 0
                 self._ledger.delivered += outcome.delivered
+                self._ledger.batches += outcome.requests
                 for drop in outcome.drops:
                     self._ledger.drop(drop.reason, len(drop.messages))
                 self._ledger.resolved += len(batch)

@@ -200,6 +200,7 @@ class AsyncPipeline(FlushAndShutdown):
         with self._lock:
             self._ledger.end_inline()
             self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in outcome.drops:
                 self._ledger.drop(drop.reason, len(drop.messages))
         for drop in outcome.drops:
@@ -417,10 +418,12 @@ class AsyncPipeline(FlushAndShutdown):
                 self._written_off = False
                 self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
                 self._ledger.delivered += outcome.delivered
+                self._ledger.batches += outcome.requests
                 return
             self._ledger.inflight = 0
             self._inflight_batch = []
             self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)

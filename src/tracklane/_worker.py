@@ -220,6 +220,7 @@ class Pipeline:
         with self._lock:
             self._ledger.end_inline()
             self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in outcome.drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
         for drop in outcome.drops:
@@ -446,6 +447,7 @@ class Pipeline:
                 self._written_off = False
                 self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
                 self._ledger.delivered += outcome.delivered
+                self._ledger.batches += outcome.requests
                 self._queue.finish(batch, ())
                 return
             keep: List[bytes] = []
@@ -455,6 +457,7 @@ class Pipeline:
             self._queue.finish(batch, keep)
             self._ledger.inflight = 0
             self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)

@@ -8,6 +8,7 @@ but ``context.library``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from collections.abc import Mapping
 from decimal import Decimal
@@ -79,11 +80,26 @@ def now_timestamp() -> str:
     return text
 
 
+# Text already in wire form (milliseconds and a +HH:MM offset or Z), as in historical
+# imports and replays: checked and kept, not parsed and re-formatted. Measured per call
+# (CPU time, same loaded 2-core machine, interleaved): 5.4-5.9 µs before, 2.2-2.5 µs after.
+# Calls without a timestamp never come here.
+_WIRE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(?:[+-]\d\d:\d\d|Z)")
+
+
 def format_timestamp(value: Any, field: str = "timestamp") -> str:
     """A caller's timestamp (datetime, date or ISO-8601 text) in wire form.
 
     A naive datetime means UTC; an aware one keeps its offset.
     """
+    if type(value) is str and _WIRE_TIME.fullmatch(value) and not value.endswith("-00:00"):
+        text = value[:-1] + "+00:00" if value[-1] == "Z" else value
+        try:
+            dt.datetime.fromisoformat(text)  # a real date and time (no 2024-02-30)
+        except ValueError:
+            pass  # the general path below says what is wrong
+        else:
+            return text
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, dt.date):

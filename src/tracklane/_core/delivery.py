@@ -55,6 +55,8 @@ class Outcome:
 
     delivered: int = 0
     drops: List[Drop] = field(default_factory=list)
+    requests: int = 0
+    """Requests the endpoint acknowledged (more than one when the batch was split)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class BatchJob:
         decision = plan.decision
         if decision is Decision.DELIVERED:
             self.outcome.delivered += len(part)
+            self.outcome.requests += 1
             return self._next_part(now)
         error = error_of(result)
         if decision is Decision.SPLIT:

@@ -25,6 +25,7 @@ class Ledger:
 
     __slots__ = (
         "accepted",
+        "batches",
         "delivered",
         "dropped",
         "inflight",
@@ -41,6 +42,7 @@ class Ledger:
         self.accepted = recovered
         self.recovered = recovered
         self.delivered = 0
+        self.batches = 0  # requests the endpoint acknowledged
         self.retries = 0
         self.resolved = 0
         self.inflight = 0  # in the batch being sent
@@ -94,4 +96,5 @@ class Ledger:
             pending=queued + self.inflight + self.inline,
             dropped=dict(self.dropped),
             recovered=self.recovered,
+            batches=self.batches,
         )
