@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from tracklane.collector import _admin
 from tracklane.collector._options import add_serve_arguments, serve
 
 __all__ = ["main"]
@@ -25,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a local collector for Segment's HTTP Tracking API (events in SQLite).",
     )
     add_serve_arguments(serve_parser)
+    _admin.add_status_arguments(commands.add_parser("status", help="destinations' delivery status"))
+    _admin.add_replay_arguments(commands.add_parser("replay", help="resend dead letters"))
     return parser
 
 
@@ -34,6 +37,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command in ("status", "replay"):
+        return int(getattr(_admin, args.command)(args))
     parser.print_help(sys.stderr)
     return 2
 

@@ -20,6 +20,8 @@ from .exceptions import ValidationError
 
 __all__ = [
     "LIBRARY",
+    "MAX_MESSAGE_ID_LENGTH",
+    "MESSAGE_TYPES",
     "Message",
     "build_alias",
     "build_group",
@@ -36,6 +38,7 @@ __all__ = [
 Message = Dict[str, Any]
 LIBRARY = {"name": "tracklane", "version": __version__}
 MAX_MESSAGE_ID_LENGTH = 100
+MESSAGE_TYPES = ("alias", "group", "identify", "page", "screen", "track")
 
 # uuid4 layout: version nibble 4, variant bits 10.
 _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))

@@ -6,6 +6,7 @@ Routes:
 - ``POST /v1/track|identify|page|screen|group|alias``: one message, typed by the path
 - ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
 - ``GET /health``: ``{"ok": true}``
+- with a router: ``GET /v1/destinations`` and the dead-letter routes (``_destinations_api``)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Awaitable,
@@ -51,18 +53,26 @@ from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._time import utc_now
 from tracklane.collector.storage import Storage, StorageError, StrPath
 
+if TYPE_CHECKING:
+    from tracklane.collector.router import Router
+
 __all__ = ["BATCH_PATHS", "create_app"]
 
 BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ()) -> Starlette:
+def create_app(
+    storage: Union[StrPath, Storage],
+    write_keys: Iterable[str] = (),
+    router: Optional[Router] = None,
+) -> Starlette:
     """Build the collector app storing into ``storage`` (a database path or a Storage).
 
     With ``write_keys`` given, only those keys may send or read events. A database
     opened from a path here is closed at the app's lifespan shutdown; a Storage
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
+    A ``router`` (on the same store) is started and stopped with the app's lifespan.
     """
     owned = not isinstance(storage, Storage)
     store = Storage(storage) if not isinstance(storage, Storage) else storage
@@ -70,9 +80,13 @@ def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ())
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if router is not None:
+            await run_in_threadpool(router.start)
         try:
             yield
         finally:
+            if router is not None:
+                await run_in_threadpool(router.stop)
             if owned:
                 store.close()
 
@@ -86,6 +100,10 @@ def create_app(storage: Union[StrPath, Storage], write_keys: Iterable[str] = ())
         Route("/v1/events/count", collector.count, methods=["GET"]),
         Route("/health", collector.health, methods=["GET"]),
     ]
+    if router is not None:
+        from tracklane.collector._destinations_api import destination_routes
+
+        routes += destination_routes(router, collector.write_keys)
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from tracklane.collector._json import loads_stored
 
@@ -220,6 +221,23 @@ class Storage:
                     ticket.stored = 0
                     ticket.error = error or StorageError("the insert was interrupted")
                 ticket.done = True
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run writes of another table (the outbox) in one transaction on the writer.
+
+        Holds the write lock, so it never waits on SQLite's busy handler behind an insert.
+        """
+        with self._write_lock:
+            self._check_open()
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+            self._writer.execute("COMMIT")
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
         """Return up to ``limit`` matching events, newest first, as served by the read API."""
