@@ -79,7 +79,7 @@ class WebhookReceiver:
             status = 500
         if 200 <= status < 300:
             parsed = json.loads(body)
-            messages = parsed["batch"] if "batch" in parsed else [parsed]
+            messages = parsed.get("batch", [parsed])
             receipt = Receipt(
                 time.monotonic(),
                 [m["messageId"] for m in messages],

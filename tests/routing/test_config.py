@@ -49,7 +49,8 @@ def test_a_full_config_is_read_with_defaults_filled(tmp_path: Path) -> None:
     assert hooks.settings["timeout"] == 10.0
     assert hooks.settings["headers"] == (("X-Team", "growth"),)
     assert hooks.sources == frozenset({"backend"})
-    assert relay.sources is None and relay.max_attempts == 10
+    assert relay.sources is None
+    assert relay.max_attempts == 10
     (rule,) = config.filters
     assert rule.drops_event({"type": "track", "event": "Debug cache"})
     assert not rule.drops_event({"type": "track", "event": "debug cache"})  # case-sensitive

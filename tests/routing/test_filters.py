@@ -70,5 +70,7 @@ def test_filters_drop_and_count_and_strip_properties(tmp_path: Path) -> None:
     assert by_id["identify-1"]["traits"] == {"plan": "pro"}
     # PlainB takes only the backend source and has no destination filter.
     b = {e.message["messageId"]: e.message for e in RecorderDestination.seen["PlainB"]}
-    assert len(b) == 6 and b[kept["messageId"]]["properties"]["email"] == "a@b.c"
-    assert status["PlainB"]["skipped"] == 2 and status["PlainB"]["filtered"] == 0
+    assert len(b) == 6
+    assert b[kept["messageId"]]["properties"]["email"] == "a@b.c"
+    assert status["PlainB"]["skipped"] == 2
+    assert status["PlainB"]["filtered"] == 0

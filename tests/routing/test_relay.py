@@ -74,8 +74,10 @@ def test_relay_forwards_every_type_to_another_collector(tmp_path: Path) -> None:
     assert set(by_id) == {m["messageId"] for m in messages}
     first = by_id[messages[0]["messageId"]]
     assert first["originalTimestamp"] == "2026-01-02T03:04:05.678+00:00"
-    assert first["event"] == "Order Completed" and first["properties"] == {"total": 3}
-    assert by_id["m-page"]["category"] == "Docs" and by_id["m-page"]["anonymousId"] == "anon"
+    assert first["event"] == "Order Completed"
+    assert first["properties"] == {"total": 3}
+    assert by_id["m-page"]["category"] == "Docs"
+    assert by_id["m-page"]["anonymousId"] == "anon"
     assert by_id["m-group"]["groupId"] == "acme"
     assert by_id["m-alias"]["previousId"] == "anon"
     routed = by_id[messages[-1]["messageId"]]

@@ -101,7 +101,8 @@ def test_failures_are_retried_until_delivered(tmp_path: Path) -> None:
         assert set(hook.message_ids()) == {m["messageId"] for m in messages}
         assert len(hook.message_ids()) == 200  # a failed request is never counted as received
         assert hook.failures > 0
-        assert status["pending"] == 0 and status["deadLettered"] == 0
+        assert status["pending"] == 0
+        assert status["deadLettered"] == 0
         assert status["lastError"].startswith("HTTP 500")
     finally:
         hook.close()
@@ -125,12 +126,15 @@ def test_a_4xx_is_dead_lettered_at_once_and_replay_sends_it_again(
             assert hook.failures == 3  # one attempt each: a 422 is not retried
             status = destinations_status(server.url, "key-1")["Hooks"]
             assert status["lastError"].startswith("HTTP 422")
-            assert status["pending"] == 0 and status["delivered"] == 0
+            assert status["pending"] == 0
+            assert status["delivered"] == 0
 
             base = ["--url", server.url, "--write-key", "key-1"]
             assert main(["status", *base]) == 0
             table = capsys.readouterr().out
-            assert "Hooks" in table and "webhook" in table and "HTTP 422" in table
+            assert "Hooks" in table
+            assert "webhook" in table
+            assert "HTTP 422" in table
 
             import httpx
 
