@@ -1,15 +1,26 @@
-"""Validation and preparation of incoming messages (pure: no I/O, no web framework)."""
+"""Validation and preparation of incoming messages (pure: no I/O, no web framework).
+
+The rules are the client's (``tracklane.messages.check_wire_message``), the limits
+``tracklane.config``'s and the time parser ``tracklane._iso``'s: one schema for the package.
+"""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional
 
+from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._json import dumps, loads
-from tracklane.collector._time import format_iso, parse_iso
 from tracklane.collector.storage import StoredMessage
+from tracklane.config import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
+from tracklane.exceptions import ValidationError
+from tracklane.messages import (
+    MAX_MESSAGE_ID_LENGTH,
+    MESSAGE_TYPES,
+    check_wire_message,
+    new_message_id,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -24,13 +35,6 @@ __all__ = [
     "prepare_batch",
     "prepare_single",
 ]
-
-MESSAGE_TYPES = ("alias", "group", "identify", "page", "screen", "track")
-MAX_MESSAGE_BYTES = 32_768
-MAX_REQUEST_BYTES = 500_000
-MAX_MESSAGE_ID_LENGTH = 100
-# The field each type needs besides an identity (alias needs userId as well, checked apart).
-_REQUIRED_FIELD = {"track": "event", "group": "groupId", "alias": "previousId"}
 
 
 class RequestError(ValueError):
@@ -134,34 +138,18 @@ def _prepare(
     encoded = _encode(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise _Rejected(f"message is {len(encoded)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
-    message_type = message.get("type")
-    if message_type is None:
-        raise _Rejected("missing 'type'")
-    if message_type not in MESSAGE_TYPES:
-        raise _Rejected(
-            f"unknown type {message_type!r}, expected one of {', '.join(MESSAGE_TYPES)}"
-        )
-    user_id = _id_field(message, "userId")
-    anonymous_id = _id_field(message, "anonymousId")
-    if message_type == "alias" and user_id is None:
-        raise _Rejected("alias requires 'userId'")
-    if user_id is None and anonymous_id is None:
-        raise _Rejected("missing both 'userId' and 'anonymousId'")
-    required = _REQUIRED_FIELD.get(message_type)
-    if required is not None and _id_field(message, required, numbers=required != "event") is None:
-        raise _Rejected(f"{message_type} requires {required!r}")
+    try:
+        message_type, user_id, anonymous_id = check_wire_message(message)
+    except ValidationError as exc:
+        raise _Rejected(exc.problem) from None
     original = _time_field(message, "timestamp")
     own_sent_at = _time_field(message, "sentAt")
     timestamp = _corrected(original, batch_sent_at or own_sent_at, received_at)
     message_id = message.get("messageId")
     if message_id is None:
-        message_id = str(uuid.uuid4())
+        message_id = new_message_id()
         message["messageId"] = message_id
         encoded = _encode(message)
-    elif not isinstance(message_id, str) or not message_id:
-        raise _Rejected("'messageId' must be a non-empty string")
-    elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        raise _Rejected(f"'messageId' is longer than {MAX_MESSAGE_ID_LENGTH} characters")
     return StoredMessage(
         write_key=write_key,
         message_id=message_id,
@@ -181,18 +169,6 @@ def _encode(message: Dict[str, Any]) -> bytes:
         return dumps(message)
     except ValueError as exc:
         raise _Rejected(f"message cannot be stored as JSON: {exc}") from None
-
-
-def _id_field(message: Dict[str, Any], name: str, *, numbers: bool = True) -> Optional[str]:
-    """Return an identifier field as text, ``None`` when absent, null or empty."""
-    value = message.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    if numbers and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Rejected(f"{name!r} must be a string")
 
 
 def _time_field(message: Dict[str, Any], name: str) -> Optional[datetime]:

@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tracklane._iso import utc_now
 from tracklane.collector._body import read_limited
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
@@ -50,7 +51,6 @@ from tracklane.collector._ingest import (
 )
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
-from tracklane.collector._time import utc_now
 from tracklane.collector.storage import Storage, StorageError, StrPath
 
 if TYPE_CHECKING:
