@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._json import dumps, loads
@@ -98,12 +98,12 @@ def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime
         sent_at = _time_field(payload, "sentAt")
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
-    received_text = format_iso(received_at)
+    times = _Times(received_at, sent_at)
     messages: List[StoredMessage] = []
     rejected: List[Rejection] = []
     for index, message in enumerate(batch):
         try:
-            messages.append(_prepare(message, write_key, received_at, received_text, sent_at, None))
+            messages.append(_prepare(message, write_key, times, None))
         except _Rejected as exc:
             rejected.append(Rejection(index, _message_id_of(message), str(exc)))
     return Prepared(messages, rejected)
@@ -114,20 +114,13 @@ def prepare_single(
 ) -> StoredMessage:
     """Validate the body of a single-message endpoint; raises RequestError if invalid."""
     try:
-        return _prepare(
-            payload, write_key, received_at, format_iso(received_at), None, message_type
-        )
+        return _prepare(payload, write_key, _Times(received_at, None), message_type)
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
 
 
 def _prepare(
-    message: object,
-    write_key: str,
-    received_at: datetime,
-    received_text: str,
-    batch_sent_at: Optional[datetime],
-    forced_type: Optional[str],
+    message: object, write_key: str, times: _Times, forced_type: Optional[str]
 ) -> StoredMessage:
     """Validate one message and build its row; raises _Rejected with the reason."""
     if not isinstance(message, dict):
@@ -142,9 +135,7 @@ def _prepare(
         message_type, user_id, anonymous_id = check_wire_message(message)
     except ValidationError as exc:
         raise _Rejected(exc.problem) from None
-    original = _time_field(message, "timestamp")
-    own_sent_at = _time_field(message, "sentAt")
-    timestamp = _corrected(original, batch_sent_at or own_sent_at, received_at)
+    timestamp = times.corrected(message)
     message_id = message.get("messageId")
     if message_id is None:
         message_id = new_message_id()
@@ -157,11 +148,46 @@ def _prepare(
         user_id=user_id,
         anonymous_id=anonymous_id,
         event=message.get("event") if message_type == "track" else None,
-        received_at=received_text,
+        received_at=times.received_text,
         timestamp=timestamp,
-        original_timestamp=message["timestamp"] if original is not None else None,
+        original_timestamp=message.get("timestamp"),
         body=encoded.decode("utf-8"),
     )
+
+
+class _Times:
+    """Segment's corrected timestamps for one request, cached by the texts they come from.
+
+    Messages of one batch often share a timestamp (and always the batch's sentAt), so
+    each distinct pair is parsed and formatted once.
+    """
+
+    def __init__(self, received_at: datetime, batch_sent_at: Optional[datetime]) -> None:
+        self.received_at = received_at
+        self.received_text = format_iso(received_at)
+        self.batch_sent_at = batch_sent_at
+        self._done: Dict[Tuple[Any, Any], str] = {}
+
+    def corrected(self, message: Dict[str, Any]) -> str:
+        """The stored ``timestamp``; raises _Rejected for a bad timestamp or sentAt."""
+        original = message.get("timestamp")
+        own_sent_at = message.get("sentAt")
+        if original is None and own_sent_at is None:
+            return self.received_text
+        cacheable = isinstance(original, str) and (
+            own_sent_at is None or isinstance(own_sent_at, str)
+        )
+        if cacheable:
+            hit = self._done.get((original, own_sent_at))
+            if hit is not None:
+                return hit
+        sent_at = _time_field(message, "sentAt")
+        text = _corrected(
+            _time_field(message, "timestamp"), self.batch_sent_at or sent_at, self.received_at
+        )
+        if cacheable:
+            self._done[(original, own_sent_at)] = text
+        return text
 
 
 def _encode(message: Dict[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from tracklane.collector._json import loads_stored
 
@@ -52,9 +52,12 @@ class StorageError(Exception):
     """The database file cannot be used by the collector."""
 
 
-@dataclass(frozen=True)
-class StoredMessage:
-    """One accepted message, ready to insert (timestamps already ISO-8601 UTC ``...Z``)."""
+class StoredMessage(NamedTuple):
+    """One accepted message, ready to insert (timestamps already ISO-8601 UTC ``...Z``).
+
+    A named tuple in ``_INSERT`` column order: built once per stored message, it costs a
+    third of a frozen dataclass, and it is the row itself.
+    """
 
     write_key: str
     message_id: str
@@ -69,18 +72,7 @@ class StoredMessage:
 
     def as_row(self) -> Tuple[Optional[str], ...]:
         """Return the values in ``_INSERT`` column order."""
-        return (
-            self.write_key,
-            self.message_id,
-            self.type,
-            self.user_id,
-            self.anonymous_id,
-            self.event,
-            self.received_at,
-            self.timestamp,
-            self.original_timestamp,
-            self.body,
-        )
+        return self
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class EventFilter:
 class _Ticket:
     """One insert() call waiting for (or done with) its group commit."""
 
-    rows: List[Tuple[Optional[str], ...]]
+    rows: Sequence[Tuple[Optional[str], ...]]
     stored: int = 0
     done: bool = False
     error: Optional[Exception] = None
@@ -186,7 +178,7 @@ class Storage:
         """
         if not messages:
             return 0
-        ticket = _Ticket([message.as_row() for message in messages])
+        ticket = _Ticket(messages)
         with self._pending_lock:
             self._pending.append(ticket)
         with self._write_lock:
