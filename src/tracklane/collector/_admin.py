@@ -81,6 +81,12 @@ def _run(args: argparse.Namespace, method: str, path: str, err: TextIO) -> Optio
     except (OSError, ValueError) as exc:
         print(f"tracklane: cannot reach the collector at {args.url}: {exc}", file=err)
         return None
+    if code == 404 and path == "/v1/destinations":
+        print(
+            f"tracklane: the collector at {args.url} routes nowhere (start it with --config)",
+            file=err,
+        )
+        return None
     if code != 200:
         print(f"tracklane: the collector answered {code}: {body.get('error', body)}", file=err)
         return None
