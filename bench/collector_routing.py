@@ -19,13 +19,13 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, List, Optional, Set
 
 import httpx
 import orjson
-
 from collector_ingest import URL_PREFIX, _iso, _src_path, realistic_message
 
 
@@ -82,7 +82,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     receiver = Receiver()
     receiver.expected = args.events
     rng = random.Random(3)
-    now = _iso(__import__("datetime").datetime.now(__import__("datetime").timezone.utc))
+    now = _iso(datetime.now(timezone.utc))
     with tempfile.TemporaryDirectory(prefix="tracklane-route-") as tmp:
         config = Path(tmp) / "tracklane.toml"
         config.write_text(
@@ -110,9 +110,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         : args.events - start
                     ]
                     response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
-                    assert response.status_code == 200 and response.json()["stored"] == len(
-                        batch
-                    ), response.text[:300]
+                    if response.status_code != 200 or response.json()["stored"] != len(batch):
+                        raise RuntimeError(f"ingest failed: {response.text[:300]}")
             began = time.monotonic()
             receiver.release.set()
             if not receiver.done.wait(600):
