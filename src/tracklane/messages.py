@@ -415,7 +415,7 @@ def check_wire_message(message: Mapping[str, Any]) -> tuple[str, Optional[str], 
         raise ValidationError(required, f"{kind} requires {required!r}")
     for name in _OBJECT_FIELDS:
         value = message.get(name)
-        if value is not None and not isinstance(value, Mapping):
+        if value is not None and type(value) is not dict and not isinstance(value, Mapping):
             raise ValidationError(name, f"{name!r} must be an object")
     message_id = message.get("messageId")
     if message_id is not None:
