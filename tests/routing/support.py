@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import httpx
 
@@ -44,6 +44,9 @@ class WebhookReceiver:
     seed: int = 7
     receipts: List[Receipt] = field(default_factory=list)
     failures: int = 0
+    # Answers for the next requests, in order: (status, headers); then the rules above.
+    script: List[Tuple[int, Dict[str, str]]] = field(default_factory=list)
+    attempts: List[float] = field(default_factory=list)  # monotonic time of every request
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -69,10 +72,15 @@ class WebhookReceiver:
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        headers: Dict[str, str] = {}
         with self._cond:
             roll = self._rng.random()
+            self.attempts.append(time.monotonic())
+            scripted = self.script.pop(0) if self.script else None
         status = self.status
-        if roll < self.hang_ratio:
+        if scripted is not None:
+            status, headers = scripted
+        elif roll < self.hang_ratio:
             time.sleep(self.hang_seconds)
             status = 503
         elif roll < self.hang_ratio + self.fail_ratio:
@@ -98,6 +106,8 @@ class WebhookReceiver:
             handler.send_response(status)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(answer)))
+            for name, value in headers.items():
+                handler.send_header(name, value)
             handler.end_headers()
             handler.wfile.write(answer)
         except OSError:

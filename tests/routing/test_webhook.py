@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 
 from tracklane._cli import main
 from tracklane.collector import serve_in_thread
+from tracklane.collector.destinations.webhook import retry_after_seconds
 
 from .support import (
     WebhookReceiver,
@@ -185,3 +186,26 @@ def test_status_needs_a_write_key_when_keys_are_configured(tmp_path: Path) -> No
         assert httpx.get(f"{server.url}/v1/destinations").status_code == 401
         assert httpx.get(f"{server.url}/v1/destinations", auth=("nope", "")).status_code == 401
         assert set(destinations_status(server.url, "key-1")) == {"Hooks"}
+
+
+def test_retry_after_is_honoured(receiver: WebhookReceiver, tmp_path: Path) -> None:
+    """A 429 with Retry-After: 1 delays the retry by at least a second, then it is delivered."""
+    receiver.script = [(429, {"Retry-After": "1"})]
+    with serve_in_thread(
+        tmp_path / "events.db", config=_config(receiver.url, backoff_cap=5)
+    ) as server:
+        post_batch(server.url, "key-1", [track()])
+        assert receiver.wait_for_unique(1, 10) == 1
+        first, second = receiver.attempts
+        assert second - first >= 0.95
+        status = destinations_status(server.url, "key-1")["Hooks"]
+    assert status["lastError"].startswith("HTTP 429")
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [(None, None), ("7", 7.0), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)
+def test_retry_after_header_forms(header: Optional[str], seconds: Optional[float]) -> None:
+    """Retry-After is read as seconds or an HTTP date (a past date means now)."""
+    assert retry_after_seconds(header) == seconds
