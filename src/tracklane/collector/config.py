@@ -15,7 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Pattern, Tuple, Union
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple, Union
 
 from tracklane.collector.destinations import SettingError, destination_class, type_names
 from tracklane.collector.destinations.base import Setting, check_settings, int_between
@@ -87,7 +87,7 @@ class FilterConfig:
     drop_events: Tuple[str, ...] = ()
     drop_types: FrozenSet[str] = frozenset()
     drop_properties: Tuple[str, ...] = ()
-    _event_pattern: Optional[Pattern[str]] = field(default=None, repr=False, compare=False)
+    _event_pattern: Optional[re.Pattern[str]] = field(default=None, repr=False, compare=False)
 
     def drops_event(self, message: Mapping[str, Any]) -> bool:
         """Whether this filter drops ``message`` (by type, or a track's event name)."""

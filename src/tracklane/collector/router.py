@@ -6,6 +6,8 @@ retries first), decides per message with :func:`~tracklane.collector._routing.ro
 delivered messages are counted, failures are retried with exponential backoff and full
 jitter (``Retry-After`` honoured) until the destination's ``max_attempts``, then
 dead-lettered with their last error. A permanent failure (a 4xx) is dead-lettered at once.
+When nothing of a claim got through, the destination waits for its first retry before
+claiming more, so an endpoint that is down is not sent the whole backlog once each.
 """
 
 from __future__ import annotations
@@ -115,6 +117,11 @@ class Router:
                 continue
             settlement = self._deliver(item, destination, claim, filters)
             self._settle(claim, settlement)
+            if settlement.retries and not settlement.delivered:
+                # Nothing got through: wait for the first retry instead of pushing the
+                # whole backlog through one failing attempt each.
+                first_due = min(retry.due_at for retry in settlement.retries)
+                self._stop.wait(max(0.0, first_due - time.time()))
 
     def _deliver(
         self,
