@@ -26,7 +26,7 @@ from typing import Any, List, Optional, Set
 
 import httpx
 import orjson
-from collector_ingest import URL_PREFIX, _iso, _src_path, realistic_message
+from collector_ingest import URL_PREFIX, _iso, _src_path, cpu_seconds, realistic_message
 
 
 class Receiver:
@@ -112,11 +112,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                     response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
                     if response.status_code != 200 or response.json()["stored"] != len(batch):
                         raise RuntimeError(f"ingest failed: {response.text[:300]}")
+            cpu_before = cpu_seconds(proc.pid)
             began = time.monotonic()
             receiver.release.set()
             if not receiver.done.wait(600):
                 raise RuntimeError(f"only {len(receiver.ids)} of {args.events} delivered")
             elapsed = receiver.finished_at - began
+            cpu_after = cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -133,6 +135,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"received: {receiver.received} in {elapsed:.2f} s"
     )
     print(f"  routed: {args.events / elapsed:,.0f} events/s")
+    if cpu_before is not None and cpu_after is not None:
+        per_event = (cpu_after - cpu_before) / args.events * 1e6
+        print(
+            f"  collector CPU: {per_event:.1f} µs/event "
+            f"({1e6 / per_event:,.0f} events/s per fully used core)"
+        )
     print("  verification:", "OK" if ok else "MISMATCH")
     return 0 if ok else 1
 
