@@ -88,7 +88,7 @@ def test_failures_are_retried_until_delivered(tmp_path: Path) -> None:
     """A receiver failing 50% of requests still gets every message; failures are counted."""
     hook = WebhookReceiver(fail_ratio=0.5)
     try:
-        config = _config(hook.url, batch_size=5)
+        config = _config(hook.url, batch_size=5, max_attempts=1000)  # 0.5**10 is not rare
         with serve_in_thread(tmp_path / "events.db", config=config) as server:
             messages = [track() for _ in range(200)]
             post_batch(server.url, "key-1", messages)
