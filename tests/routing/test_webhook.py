@@ -209,3 +209,23 @@ def test_retry_after_is_honoured(receiver: WebhookReceiver, tmp_path: Path) -> N
 def test_retry_after_header_forms(header: Optional[str], seconds: Optional[float]) -> None:
     """Retry-After is read as seconds or an HTTP date (a past date means now)."""
     assert retry_after_seconds(header) == seconds
+
+
+def test_a_dead_endpoint_costs_one_timeout_per_claim(tmp_path: Path) -> None:
+    """After a request times out, the rest of the claim is not sent; all of it is retried."""
+    hook = WebhookReceiver(hang_ratio=1.0, hang_seconds=1.0)
+    try:
+        config = _config(hook.url, timeout=0.3, concurrency=1, backoff_base=30, backoff_cap=60)
+        with serve_in_thread(tmp_path / "events.db", config=config) as server:
+            post_batch(server.url, "key-1", [track() for _ in range(20)])
+            wait_until(
+                lambda: destinations_status(server.url, "key-1")["Hooks"]["failed"] == 20,
+                10,
+                "all 20 messages to wait for a retry",
+            )
+            status = destinations_status(server.url, "key-1")["Hooks"]
+            assert len(hook.attempts) == 1
+            assert status["lastError"].startswith("not sent: ")
+            assert "timed out" in status["lastError"]
+    finally:
+        hook.close()

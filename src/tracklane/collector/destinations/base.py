@@ -69,6 +69,7 @@ class Failure:
     error: str
     permanent: bool = False
     retry_after: Optional[float] = None  # seconds the destination asked us to wait
+    no_answer: bool = False  # the request got no response (connection error, timeout)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 One attempt per request here; the router retries what failed, with backoff and
 ``Retry-After``. 408, 429, 5xx and network errors are retryable, any other 4xx permanent.
-Requests of one claim go out in parallel on ``concurrency`` keep-alive connections
+Once a request gets no answer at all (refused, reset, timed out), the rest of the claim is
+not sent and is retried later, so a dead endpoint costs one timeout per claim, not one per
+request. Requests of one claim go out in parallel on ``concurrency`` keep-alive connections
 (stdlib ``http.client``: the collector already depends on nothing else for this, and a
 webhook call is one small POST).
 """
@@ -100,9 +102,17 @@ class WebhookDestination(Destination):
         size = self._batch_size
         count = len(envelopes)
         groups = [range(start, min(start + size, count)) for start in range(0, count, size)]
-        results = self._pool.map(
-            lambda group: self._post([envelopes[i].message for i in group]), groups
-        )
+        unreachable: List[Failure] = []  # set once a request gets no answer at all
+
+        def post(group: range) -> Optional[Failure]:
+            if unreachable:  # don't wait out a timeout per request of a dead endpoint
+                return Failure(f"not sent: {unreachable[0].error}", retry_after=None)
+            failure = self._post([envelopes[i].message for i in group])
+            if failure is not None and failure.no_answer:
+                unreachable.append(failure)
+            return failure
+
+        results = self._pool.map(post, groups)
         outcome = Outcome()
         for group, failure in zip(groups, results):
             if failure is not None:
@@ -140,7 +150,8 @@ class WebhookDestination(Destination):
                 self._drop_connection()
                 if attempt == 1 and not fresh and not isinstance(exc, socket.timeout):
                     continue
-                return Failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                return Failure(reason, no_answer=True)
             status = response.status
             if 200 <= status < 300:
                 return None
