@@ -10,8 +10,7 @@ remove the named property keys.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from tracklane.collector.config import DestinationConfig, FilterConfig
 
@@ -26,8 +25,7 @@ class Verdict(str, enum.Enum):
     FILTERED = "filtered"  # a filter dropped it (counted)
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     """The decision for one message: the verdict and, when delivered, what to send."""
 
     verdict: Verdict

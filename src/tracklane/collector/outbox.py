@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from tracklane.collector._json import loads_stored
 from tracklane.collector.storage import Storage, StorageError
@@ -94,9 +94,8 @@ class Claim:
     owner: str
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """A stored event as a destination receives it."""
+class StoredEvent(NamedTuple):
+    """A stored event as a destination receives it (a named tuple: one per event)."""
 
     id: int
     write_key: str

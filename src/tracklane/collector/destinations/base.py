@@ -15,7 +15,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 __all__ = [
     "Destination",
@@ -53,9 +64,8 @@ class Setting:
     help: str = ""
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """One stored message on its way to a destination."""
+class Envelope(NamedTuple):
+    """One stored message on its way to a destination (a named tuple: one per message)."""
 
     message: Message  # wire form, with receivedAt
     source: str  # the source's name (its write key when no config names it)
