@@ -1,9 +1,16 @@
-"""Sustained ingest rate of the local collector (``tracklane.collector``).
+"""Sustained ingest rate of the local collector (``tracklane.collector``), and warehouse loads.
 
 Starts the collector as a subprocess on a free loopback port (or in this process
 with ``--in-thread``), runs several concurrent clients that each POST batches of
 realistic events with distinct messageIds for a bounded time and count, then
 checks through ``GET /v1/events/count`` that every acknowledged event was stored.
+It does so for each store in ``--stores``: SQLite (a file) and PostgreSQL (Debian's
+server started in a temporary directory by ``tests/pg.py``, fsync and synchronous
+commit on, so both stores make every acknowledged event durable).
+
+With PostgreSQL available it then loads ``--warehouse-events`` stored-form events
+into the ``postgres`` warehouse destination in batches of ``--warehouse-batch`` and
+reports events/s, checking the row counts.
 
     python bench/collector_ingest.py --clients 4 --duration 10
 """
@@ -24,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import orjson
@@ -134,6 +141,9 @@ def run_client(
                 result.failures += 1
 
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+
+
 def _src_path() -> str:
     import tracklane.collector
 
@@ -157,7 +167,7 @@ SERVER_PID: Dict[str, int] = {}  # url -> pid of a collector subprocess
 
 
 @contextlib.contextmanager
-def _subprocess_server(db: Path, key: str) -> Iterator[str]:
+def _subprocess_server(db: str, key: str) -> Iterator[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_src_path(), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "tracklane.collector", "--port", "0", "--db", str(db)]
@@ -182,7 +192,7 @@ def _subprocess_server(db: Path, key: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _thread_server(db: Path, key: str) -> Iterator[str]:
+def _thread_server(db: str, key: str) -> Iterator[str]:
     from tracklane.collector import serve_in_thread
 
     with serve_in_thread(db, write_keys=[key]) as server:
@@ -224,25 +234,35 @@ def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, in
     return sent, requests, failures, elapsed, int(stored)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Run the benchmark and print the sustained ingest rate."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--batch-size", type=int, default=100, help="events per request")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
-    parser.add_argument("--max-batches", type=int, default=5_000, help="per client")
-    parser.add_argument("--in-thread", action="store_true", help="serve in this process")
-    args = parser.parse_args(argv)
+@contextlib.contextmanager
+def _postgres() -> Iterator[Optional[Any]]:
+    """A durable PostgreSQL server from tests/pg.py, or None (with a note) where missing."""
+    sys.path.insert(0, str(TESTS))
+    from pg import PostgresServer, PostgresUnavailable
 
+    try:
+        server = PostgresServer(durable=True)
+    except PostgresUnavailable as exc:
+        print(f"PostgreSQL skipped: {exc}")
+        yield None
+        return
+    with server:
+        yield server
+
+
+def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
+    """Measure and print the ingest rate into one store; return whether counts matched."""
     key = "bench-key"
-    with tempfile.TemporaryDirectory(prefix="tracklane-bench-") as tmp:
-        db = Path(tmp) / "events.db"
-        start_server = _thread_server if args.in_thread else _subprocess_server
-        with start_server(db, key) as url:
-            sent, requests, failures, elapsed, stored = _measure(url, key, args)
-
+    start_server: Callable[[str, str], Any] = (
+        _thread_server if args.in_thread else _subprocess_server
+    )
+    with start_server(location, key) as url:
+        sent, requests, failures, elapsed, stored = _measure(url, key, args)
     mode = "in-thread" if args.in_thread else "subprocess"
-    print(f"collector ingest ({mode}, {args.clients} clients, batches of {args.batch_size})")
+    print(
+        f"collector ingest into {store} ({mode}, {args.clients} clients,"
+        f" batches of {args.batch_size})"
+    )
     print(f"  requests: {requests} ({failures} failed) in {elapsed:.2f} s")
     print(f"  events acknowledged: {sent}, stored (GET /v1/events/count): {stored}")
     print(f"  sustained ingest: {sent / elapsed:,.0f} events/s")
@@ -254,6 +274,78 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
     ok = failures == 0 and stored == sent and sent > 0
     print("  verification:", "OK" if ok else "MISMATCH")
+    return ok
+
+
+def stored_form(rng: random.Random, now: str) -> Dict[str, Any]:
+    """A realistic message as the collector stores and serves it (with its server times)."""
+    message = realistic_message(rng, now)
+    message.pop("integrations", None)
+    message.update(receivedAt=now, originalTimestamp=now, sentAt=now)
+    return message
+
+
+def _warehouse(dsn: str, args: argparse.Namespace) -> bool:
+    """Load events into the warehouse destination; print events/s; return whether counts match."""
+    import psycopg
+
+    from tracklane.collector.destinations.warehouse import PostgresWarehouse
+
+    rng = random.Random(7)
+    now = _iso(datetime.now(timezone.utc))
+    events = [stored_form(rng, now) for _ in range(args.warehouse_events)]
+    warehouse = PostgresWarehouse(dsn)
+    try:
+        began = time.monotonic()
+        new = 0
+        for offset in range(0, len(events), args.warehouse_batch):
+            new += warehouse.load("bench", events[offset : offset + args.warehouse_batch]).new
+        elapsed = time.monotonic() - began
+    finally:
+        warehouse.close()
+    with psycopg.connect(dsn) as conn:
+        loaded = sum(
+            int(conn.execute(f"SELECT count(*) FROM bench.{table}").fetchone()[0])  # type: ignore[index]
+            for table in ("tracks", "identifies", "pages")
+        )
+    print(f"warehouse load (postgres destination, batches of {args.warehouse_batch})")
+    print(f"  events: {len(events)} in {elapsed:.2f} s, rows in tracks+identifies+pages: {loaded}")
+    print(f"  load rate: {len(events) / elapsed:,.0f} events/s")
+    ok = new == loaded == len(events)
+    print("  verification:", "OK" if ok else "MISMATCH")
+    return ok
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark and print the sustained ingest and warehouse load rates."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    parser.add_argument("--batch-size", type=int, default=100, help="events per request")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    parser.add_argument("--max-batches", type=int, default=5_000, help="per client")
+    parser.add_argument("--in-thread", action="store_true", help="serve in this process")
+    parser.add_argument(
+        "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
+    )
+    parser.add_argument("--warehouse-events", type=int, default=50_000, help="0 to skip")
+    parser.add_argument("--warehouse-batch", type=int, default=500, help="events per load")
+    args = parser.parse_args(argv)
+    stores = [store.strip() for store in args.stores.split(",") if store.strip()]
+    unknown = set(stores) - {"sqlite", "postgresql"}
+    if unknown:
+        parser.error(f"--stores: unknown store {sorted(unknown)[0]!r}")
+
+    ok = True
+    if "sqlite" in stores:
+        with tempfile.TemporaryDirectory(prefix="tracklane-bench-") as tmp:
+            ok = _ingest("SQLite", str(Path(tmp) / "events.db"), args) and ok
+    if "postgresql" in stores or args.warehouse_events > 0:
+        with _postgres() as postgres:
+            if postgres is not None and "postgresql" in stores:
+                dsn = postgres.create_database("ingest")
+                ok = _ingest("PostgreSQL", dsn, args) and ok
+            if postgres is not None and args.warehouse_events > 0:
+                ok = _warehouse(postgres.create_database("warehouse"), args) and ok
     return 0 if ok else 1
 
 

@@ -149,6 +149,7 @@ def main() -> int:
         write_config(Path(tmp) / "tracklane.toml", webhook.url)
         collector, url = start_collector(db, Path(tmp) / "tracklane.toml")
         print(f"collector: {url}  (database {db}, routing to the webhook {webhook.url})")
+        print(f"debugger:  {url}/  (a live page of what arrives; `tracklane serve` keeps it up)")
         try:
             env = dict(os.environ, TRACKLANE_WRITE_KEY=WRITE_KEY, TRACKLANE_HOST=url)
             app = subprocess.run(

@@ -1,4 +1,4 @@
-"""Shared fixtures: a recording HTTP server on 127.0.0.1 and clients pointed at it."""
+"""Shared fixtures: a recording HTTP server on 127.0.0.1, clients pointed at it, PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 import tracklane
 from helpers import RecordingServer
+from pg import PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture
@@ -34,3 +35,18 @@ def make_client(server: RecordingServer) -> Iterator[Callable[..., tracklane.Cli
     yield make
     for client in made:
         client.shutdown(timeout=2)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL, started once for the session in a temporary directory.
+
+    Skips (saying why) where the server binaries are not installed. Tests take a
+    fresh database each with ``postgres.create_database()``.
+    """
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server

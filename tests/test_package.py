@@ -14,7 +14,7 @@ import pytest
 
 import tracklane
 
-HEAVY = ("starlette", "uvicorn", "click", "rich", "requests")
+HEAVY = ("starlette", "uvicorn", "click", "rich", "requests", "django", "flask", "celery", "kombu")
 
 
 def test_all_is_sorted():

@@ -19,6 +19,8 @@ import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ._client import Client
+from ._context import context
+from ._signals import flush_on_signal
 from ._stats import DropReason, FlushResult, Stats
 from ._version import __version__
 from .config import OnError, Options, OverflowPolicy
@@ -55,7 +57,9 @@ __all__ = [
     "ValidationError",
     "__version__",
     "alias",
+    "context",
     "flush",
+    "flush_on_signal",
     "get_default_client",
     "group",
     "identify",

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import orjson
 
+from ._context import current_scope
 from ._delivery import Drop, Sender, Transport
 from ._encode import ORJSON_OPTIONS, default_for, encode_slowly
 from ._retry import RetryPolicy
@@ -162,6 +163,7 @@ class Client:
             and anonymous_id is None
             and integrations is None
             and message_id is None
+            and current_scope() is None
         ):
             # The common call, built inline: the same message build_track makes, with two
             # Python frames fewer (they are what a call costs between requests, caches cold).

@@ -15,6 +15,7 @@ from random import getrandbits
 from typing import Any, Dict, Optional
 from uuid import UUID
 
+from ._context import current_scope
 from ._iso import parse_iso
 from ._version import __version__
 from .exceptions import ValidationError
@@ -188,13 +189,24 @@ def prepare_common(
             anonymous_id if type(anonymous_id) is str else coerce_id("anonymous_id", anonymous_id)
         )
         message["anonymousId"] = anon or None
+    scope = current_scope()
+    if scope is not None:  # a tracklane.context() scope's ids, for calls that give none
+        if uid is None:
+            uid = scope.user_id
+        if message.get("anonymousId") is None:
+            message["anonymousId"] = scope.anonymous_id
     if require_identity and uid is None and message.get("anonymousId") is None:
         raise ValidationError("user_id", "a user_id or an anonymous_id is required")
     message["userId"] = uid
-    if context is None:
+    if context is None and scope is None:
         message["context"] = {"library": LIBRARY}
     else:
-        ctx = dict(context) if type(context) is dict else dict(mapping("context", context))
+        if scope is not None:
+            ctx = scope.context_for(None if context is None else mapping("context", context))
+        elif type(context) is dict:
+            ctx = dict(context)
+        else:
+            ctx = dict(mapping("context", context))
         ctx["library"] = LIBRARY
         message["context"] = ctx
     if integrations is None:

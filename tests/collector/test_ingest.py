@@ -305,7 +305,7 @@ class TestStoredEvents:
         )
         client.post("/v1/batch", content=_compact({"batch": [message]}))
         [event] = _events(client)
-        server_fields = {"receivedAt", "timestamp", "originalTimestamp"}
+        server_fields = {"receivedAt", "timestamp", "originalTimestamp", "seq"}
         assert {k: v for k, v in event.items() if k not in server_fields} == message
         assert event["properties"]["big"] == 3**50
         assert isinstance(event["properties"]["big"], int)

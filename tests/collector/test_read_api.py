@@ -1,16 +1,42 @@
-"""The read API over real HTTP: filters, limits, ordering, per-key isolation, health."""
+"""The read API over real HTTP, on SQLite and on PostgreSQL: filters, limits, ordering, keys."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import httpx
 import pytest
 
-from tracklane.collector import CollectorServer
+from tracklane.collector import CollectorServer, serve_in_thread
 
 from .support import KEYS, MakeMessage, Message
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest) -> str:
+    """The kind of event store this module's servers use: each test runs against both."""
+    return str(request.param)
+
+
+def _location(request: pytest.FixtureRequest, store: str, name: str) -> str:
+    if store == "sqlite":
+        return str(request.getfixturevalue("tmp_path_factory").mktemp(name) / "events.db")
+    return str(request.getfixturevalue("postgres").create_database(name))
+
+
+@pytest.fixture(scope="module")
+def open_server(request: pytest.FixtureRequest, store: str) -> Iterator[CollectorServer]:
+    """A collector with no write keys configured, on this module's kind of store."""
+    with serve_in_thread(_location(request, store, "open")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def keyed_server(request: pytest.FixtureRequest, store: str) -> Iterator[CollectorServer]:
+    """A collector accepting only the write keys in ``KEYS``, on this module's kind of store."""
+    with serve_in_thread(_location(request, store, "keyed"), KEYS) as server:
+        yield server
 
 
 def _events(http: httpx.Client, **params: Any) -> List[Dict[str, Any]]:

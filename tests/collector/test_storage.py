@@ -70,9 +70,10 @@ def test_rows_survive_reopening(tmp_path: Path) -> None:
 
 
 def test_query_is_newest_first_with_server_fields(storage: Storage) -> None:
-    """query returns bodies plus receivedAt/timestamp/originalTimestamp, newest first."""
+    """query returns bodies plus receivedAt/timestamp/originalTimestamp and seq, newest first."""
     storage.insert([row("old"), row("new", original_timestamp="2024-05-01T09:00:00Z")])
     new, old = storage.query(EventFilter(), limit=10)
+    assert new.pop("seq") == old.pop("seq") + 1
     assert new == {
         "type": "track",
         "messageId": "new",
@@ -184,3 +185,36 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
     """A path in a directory that does not exist raises StorageError naming it."""
     with pytest.raises(StorageError, match="cannot open"):
         Storage(tmp_path / "missing" / "events.db")
+
+
+def test_cursor_after_is_oldest_first_and_before_newest_first(storage: Storage) -> None:
+    """after=<seq> gives later events oldest first; before=<seq> earlier ones newest first."""
+    storage.insert([row(str(n)) for n in range(10)])
+    seqs = [event["seq"] for event in storage.query(EventFilter(), limit=100)]
+    assert seqs == sorted(seqs, reverse=True)
+    middle = seqs[5]
+    after = storage.query(EventFilter(after=middle), limit=3)
+    assert [e["seq"] for e in after] == [middle + 1, middle + 2, middle + 3]
+    before = storage.query(EventFilter(before=middle), limit=3)
+    assert [e["seq"] for e in before] == [middle - 1, middle - 2, middle - 3]
+    assert storage.query(EventFilter(after=seqs[0]), limit=10) == []
+
+
+def test_user_text_and_key_prefix_filters(storage: Storage) -> None:
+    """user matches either id; text is a literal substring (%, _ escaped); key prefix works."""
+    storage.insert(
+        [
+            row("a", user_id="bob", body='{"type":"track","note":"50% off"}'),
+            row("b", user_id=None, anonymous_id="bob", body='{"type":"track","note":"5000 off"}'),
+            row("c", write_key="other-key", body='{"type":"track","note":"a_b"}'),
+        ]
+    )
+
+    def ids(where: EventFilter) -> list[str]:
+        return sorted(r.body for r in storage.rows(where, 10))
+
+    assert len(ids(EventFilter(user="bob"))) == 2
+    assert ids(EventFilter(text="50% OFF")) == ['{"type":"track","note":"50% off"}']
+    assert ids(EventFilter(text="a_b")) == ['{"type":"track","note":"a_b"}']
+    assert ids(EventFilter(text="axb")) == []
+    assert ids(EventFilter(write_key_prefix="other")) == ['{"type":"track","note":"a_b"}']

@@ -18,11 +18,15 @@ if TYPE_CHECKING:
     from tracklane.collector._runner import CollectorServer, CollectorStartError, serve_in_thread
     from tracklane.collector.app import create_app
     from tracklane.collector.storage import EventFilter, Storage, StorageError
+    from tracklane.collector.storage_pg import PostgresStorage
+    from tracklane.collector.stores import EventStore
 
 __all__ = [
     "CollectorServer",
     "CollectorStartError",
     "EventFilter",
+    "EventStore",
+    "PostgresStorage",
     "Storage",
     "StorageError",
     "create_app",
@@ -37,6 +41,8 @@ _HOMES = {
     "EventFilter": "tracklane.collector.storage",
     "Storage": "tracklane.collector.storage",
     "StorageError": "tracklane.collector.storage",
+    "PostgresStorage": "tracklane.collector.storage_pg",
+    "EventStore": "tracklane.collector.stores",
 }
 
 

@@ -98,7 +98,7 @@ def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime
         sent_at = _time_field(payload, "sentAt")
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
-    times = _Times(received_at, sent_at)
+    times = _Times(received_at, sent_at, payload["sentAt"] if sent_at is not None else None)
     messages: List[StoredMessage] = []
     rejected: List[Rejection] = []
     for index, message in enumerate(batch):
@@ -114,7 +114,7 @@ def prepare_single(
 ) -> StoredMessage:
     """Validate the body of a single-message endpoint; raises RequestError if invalid."""
     try:
-        return _prepare(payload, write_key, _Times(received_at, None), message_type)
+        return _prepare(payload, write_key, _Times(received_at, None, None), message_type)
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
 
@@ -136,6 +136,17 @@ def _prepare(
     except ValidationError as exc:
         raise _Rejected(exc.problem) from None
     timestamp = times.corrected(message)
+    batch_sent_text = times.batch_sent_text
+    if batch_sent_text is not None and message.get("sentAt") != batch_sent_text:
+        # Each message keeps the sentAt its timestamp was corrected with, as Segment's do (the
+        # debugger shows it). Appended to the encoded bytes: no second encode on the hot path.
+        had_sent_at = "sentAt" in message
+        message["sentAt"] = batch_sent_text
+        encoded = (
+            _encode(message)
+            if had_sent_at
+            else encoded[:-1] + b',"sentAt":' + dumps(batch_sent_text) + b"}"
+        )
     message_id = message.get("messageId")
     if message_id is None:
         message_id = new_message_id()
@@ -162,10 +173,16 @@ class _Times:
     each distinct pair is parsed and formatted once.
     """
 
-    def __init__(self, received_at: datetime, batch_sent_at: Optional[datetime]) -> None:
+    def __init__(
+        self,
+        received_at: datetime,
+        batch_sent_at: Optional[datetime],
+        batch_sent_text: Optional[str],
+    ) -> None:
         self.received_at = received_at
         self.received_text = format_iso(received_at)
         self.batch_sent_at = batch_sent_at
+        self.batch_sent_text = batch_sent_text
         self._done: Dict[Tuple[Any, Any], str] = {}
 
     def corrected(self, message: Dict[str, Any]) -> str:

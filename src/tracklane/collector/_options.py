@@ -54,7 +54,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})"
     )
     parser.add_argument(
-        "--db", default=DEFAULT_DB, metavar="FILE", help=f"SQLite file (default ./{DEFAULT_DB})"
+        "--db",
+        default=DEFAULT_DB,
+        metavar="FILE|URL",
+        help=f"SQLite file (default ./{DEFAULT_DB}) or postgresql://user@host/db URL",
     )
     parser.add_argument(
         "--config",

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Iterable, Optional, TextIO, Tuple, Type
 import uvicorn
 
 from tracklane.collector.app import create_app
-from tracklane.collector.storage import Storage, StrPath
+from tracklane.collector.storage import StrPath
+from tracklane.collector.stores import EventStore, open_store
 
 if TYPE_CHECKING:
     from tracklane.collector.config import RoutingConfig
@@ -40,7 +41,7 @@ class CollectorServer:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: EventStore,
         write_keys: Tuple[str, ...],
         sock: socket.socket,
         router: Optional[Router] = None,
@@ -152,7 +153,7 @@ def serve_in_thread(
     sock = _listen(host, port)
     router: Optional[Router] = None
     try:
-        storage = Storage(db_path)
+        storage = open_store(db_path)
     except BaseException:
         sock.close()
         raise
@@ -171,13 +172,22 @@ def serve_in_thread(
     return server
 
 
-def _build_router(storage: Storage, config: RoutingConfig) -> Router:
+def _build_router(storage: EventStore, config: RoutingConfig) -> Router:
     from tracklane.collector.outbox import SQLiteOutbox
     from tracklane.collector.router import Router
+    from tracklane.collector.storage import Storage
 
+    if not isinstance(storage, Storage):
+        raise CollectorStartError(
+            "routing (--config) needs the SQLite store for now: the outbox on PostgreSQL"
+            " is not built yet (docs/routing.md describes it)"
+        )
     outbox = SQLiteOutbox(storage)
     try:
         return Router(outbox, config)
+    except ImportError as exc:  # a destination type's extra is missing
+        outbox.close()
+        raise CollectorStartError(str(exc)) from exc
     except BaseException:
         outbox.close()
         raise

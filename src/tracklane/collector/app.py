@@ -6,6 +6,7 @@ Routes:
 - ``POST /v1/track|identify|page|screen|group|alias``: one message, typed by the path
 - ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
 - ``GET /health``: ``{"ok": true}``
+- ``GET /``: the debugger page, and its API under ``/debugger/`` (``collector/debugger``)
 - with a router: ``GET /v1/destinations`` and the dead-letter routes (``_destinations_api``)
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -51,7 +53,9 @@ from tracklane.collector._ingest import (
 )
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
+from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import Storage, StorageError, StrPath
+from tracklane.collector.stores import EventStore, open_store
 
 if TYPE_CHECKING:
     from tracklane.collector.router import Router
@@ -63,19 +67,19 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
-    storage: Union[StrPath, Storage],
+    storage: Union[StrPath, EventStore],
     write_keys: Iterable[str] = (),
     router: Optional[Router] = None,
 ) -> Starlette:
-    """Build the collector app storing into ``storage`` (a database path or a Storage).
+    """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
     With ``write_keys`` given, only those keys may send or read events. A database
     opened from a path here is closed at the app's lifespan shutdown; a Storage
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
     A ``router`` (on the same store) is started and stopped with the app's lifespan.
     """
-    owned = not isinstance(storage, Storage)
-    store = Storage(storage) if not isinstance(storage, Storage) else storage
+    owned = isinstance(storage, (str, os.PathLike))
+    store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
     collector = _Collector(store, write_keys)
 
     @asynccontextmanager
@@ -108,13 +112,17 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
+    # The debugger: its page at /, its API, and the recorder of refused messages.
+    ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
+    if isinstance(store, Storage):  # the PostgreSQL store has no row cursor yet
+        install_debugger(app, store, collector.write_keys, ingest_paths)
     return app
 
 
 class _Collector:
     """Request handlers sharing one store and one set of accepted write keys."""
 
-    def __init__(self, storage: Storage, write_keys: Iterable[str]) -> None:
+    def __init__(self, storage: EventStore, write_keys: Iterable[str]) -> None:
         self.storage = storage
         self.write_keys = frozenset(write_keys)
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tu
 
 from tracklane.collector._json import loads_stored
 
-__all__ = ["EventFilter", "Storage", "StorageError", "StoredMessage"]
+__all__ = ["EventFilter", "EventRow", "Storage", "StorageError", "StoredMessage"]
 
 SCHEMA_VERSION = 1
 
@@ -101,7 +101,13 @@ class StoredMessage(NamedTuple):
 
 @dataclass(frozen=True)
 class EventFilter:
-    """Read filters; ``None`` means "any". ``since`` is an ISO-8601 UTC ``...Z`` string."""
+    """Read filters; ``None`` means "any". ``since`` is an ISO-8601 UTC ``...Z`` string.
+
+    Cursor (the storage sequence ``seq``, which only grows): ``after`` gives the events
+    with a greater seq, oldest first; ``before`` those with a smaller one, newest first.
+    ``user`` matches userId or anonymousId; ``text`` is a case-insensitive (ASCII)
+    substring of the stored JSON; ``write_key_prefix`` matches the start of the key.
+    """
 
     write_key: Optional[str] = None
     type: Optional[str] = None
@@ -109,11 +115,16 @@ class EventFilter:
     anonymous_id: Optional[str] = None
     event: Optional[str] = None
     since: Optional[str] = None
+    after: Optional[int] = None
+    before: Optional[int] = None
+    user: Optional[str] = None
+    text: Optional[str] = None
+    write_key_prefix: Optional[str] = None
 
-    def where(self) -> Tuple[str, List[str]]:
+    def where(self) -> Tuple[str, List[Any]]:
         """Return a SQL ``WHERE`` clause (or ``""``) and its parameters."""
         clauses: List[str] = []
-        params: List[str] = []
+        params: List[Any] = []
         for column, value in (
             ("write_key", self.write_key),
             ("type", self.type),
@@ -127,7 +138,47 @@ class EventFilter:
         if self.since is not None:
             clauses.append("received_at >= ?")
             params.append(self.since)
+        if self.after is not None:
+            clauses.append("id > ?")
+            params.append(self.after)
+        if self.before is not None:
+            clauses.append("id < ?")
+            params.append(self.before)
+        if self.user is not None:
+            clauses.append("(user_id = ? OR anonymous_id = ?)")
+            params += [self.user, self.user]
+        if self.text is not None:
+            clauses.append("body LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like_escape(self.text)}%")
+        if self.write_key_prefix is not None:
+            clauses.append("substr(write_key, 1, ?) = ?")
+            params += [len(self.write_key_prefix), self.write_key_prefix]
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One stored event as read back: its sequence, write key, times and JSON body."""
+
+    seq: int
+    write_key: str
+    received_at: str
+    timestamp: str
+    original_timestamp: Optional[str]
+    body: str
+
+    def to_event(self) -> Dict[str, Any]:
+        """Return the event as the read API serves it (the body plus times and ``seq``)."""
+        event: Dict[str, Any] = loads_stored(self.body)
+        event["receivedAt"] = self.received_at
+        event["timestamp"] = self.timestamp
+        event["originalTimestamp"] = self.original_timestamp
+        event["seq"] = self.seq
+        return event
 
 
 @dataclass
@@ -256,23 +307,24 @@ class Storage:
             self._writer.execute("COMMIT")
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
-        """Return up to ``limit`` matching events, newest first, as served by the read API."""
+        """Return up to ``limit`` matching events as served by the read API.
+
+        Newest first, or oldest first when ``where.after`` is set (see EventFilter).
+        """
+        return [row.to_event() for row in self.rows(where, limit)]
+
+    def rows(self, where: EventFilter, limit: int) -> List[EventRow]:
+        """Return up to ``limit`` matching rows, ordered as :meth:`query` orders them."""
         clause, params = where.where()
+        order = "ASC" if where.after is not None else "DESC"
         sql = (
-            "SELECT received_at, timestamp, original_timestamp, body FROM events"
-            f"{clause} ORDER BY id DESC LIMIT ?"
+            "SELECT id, write_key, received_at, timestamp, original_timestamp, body FROM events"
+            f"{clause} ORDER BY id {order} LIMIT ?"
         )
         with self._read_lock:
             self._check_open()
-            rows = self._reader.execute(sql, [*params, limit]).fetchall()
-        events: List[Dict[str, Any]] = []
-        for received_at, timestamp, original_timestamp, body in rows:
-            event: Dict[str, Any] = loads_stored(body)
-            event["receivedAt"] = received_at
-            event["timestamp"] = timestamp
-            event["originalTimestamp"] = original_timestamp
-            events.append(event)
-        return events
+            found = self._reader.execute(sql, [*params, limit]).fetchall()
+        return [EventRow(*row) for row in found]
 
     def count(self, where: EventFilter) -> int:
         """Return how many stored events match ``where``."""

@@ -36,6 +36,7 @@ __all__ = [
 _BUILT_IN: Dict[str, str] = {
     "webhook": "tracklane.collector.destinations.webhook:WebhookDestination",
     "relay": "tracklane.collector.destinations.relay:RelayDestination",
+    "postgres": "tracklane.collector.destinations.postgres:WarehouseDestination",
 }
 _registered: Dict[str, Type[Destination]] = {}
 
