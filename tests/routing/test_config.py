@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,3 +122,15 @@ def test_serve_with_a_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> 
     assert f"{path}: destinations[0].batch_size: must be a whole number" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "e.db").exists()
+
+
+def test_routing_on_the_postgresql_store_is_refused_saying_why(postgres: Any) -> None:
+    """--config with --db postgresql:// stops at start: the PostgreSQL outbox is not built."""
+    from tracklane.collector import CollectorStartError, serve_in_thread
+    from tracklane.collector.config import parse_config
+
+    config = parse_config(
+        {"destinations": [{"name": "Hooks", "type": "webhook", "url": "http://127.0.0.1:9/"}]}
+    )
+    with pytest.raises(CollectorStartError, match="outbox on PostgreSQL is not built yet"):
+        serve_in_thread(postgres.create_database("route"), config=config)
