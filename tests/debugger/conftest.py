@@ -29,9 +29,11 @@ CHROMIUM_ARGS = [
 WRITE_KEY = "wk-browser-tests"
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+# thread until it exits, and every later test calling asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for the module's tests."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(
             f"the debugger's browser tests need Chromium at {CHROMIUM} "
