@@ -60,6 +60,9 @@ class RecordingServer:
         self.script: List[Action] = []
         self.default = Action()
         self.decide: Optional[Callable[[Any], Action]] = None
+        # Looked at first, with the request's headers (lower-case names): an Action to answer
+        # with, or None to go on with the script (used to check Authorization).
+        self.gate: Optional[Callable[[Dict[str, str]], Optional[Action]]] = None
         self.in_flight = 0
         self.max_in_flight = 0
         self.release = threading.Event()
@@ -95,8 +98,13 @@ class RecordingServer:
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length) if length else b""
         arrived = time.monotonic()
+        gated = None
+        if self.gate is not None:
+            gated = self.gate({k.lower(): v for k, v in handler.headers.items()})
         with self._cond:
-            if self.script:
+            if gated is not None:
+                action = gated
+            elif self.script:
                 action = self.script.pop(0)
             elif self.decide is not None:
                 action = self.decide(_parse(handler, raw))
@@ -180,6 +188,7 @@ class RecordingServer:
             self.script.clear()
             self.default = Action()
             self.decide = None
+            self.gate = None
             self.max_in_flight = 0
 
     def close(self) -> None:

@@ -3,7 +3,11 @@
 Both libraries post to local recording servers; the messages are compared field by field.
 Only these may differ: ``messageId`` and ``timestamp`` when the caller gives none,
 ``sentAt``, ``context.library``, and the conversions BEHAVIOUR.md documents (each asserted
-explicitly below, with what segment does instead).
+explicitly below, with what segment does instead). The same code also behaves the same
+around the messages: argument errors are ``AssertionError`` in both, ``Client`` has segment's
+attributes with segment's values, module-level ``flush()``/``join()``/``shutdown()`` build
+``default_client`` from the module settings, a falsy ``on_error`` means no handler, and the
+OAuth flow produces the same assertion and Bearer header.
 """
 
 from __future__ import annotations
@@ -391,6 +395,22 @@ def test_decimal_is_a_string_where_segment_sends_a_float(pair, server, seg_serve
     assert seg_msg["properties"] == {"price": 19.9, "exact": 1.2345678901234567e19}
 
 
+def test_decimal_as_number_is_a_number_like_segment_but_exact(server, seg_server, make_client):
+    """decimal_as="number" sends a JSON number as segment does, without its float rounding."""
+    seg = SegmentClient("compat-key", host=seg_server.url, sync_mode=True)
+    ours = make_client(write_key="compat-key", decimal_as="number")
+    props = {"price": Decimal("19.90"), "exact": Decimal("12345678901234567890.123456789")}
+    for client in (seg, ours):
+        assert client.track("u", "E", copy.deepcopy(props))[0]
+    assert ours.flush(timeout=5)
+    (seg_msg,), (our_msg,) = seg_server.accepted(), server.accepted()
+    assert seg_msg["properties"]["price"] == our_msg["properties"]["price"] == 19.9
+    assert b'"price": 19.9,' in seg_server.requests[0].body
+    assert b'"price":19.90,' in server.requests[0].body
+    assert b'"exact": 1.2345678901234567e+19' in seg_server.requests[0].body
+    assert b'"exact":12345678901234567890.123456789' in server.requests[0].body
+
+
 def test_naive_datetime_value_gets_an_explicit_utc_offset(pair, server, seg_server):
     """A naive datetime property gets +00:00 in tracklane; segment sends it without offset."""
     naive = dt.datetime(2020, 1, 1, 12, 30)
@@ -492,7 +512,8 @@ def module_api(server, seg_server, monkeypatch):
     monkeypatch.delenv("TRACKLANE_WRITE_KEY", raising=False)
     monkeypatch.delenv("SEGMENT_WRITE_KEY", raising=False)
     monkeypatch.delenv("TRACKLANE_HOST", raising=False)
-    tracklane.shutdown(timeout=2)
+    if tracklane.default_client is not None:
+        tracklane.default_client.shutdown(timeout=2)
     monkeypatch.setattr(tracklane, "default_client", None)
     monkeypatch.setattr(tracklane, "write_key", "module-key")
     monkeypatch.setattr(tracklane, "host", server.url)
@@ -501,7 +522,7 @@ def module_api(server, seg_server, monkeypatch):
     monkeypatch.setattr(segment_analytics, "host", seg_server.url)
     yield
     tracklane.shutdown(timeout=2)
-    if segment_analytics.default_client is not None:
+    if segment_analytics.default_client is not None and segment_analytics.default_client.consumers:
         segment_analytics.default_client.join()
 
 
@@ -520,7 +541,8 @@ def test_module_level_api_mirrors_segment(module_api, server, seg_server):
         _module_calls(module)
         module.flush()
         module.shutdown()
-    assert tracklane.default_client is None
+    assert tracklane.default_client is not None
+    assert tracklane.default_client.write_key == segment_analytics.default_client.write_key
     seg_msgs, our_msgs = seg_server.accepted(), server.accepted()
     assert [m["messageId"] for m in our_msgs] == [f"mod-{i}" for i in range(1, 7)]
     assert [comparable(m, True) for m in our_msgs] == [comparable(m, True) for m in seg_msgs]
@@ -557,9 +579,7 @@ def test_module_level_on_error_is_used(module_api, server, monkeypatch):
 SEGMENT_MODULE_SETTINGS = [
     name
     for name in vars(SegmentClient.DefaultConfig)
-    if not name.startswith("_")
-    and not name.startswith("oauth_")
-    and hasattr(segment_analytics, name)
+    if not name.startswith("_") and hasattr(segment_analytics, name)
 ]
 
 
@@ -580,3 +600,210 @@ def test_module_level_log_handler_is_used(module_api, monkeypatch):
         assert handler in logging.getLogger("tracklane").handlers
     finally:
         logging.getLogger("tracklane").removeHandler(handler)
+
+
+# -- drop-in details: argument errors, Client attributes, default client, on_error ---------
+
+INVALID_CALLS: List[Tuple[str, Callable[[Any], Any]]] = [
+    ("no-user", lambda c: c.track(None, "E")),
+    ("no-event", lambda c: c.track("u", None)),
+    ("event-not-text", lambda c: c.track("u", 5)),
+    ("properties-not-dict", lambda c: c.track("u", "E", properties="x")),
+    ("context-not-dict", lambda c: c.track("u", "E", context=["x"])),
+    ("integrations-not-dict", lambda c: c.track("u", "E", integrations="x")),
+    ("timestamp-not-time", lambda c: c.track("u", "E", timestamp=12)),
+    ("identify-no-user", lambda c: c.identify(None, {"a": 1})),
+    ("traits-not-dict", lambda c: c.identify("u", [1])),
+    ("group-no-group-id", lambda c: c.group("u", None)),
+    ("group-traits-not-dict", lambda c: c.group("u", "g", "x")),
+    ("alias-no-previous-id", lambda c: c.alias(None, "u")),
+    ("alias-no-user", lambda c: c.alias("p", None)),
+    ("page-name-not-text", lambda c: c.page("u", name=5)),
+    ("screen-category-not-text", lambda c: c.screen("u", category=["x"])),
+]
+
+
+@pytest.mark.parametrize(("case", "call"), INVALID_CALLS, ids=[c[0] for c in INVALID_CALLS])
+def test_invalid_calls_raise_assertion_error_in_both(pair, server, seg_server, case, call):
+    """Every argument error segment raises as AssertionError is an AssertionError here too."""
+    seg, ours = pair
+    with pytest.raises(AssertionError):
+        call(seg)
+    with pytest.raises(AssertionError) as info:
+        call(ours)
+    assert isinstance(info.value, tracklane.ValidationError)
+    assert isinstance(info.value, ValueError)
+    assert ours.flush(timeout=5)
+    assert server.requests == seg_server.requests == []
+
+
+def test_missing_write_key_is_an_assertion_error_in_both():
+    """Client() without a write key raises AssertionError in both; ours is also a ValueError."""
+    for client_class in (SegmentClient, tracklane.Client):
+        with pytest.raises(AssertionError):
+            client_class()
+        with pytest.raises(AssertionError):
+            client_class(None)
+    with pytest.raises(ValueError, match="write_key"):
+        tracklane.Client()
+
+
+SEGMENT_ATTRIBUTES = [
+    "write_key",
+    "host",
+    "debug",
+    "gzip",
+    "sync_mode",
+    "timeout",
+    "send",
+    "on_error",
+    "proxies",
+]
+# Same names, different defaults (README): segment backs off up to 12 hours, waits up to
+# 30 minutes on Retry-After; tracklane 5 minutes and 60 s. Given values read back the same.
+BACKOFF_ATTRIBUTES = ["max_total_backoff_duration", "max_rate_limit_duration"]
+
+
+def _on_error(exc: BaseException, batch: List[Dict[str, Any]]) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"send": False},
+        {
+            "host": "http://127.0.0.1:9",
+            "gzip": True,
+            "timeout": 4,
+            "sync_mode": True,
+            "on_error": _on_error,
+            "proxies": {"https": "http://127.0.0.1:3128"},
+            "max_total_backoff_duration": 30,
+            "max_rate_limit_duration": 20,
+            "send": False,
+        },
+        {"on_error": False, "send": False, "timeout": 2.5, "host": "https://api.example.com/"},
+    ],
+    ids=["defaults", "configured", "falsy-on-error"],
+)
+def test_client_attributes_match_segment(options):
+    """segment's public Client attributes exist with segment's values, and log is a logger."""
+    seg = SegmentClient("attr-key", **options)
+    ours = tracklane.Client("attr-key", **options)
+    try:
+        for name in SEGMENT_ATTRIBUTES + [n for n in BACKOFF_ATTRIBUTES if n in options]:
+            assert getattr(ours, name) == getattr(seg, name), name
+        assert ours.max_retries == 10
+        assert isinstance(ours.log, logging.Logger)
+        assert isinstance(seg.log, logging.Logger)
+    finally:
+        ours.shutdown(timeout=1)
+
+
+def test_attributes_are_read_only_views():
+    """The attributes cannot be assigned (options are fixed once the client is built)."""
+    client = tracklane.Client("k", send=False)
+    with pytest.raises(AttributeError):
+        client.gzip = True  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("function", ["flush", "join", "shutdown"])
+def test_module_lifecycle_calls_build_the_default_client_like_segment(module_api, function):
+    """analytics.flush()/join()/shutdown() build the default client, as segment's do."""
+    for module in (segment_analytics, tracklane):
+        assert module.default_client is None
+        getattr(module, function)()
+    assert tracklane.default_client is not None
+    assert tracklane.default_client.write_key == segment_analytics.default_client.write_key
+    assert tracklane.default_client.host == tracklane.host  # each points at its own server
+    assert segment_analytics.default_client.host == segment_analytics.host
+
+
+def test_module_settings_reach_the_default_client_like_segment(
+    module_api, server, seg_server, monkeypatch
+):
+    """gzip, sync_mode, timeout, max_queue_size, send, on_error set on the module configure
+    the default client in both, and it sends the same message."""
+    settings = {
+        "gzip": True,
+        "sync_mode": True,
+        "timeout": 4,
+        "max_queue_size": 42,
+        "on_error": False,
+        "send": True,
+    }
+    for module in (segment_analytics, tracklane):
+        for name, value in settings.items():
+            monkeypatch.setattr(module, name, value)
+        module.flush()
+    seg, ours = segment_analytics.default_client, tracklane.default_client
+    for name in SEGMENT_ATTRIBUTES:
+        if name != "host":  # each points at its own server
+            assert getattr(ours, name) == getattr(seg, name), name
+    assert ours.options.max_queue_size == seg.queue.maxsize == 42
+    for module in (segment_analytics, tracklane):
+        assert module.track("u", "Inline", {"n": 1}, message_id="m-1", timestamp=PAST)[0]
+    (seg_msg,), (our_msg,) = seg_server.accepted(), server.accepted()  # sync_mode: sent
+    assert comparable(our_msg, True) == comparable(seg_msg, True)
+    assert seg_server.requests[0].headers["content-encoding"] == "gzip"
+    assert server.requests[0].headers["content-encoding"] == "gzip"
+
+
+@pytest.mark.parametrize("value", [None, False])
+def test_falsy_on_error_is_accepted_like_segment(module_api, server, monkeypatch, value):
+    """on_error=None/False is "no handler" for Client and module settings in both."""
+    seg = SegmentClient("k", on_error=value, send=False)
+    ours = tracklane.Client("k", host=server.url, on_error=value)
+    assert ours.on_error == seg.on_error
+    server.statuses(400)
+    assert ours.track("u", "Rejected")[0]
+    assert ours.flush(timeout=5)
+    assert ours.stats().dropped == {"rejected": 1}
+    ours.shutdown(timeout=2)
+    monkeypatch.setattr(tracklane, "on_error", value)
+    assert tracklane.track("u", "Module")[0]
+    assert tracklane.flush(timeout=5)
+    assert [m["event"] for m in server.accepted()] == ["Module"]
+
+
+def test_truthy_non_callable_on_error_is_refused_unlike_segment():
+    """A truthy on_error that cannot be called is refused here; segment fails only on error."""
+    SegmentClient("k", on_error="log it", send=False)
+    with pytest.raises(tracklane.ConfigurationError, match="on_error"):
+        tracklane.Client("k", on_error="log it")
+
+
+def test_oauth_flow_matches_segment(server, seg_server, make_client):
+    """With the same OAuth options both get a token for a verified assertion of the same
+    shape (header and claim names) and send the batch with it as Bearer."""
+    from oauth_server import CLIENT_ID, KEY_ID, TokenServer, new_private_key, pem
+
+    key = new_private_key()
+    tokens = TokenServer(key.public_key())
+    try:
+        server.gate = seg_server.gate = tokens.gate
+        options = {
+            "oauth_client_id": CLIENT_ID,
+            "oauth_client_key": pem(key),
+            "oauth_key_id": KEY_ID,
+            "oauth_auth_server": tokens.url,
+        }
+        seg = SegmentClient("k", host=seg_server.url, sync_mode=True, **options)
+        ours = make_client(write_key="k", **options)
+        assert seg.track("u", "Segment")[0]
+        assert ours.track("u", "Ours")[0]
+        assert ours.flush(timeout=10)
+        seg_request, our_request = tokens.requests
+        assert (seg_request.status, our_request.status) == (200, 200), tokens.requests
+        assert seg_request.header == our_request.header
+        assert sorted(seg_request.claims) == sorted(our_request.claims)
+        assert seg_request.form.keys() == our_request.form.keys()
+        assert seg_server.requests[0].headers["authorization"] == "Bearer tok-1"
+        assert server.requests[0].headers["authorization"] == "Bearer tok-2"
+        assert [m["event"] for m in seg_server.accepted() + server.accepted()] == [
+            "Segment",
+            "Ours",
+        ]
+    finally:
+        tokens.stop()

@@ -109,15 +109,20 @@ def test_boundaries_are_accepted():
         {"oauth_client_id": "id"},
         {"oauth_client_key": "secret"},
         {"oauth_key_id": "kid"},
-        {"oauth_auth_server": "https://auth.example.com"},
-        {"oauth_scope": "something:else"},
+        {"oauth_client_id": "id", "oauth_key_id": "kid"},
     ],
-    ids=lambda v: next(iter(v)),
+    ids=lambda v: "+".join(v),
 )
-def test_oauth_options_are_refused(options):
-    """OAuth options with real values are refused (not silently ignored)."""
-    with pytest.raises(ConfigurationError, match="oauth"):
+def test_partial_oauth_credentials_are_refused(options):
+    """Some OAuth credentials without the others are refused (not silently ignored)."""
+    with pytest.raises(ConfigurationError, match="oauth_"):
         tracklane.Client("k", **options)
+
+
+def test_oauth_server_and_scope_alone_change_nothing():
+    """oauth_auth_server/oauth_scope without credentials are accepted; Basic auth is kept."""
+    options = build(oauth_auth_server="https://auth.example.com", oauth_scope="x:y")
+    assert not options.oauth
 
 
 def test_oauth_options_at_segment_defaults_are_accepted():
@@ -245,11 +250,12 @@ def test_default_host_is_segment_us():
     """Without host or region, messages go to Segment's US endpoint."""
     assert build().host == US
     assert build(host=None).host == US
+    assert build(host="").host == US  # segment-analytics-python: `host or default`
 
 
 @pytest.mark.parametrize(
     "host",
-    ["", "   ", "ftp://api.segment.io", "https://", "api.segment.io:99999", "http://[::1", 42],
+    ["   ", "ftp://api.segment.io", "https://", "api.segment.io:99999", "http://[::1", 42],
     ids=repr,
 )
 def test_invalid_host_names_host(host):
@@ -328,7 +334,8 @@ def clean_default(monkeypatch):
         "TRACKLANE_SYNC_MODE",
     ):
         monkeypatch.delenv(name, raising=False)
-    tracklane.shutdown(timeout=2)
+    if tracklane.default_client is not None:
+        tracklane.default_client.shutdown(timeout=2)
     monkeypatch.setattr(tracklane, "default_client", None)
     monkeypatch.setattr(tracklane, "write_key", None)
     monkeypatch.setattr(tracklane, "host", None)
@@ -444,7 +451,41 @@ MODULE_SETTINGS = [
     ("overflow", "block", "overflow", tracklane.OverflowPolicy.BLOCK),
     ("block_timeout", 3.0, "block_timeout", 3.0),
     ("json_default", _json_default, "json_default", _json_default),
+    ("decimal_as", "number", "decimal_as", "number"),
+    ("flush_at", 8, "batch_size", 8),
+    ("max_total_backoff", 31.0, "max_total_backoff", 31.0),
+    ("max_total_backoff_duration", 30, "max_total_backoff", 30),
+    ("max_retry_after", 8.0, "max_retry_after", 8.0),
+    ("max_rate_limit_duration", 9, "max_retry_after", 9),
+    ("backoff_base", 0.1, "backoff_base", 0.1),
+    ("backoff_cap", 2.0, "backoff_cap", 2.0),
+    ("proxies", "http://127.0.0.1:3128", "proxies", "http://127.0.0.1:3128"),
+    ("queue_fsync", True, "queue_fsync", True),
+    (
+        "oauth_auth_server",
+        "https://auth.example.com",
+        "oauth_auth_server",
+        "https://auth.example.com",
+    ),
+    ("oauth_scope", "tracking_api:read", "oauth_scope", "tracking_api:read"),
 ]
+
+
+def test_every_client_option_is_a_module_setting():
+    """Each option Client accepts (but thread) is declared as a module setting, unset or at
+    segment's default, so that setting it on the module reaches the default client."""
+    names = tracklane.Options.accepted_names() - {"thread"}
+    missing = sorted(name for name in names if not hasattr(tracklane, name))
+    assert missing == []
+    defaults = {name: getattr(tracklane, name) for name in names if getattr(tracklane, name)}
+    assert defaults == {
+        "send": True,
+        "max_queue_size": 10_000,
+        "timeout": 15,
+        "max_retries": 10,
+        "oauth_auth_server": "https://oauth2.segment.io",
+        "oauth_scope": "tracking_api:write",
+    }
 
 
 @pytest.mark.parametrize(
@@ -457,7 +498,7 @@ def test_module_attribute_configures_default_client(
 ):
     """Every documented option set as a tracklane.<name> attribute reaches the default client."""
     monkeypatch.setattr(tracklane, "write_key", "k")
-    monkeypatch.setattr(tracklane, attribute, value, raising=False)
+    monkeypatch.setattr(tracklane, attribute, value)
     options = tracklane.get_default_client().options
     assert getattr(options, field) == expected
 

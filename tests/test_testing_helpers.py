@@ -154,6 +154,16 @@ def test_assert_tracked_compares_properties_in_wire_form(events):
         events.assert_tracked("Paid", properties={"amount": 19.9})
 
 
+def test_assert_tracked_follows_decimal_as_number():
+    """With decimal_as="number" a Decimal is compared as the JSON number that was sent."""
+    client = CapturingClient(decimal_as="number")
+    client.track("u", "Paid", {"amount": Decimal("19.90")})
+    client.events.assert_tracked("Paid", properties={"amount": Decimal("19.90")})
+    client.events.assert_tracked("Paid", properties={"amount": 19.9})
+    with pytest.raises(AssertionError):
+        client.events.assert_tracked("Paid", properties={"amount": "19.90"})
+
+
 def test_assert_tracked_fails_for_missing_event_with_clear_message(events):
     """A missing event fails, naming it and listing what was tracked."""
     with pytest.raises(AssertionError) as info:

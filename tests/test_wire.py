@@ -15,6 +15,7 @@ import pytest
 
 import tracklane
 
+pytestmark = pytest.mark.both_clients
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 
 
@@ -288,3 +289,69 @@ def test_fast_and_general_track_paths_send_the_same_message():
         del msg["timestamp"], msg["messageId"]
     assert fast == general
     assert list(fast) == list(general)
+
+
+DECIMALS = {
+    "price": Decimal("19.90"),
+    "exact": Decimal("12345678901234567890.123456789"),
+    "tiny": Decimal("1E-30"),
+    "negative": Decimal("-0.000"),
+    "nan": Decimal("NaN"),
+    "infinite": Decimal("-Infinity"),
+}
+
+
+@pytest.mark.parametrize("slow_path", [False, True], ids=["orjson", "slow-path"])
+def test_decimal_as_number_is_exact_on_the_wire(server, make_client, slow_path):
+    """decimal_as="number" writes each Decimal's own digits as a JSON number (never a float);
+    NaN and Infinity, which JSON numbers cannot be, become null."""
+    client = make_client(decimal_as="number")
+    properties = dict(DECIMALS, nested=[{"d": Decimal("0.1")}])
+    if slow_path:
+        properties["big"] = 2**80  # orjson refuses it: the whole message takes the slow path
+    client.track("u", "Priced", properties)
+    assert client.flush(timeout=5)
+    body = server.requests[0].body
+    for text in (
+        b'"price":19.90',
+        b'"exact":12345678901234567890.123456789',
+        b'"tiny":1E-30',
+        b'"negative":-0.000',
+        b'"nan":null',
+        b'"infinite":null',
+        b'"nested":[{"d":0.1}]',
+    ):
+        assert text in body
+    received = server.requests[0].batch[0]["properties"]
+    assert received["price"] == 19.9
+    assert isinstance(received["exact"], float)
+
+
+def test_decimal_is_a_string_by_default(server, make_client):
+    """Without decimal_as (or with "string"), a Decimal keeps being sent as its exact text."""
+    for options in ({}, {"decimal_as": "string"}):
+        client = make_client(**options)
+        client.track("u", "Priced", {"price": Decimal("19.90"), "nan": Decimal("NaN")})
+        assert client.flush(timeout=5)
+    for request in server.requests:
+        assert b'"price":"19.90"' in request.body
+        assert b'"nan":"NaN"' in request.body
+
+
+def test_decimal_as_number_lets_json_default_decide_first(server, make_client):
+    """A json_default that handles Decimal wins over decimal_as (in both encoding paths)."""
+    client = make_client(
+        decimal_as="number",
+        json_default=lambda v: f"D:{v}" if isinstance(v, Decimal) else str(v),
+    )
+    client.track("u", "E", {"d": Decimal("1.5")})
+    client.track("u", "E", {"d": Decimal("1.5"), "big": 2**80})
+    assert client.flush(timeout=5)
+    assert [m["properties"]["d"] for m in server.accepted()] == ["D:1.5", "D:1.5"]
+
+
+@pytest.mark.parametrize("value", ["float", "str", None, 1])
+def test_bad_decimal_as_is_refused(value):
+    """decimal_as accepts only "string" and "number", naming the option otherwise."""
+    with pytest.raises(tracklane.ConfigurationError, match="decimal_as"):
+        tracklane.Client("k", decimal_as=value)

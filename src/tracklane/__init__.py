@@ -14,12 +14,12 @@ by one background thread per client. Nothing is dropped without being counted in
 
 from __future__ import annotations
 
-import os
-import threading
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from ._client import Client
 from ._context import context
+from ._default import DefaultClient
 from ._signals import flush_on_signal
 from ._stats import DropReason, FlushResult, Stats
 from ._version import __version__
@@ -30,6 +30,7 @@ from .exceptions import (
     ConfigurationError,
     DeliveryError,
     MessageTooLargeError,
+    OAuthError,
     QueueFullError,
     RetriesExhaustedError,
     ShutdownError,
@@ -37,15 +38,32 @@ from .exceptions import (
     ValidationError,
 )
 
+if TYPE_CHECKING:
+    from ._aio_client import AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient is imported on first use: asyncio would add tens of milliseconds to the
+    # start of every program that only uses Client.
+    if name == "AsyncClient":
+        from ._aio_client import AsyncClient
+
+        AsyncClient.__module__ = "tracklane"
+        return AsyncClient
+    raise AttributeError(f"module 'tracklane' has no attribute {name!r}")
+
+
 __all__ = [
     "APIError",
     "AnalyticsError",
+    "AsyncClient",
     "Client",
     "ConfigurationError",
     "DeliveryError",
     "DropReason",
     "FlushResult",
     "MessageTooLargeError",
+    "OAuthError",
     "OnError",
     "Options",
     "OverflowPolicy",
@@ -71,154 +89,83 @@ __all__ = [
     "track",
 ]
 
-# Settings of the default client, read when it is first needed. The first group are
-# segment-analytics-python's module settings, with its defaults; the rest are tracklane's
-# options, where None means "the default".
+# Settings of the default client, read when it is built (the first module-level call, or
+# the first after shutdown()): every option of Client, under the same names. The first group
+# are segment-analytics-python's module settings, with its defaults; the rest are None,
+# meaning "Client's default". This is the one list: _default reads these names.
 write_key: Optional[str] = None
 host: Optional[str] = None
 on_error: Optional[OnError] = None
 debug: bool = False
-log_handler: Any = None
+log_handler: Optional[logging.Handler] = None
 send: bool = True
 sync_mode: bool = False
 max_queue_size: int = 10_000
 gzip: bool = False
-timeout: float = 15.0
+timeout: float = 15
 max_retries: int = 10
-proxies: Optional[Union[str, Mapping[str, str]]] = None
 oauth_client_id: Optional[str] = None
-oauth_client_key: Optional[str] = None
+oauth_client_key: Optional[Union[str, bytes]] = None
 oauth_key_id: Optional[str] = None
-oauth_auth_server: Optional[str] = None
-oauth_scope: Optional[str] = None
+oauth_auth_server: str = "https://oauth2.segment.io"
+oauth_scope: str = "tracking_api:write"
+proxies: Optional[Union[str, Mapping[str, str]]] = None
 upload_size: Optional[int] = None
 upload_interval: Optional[float] = None
+max_total_backoff_duration: Optional[float] = None
+max_rate_limit_duration: Optional[float] = None
+flush_at: Optional[int] = None
 batch_size: Optional[int] = None
 flush_interval: Optional[float] = None
 shutdown_timeout: Optional[float] = None
 region: Optional[str] = None
 stub: Optional[bool] = None
-overflow: Optional[str] = None
+overflow: Optional[Union[str, OverflowPolicy]] = None
 block_timeout: Optional[float] = None
 queue_path: Optional[str] = None
 queue_fsync: Optional[bool] = None
 json_default: Optional[Callable[[Any], Any]] = None
+decimal_as: Optional[str] = None
 ca_bundle: Optional[str] = None
+verify: Optional[str] = None
 backoff_base: Optional[float] = None
 backoff_cap: Optional[float] = None
 max_total_backoff: Optional[float] = None
 max_retry_after: Optional[float] = None
 
 default_client: Optional[Client] = None
-_default_lock = threading.Lock()
-_SETTINGS = (
-    "host",
-    "on_error",
-    "debug",
-    "log_handler",
-    "send",
-    "sync_mode",
-    "max_queue_size",
-    "gzip",
-    "timeout",
-    "max_retries",
-    "proxies",
-    "oauth_client_id",
-    "oauth_client_key",
-    "oauth_key_id",
-    "oauth_auth_server",
-    "oauth_scope",
-    "upload_size",
-    "upload_interval",
-    "batch_size",
-    "flush_interval",
-    "shutdown_timeout",
-    "region",
-    "stub",
-    "overflow",
-    "block_timeout",
-    "queue_path",
-    "queue_fsync",
-    "json_default",
-    "ca_bundle",
-    "backoff_base",
-    "backoff_cap",
-    "max_total_backoff",
-    "max_retry_after",
-)
+"""The client the module functions use; built on first use, as in segment-analytics-python.
+Set it to ``None`` to have the next call build a new one from the settings."""
 
-Result = Tuple[bool, Dict[str, Any]]
+_DEFAULT = DefaultClient(globals())
+_default_lock = _DEFAULT.lock
+
+identify = _DEFAULT.forward(Client.identify)
+track = _DEFAULT.forward(Client.track)
+page = _DEFAULT.forward(Client.page)
+screen = _DEFAULT.forward(Client.screen)
+group = _DEFAULT.forward(Client.group)
+alias = _DEFAULT.forward(Client.alias)
 
 
 def get_default_client() -> Client:
     """The module-level client, built on first use from the module settings and environment."""
-    global default_client
-    client = default_client
-    if client is not None:
-        return client
-    with _default_lock:
-        if default_client is None:
-            settings = globals()
-            env = Options.from_env(os.environ)
-            options: Dict[str, Any] = {
-                name: settings[name] for name in _SETTINGS if settings[name] is not None
-            }
-            if "host" not in options and "region" not in options and "host" in env:
-                options["host"] = env["host"]
-            if "sync_mode" in env and not sync_mode:
-                options["sync_mode"] = env["sync_mode"]
-            key = write_key or env.get("write_key")
-            default_client = Client(key, **options)
-        return default_client
+    return _DEFAULT.get()
 
 
-def identify(*args: Any, **kwargs: Any) -> Result:
-    """``identify`` on the default client."""
-    return get_default_client().identify(*args, **kwargs)
+def flush(timeout: Optional[float] = None) -> FlushResult:
+    """Send everything the default client holds; wait at most ``timeout`` seconds (30)."""
+    return _DEFAULT.flush(timeout)
 
 
-def track(*args: Any, **kwargs: Any) -> Result:
-    """``track`` on the default client."""
-    return get_default_client().track(*args, **kwargs)
+def shutdown(timeout: Optional[float] = None) -> FlushResult:
+    """Flush and stop the default client; the next module-level call builds a new one."""
+    return _DEFAULT.shutdown(timeout)
 
 
-def page(*args: Any, **kwargs: Any) -> Result:
-    """``page`` on the default client."""
-    return get_default_client().page(*args, **kwargs)
-
-
-def screen(*args: Any, **kwargs: Any) -> Result:
-    """``screen`` on the default client."""
-    return get_default_client().screen(*args, **kwargs)
-
-
-def group(*args: Any, **kwargs: Any) -> Result:
-    """``group`` on the default client."""
-    return get_default_client().group(*args, **kwargs)
-
-
-def alias(*args: Any, **kwargs: Any) -> Result:
-    """``alias`` on the default client."""
-    return get_default_client().alias(*args, **kwargs)
-
-
-def flush(timeout: Optional[float] = None) -> Optional[FlushResult]:
-    """Flush the default client (nothing to do if it was never used)."""
-    client = default_client
-    return None if client is None else client.flush(timeout)
-
-
-def shutdown(timeout: Optional[float] = None) -> Optional[FlushResult]:
-    """Flush and stop the default client; the next call builds a new one."""
-    global default_client
-    with _default_lock:
-        client, default_client = default_client, None
-    return None if client is None else client.shutdown(timeout)
-
-
-def join(timeout: Optional[float] = None) -> Optional[FlushResult]:
+def join(timeout: Optional[float] = None) -> FlushResult:
     """segment-analytics-python's name for :func:`shutdown`."""
-    return shutdown(timeout)
+    return _DEFAULT.shutdown(timeout)
 
 
 def stats() -> Optional[Stats]:
@@ -228,7 +175,7 @@ def stats() -> Optional[Stats]:
 
 
 for _name in __all__:
-    _value = globals()[_name]
+    _value = globals().get(_name)  # AsyncClient: set in __getattr__
     if isinstance(_value, type):
         _value.__module__ = "tracklane"
 del _name, _value

@@ -1,7 +1,13 @@
 """Turn a message into JSON bytes once, at the call, without losing or raising anything.
 
 The fast path is one ``orjson.dumps`` with a ``default`` hook for the types orjson leaves
-out. The bytes are also the deep snapshot of the caller's values: mutating them afterwards
+out. A ``Decimal`` is sent as its exact text, by default as a JSON string (analytics-ruby's
+choice), or with ``decimal_as="number"`` as a JSON number written with exactly the same
+digits (``orjson.Fragment``): never through ``float``, so ``Decimal("0.1")`` is ``0.1`` and
+``Decimal("12345678901234567890.12")`` keeps all its digits on the wire. A non-finite
+Decimal (NaN, Infinity) has no JSON number: it is ``null``, as a float NaN is.
+
+The bytes are also the deep snapshot of the caller's values: mutating them afterwards
 changes nothing sent. What orjson refuses (integers beyond 64 bits, cycles, nesting deeper
 than 254, invalid strings, odd keys) goes through :func:`to_json_safe` and the stdlib
 encoder instead, which handle all of it.
@@ -41,17 +47,21 @@ _CIRCULAR = "<circular reference>"
 _TOO_DEEP = "<nested too deep>"
 
 
-def encode(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
+def encode(
+    value: Any, user_default: Optional[JSONDefault] = None, decimal_as: str = "string"
+) -> bytes:
     """Compact JSON bytes for ``value``; never raises."""
     try:
-        return orjson.dumps(value, default=default_for(user_default), option=_OPTIONS)
+        return orjson.dumps(value, default=default_for(user_default, decimal_as), option=_OPTIONS)
     except (TypeError, ValueError, RecursionError):
-        return encode_slowly(value, user_default)
+        return encode_slowly(value, user_default, decimal_as)
 
 
-def encode_slowly(value: Any, user_default: Optional[JSONDefault] = None) -> bytes:
+def encode_slowly(
+    value: Any, user_default: Optional[JSONDefault] = None, decimal_as: str = "string"
+) -> bytes:
     """The path for what orjson refused: convert everything in Python, then the stdlib."""
-    walker = _Walker(user_default)
+    walker = _Walker(user_default, decimal_as == "number")
     safe = walker.walk(value, 0)
     text = json.dumps(safe, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     for token, digits in walker.big_ints.items():
@@ -59,19 +69,34 @@ def encode_slowly(value: Any, user_default: Optional[JSONDefault] = None) -> byt
     return text.encode("utf-8")
 
 
-def default_for(user_default: Optional[JSONDefault]) -> JSONDefault:
+def default_for(user_default: Optional[JSONDefault], decimal_as: str = "string") -> JSONDefault:
     """The ``default`` hook to give orjson, with the user's own converter tried first."""
-    return _convert if user_default is None else _with_user(user_default)
+    convert = _convert if decimal_as == "string" else _convert_decimal_as_number
+    return convert if user_default is None else _with_user(user_default, convert)
 
 
-def _with_user(user_default: JSONDefault) -> JSONDefault:
+def _with_user(user_default: JSONDefault, convert: JSONDefault) -> JSONDefault:
     def default(obj: Any) -> Any:
         try:
             return user_default(obj)
         except Exception:
-            return _convert(obj)
+            return convert(obj)
 
     return default
+
+
+def decimal_number(value: Decimal) -> Optional[str]:
+    """A Decimal's exact digits as JSON number text; None when it is not finite."""
+    if not value.is_finite():
+        return None
+    return Decimal.__str__(value)  # never a subclass's __str__; always valid JSON number text
+
+
+def _convert_decimal_as_number(obj: Any) -> Any:
+    if isinstance(obj, Decimal):
+        text = decimal_number(obj)
+        return None if text is None else orjson.Fragment(text)
+    return _convert(obj)
 
 
 def _convert(obj: Any) -> Any:
@@ -122,8 +147,9 @@ def to_json_safe(value: Any, user_default: Optional[JSONDefault] = None) -> Any:
 class _Walker:
     """Converts one value tree, remembering the containers on the current path."""
 
-    def __init__(self, user_default: Optional[JSONDefault]) -> None:
+    def __init__(self, user_default: Optional[JSONDefault], decimal_number: bool = False) -> None:
         self.user_default = user_default
+        self.decimal_number = decimal_number
         self.path: set[int] = set()
         self.big_ints: dict[str, str] = {}
         self.nonce = uuid4().hex
@@ -142,6 +168,8 @@ class _Walker:
             return aware.isoformat()
         if isinstance(value, (dt.date, dt.time)):
             return value.isoformat()
+        if self.decimal_number and isinstance(value, Decimal):
+            return self._decimal(value, depth)
         if depth >= _MAX_DEPTH:
             return _TOO_DEEP
         marker = id(value)
@@ -158,8 +186,26 @@ class _Walker:
         number = int.__index__(value)
         if number.bit_length() < 10_000:
             return number
-        token = f"tracklane-bigint-{len(self.big_ints)}-{self.nonce}"
-        self.big_ints[token] = _int_text(number)
+        return self._raw(_int_text(number))
+
+    def _decimal(self, value: Decimal, depth: int) -> Any:
+        """A Decimal as a JSON number (``decimal_as="number"``), the user's converter first."""
+        if self.user_default is not None and depth < _MAX_DEPTH:
+            try:
+                converted = self.user_default(value)
+            except Exception:
+                pass
+            else:
+                if converted is not value:
+                    return self.walk(converted, depth + 1)
+        return self._raw(decimal_number(value))
+
+    def _raw(self, text: Optional[str]) -> Any:
+        """A placeholder replaced by ``text`` (JSON number text) after encoding."""
+        if text is None:
+            return None
+        token = f"tracklane-raw-{len(self.big_ints)}-{self.nonce}"
+        self.big_ints[token] = text
         return token
 
     def _container(self, value: Any, depth: int) -> Any:
@@ -195,7 +241,7 @@ class _Walker:
             return (
                 json.dumps(key) if not isinstance(key, int) or isinstance(key, bool) else str(key)
             )
-        safe = _Walker(self.user_default).walk(key, 0)
+        safe = _Walker(self.user_default).walk(key, 0)  # keys are text: Decimal as a string
         return safe if isinstance(safe, str) else json.dumps(safe, sort_keys=True)
 
 

@@ -6,7 +6,7 @@ import enum
 import ipaddress
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
@@ -22,6 +22,9 @@ __all__ = [
 ]
 
 DEFAULT_HOST = "https://api.segment.io"
+DEFAULT_OAUTH_AUTH_SERVER = "https://oauth2.segment.io"
+DEFAULT_OAUTH_SCOPE = "tracking_api:write"
+DECIMAL_FORMATS = ("string", "number")
 EU_HOST = "https://events.eu1.segmentapis.com"
 REGIONS = {"us": DEFAULT_HOST, "eu": EU_HOST}
 
@@ -55,9 +58,8 @@ ALIASES = {
 }
 # Accepted for drop-in compatibility; they change nothing here (one worker per client).
 IGNORED = frozenset({"thread"})
-UNSUPPORTED = frozenset(
-    {"oauth_client_id", "oauth_client_key", "oauth_key_id", "oauth_auth_server", "oauth_scope"}
-)
+OAUTH_CREDENTIALS = ("oauth_client_id", "oauth_client_key", "oauth_key_id")
+OAUTH_EXTRA_HINT = "pip install 'tracklane[oauth]'"
 
 
 @dataclass(frozen=True)
@@ -89,11 +91,22 @@ class Options:
     max_total_backoff: float = 300.0
     max_retry_after: float = 60.0
     log_handler: Any = None
+    decimal_as: str = "string"
+    oauth_client_id: Optional[str] = None
+    oauth_client_key: Optional[Union[str, bytes]] = field(default=None, repr=False)
+    oauth_key_id: Optional[str] = None
+    oauth_auth_server: str = DEFAULT_OAUTH_AUTH_SERVER
+    oauth_scope: str = DEFAULT_OAUTH_SCOPE
 
     @property
     def stub(self) -> bool:
         """True when nothing may go over the network (``stub=True`` or ``send=False``)."""
         return not self.send
+
+    @property
+    def oauth(self) -> bool:
+        """True when batches authenticate with an OAuth access token instead of Basic auth."""
+        return self.oauth_client_id is not None
 
     @property
     def batch_url(self) -> str:
@@ -107,10 +120,10 @@ class Options:
         for name, value in given.items():
             if name in IGNORED:
                 continue
-            if name in UNSUPPORTED:
-                if value not in (None, "", cls._unsupported_default(name)):
-                    raise ConfigurationError(f"{name}: OAuth is not supported by tracklane yet")
-                continue
+            if name in ("on_error", "log_handler", *OAUTH_CREDENTIALS) and not value:
+                value = None  # segment-analytics-python reads a falsy value as "none"
+            if name in ("host", "oauth_auth_server", "oauth_scope") and value in (None, ""):
+                continue  # not given: the default
             target = ALIASES.get(name, name)
             if target in values and values[target] != value:
                 raise ConfigurationError(f"{name}: conflicts with another name for {target}")
@@ -137,12 +150,12 @@ class Options:
         options._validate()
         return options
 
-    @staticmethod
-    def _unsupported_default(name: str) -> Optional[str]:
-        return {
-            "oauth_auth_server": "https://oauth2.segment.io",
-            "oauth_scope": "tracking_api:write",
-        }.get(name)
+    @classmethod
+    def accepted_names(cls) -> frozenset[str]:
+        """Every keyword ``Client`` accepts as an option: ours, and the peers' aliases."""
+        return (
+            frozenset(cls.__dataclass_fields__) | frozenset(ALIASES) | IGNORED | {"stub", "region"}
+        )
 
     def with_changes(self, **changes: Any) -> Options:
         """A copy with some fields changed, validated again."""
@@ -186,6 +199,49 @@ class Options:
             )
         if self.proxies is not None and not isinstance(self.proxies, (str, Mapping)):
             raise ConfigurationError("proxies: must be a URL or a mapping of scheme to URL")
+        if self.decimal_as not in DECIMAL_FORMATS:
+            raise ConfigurationError(
+                f"decimal_as: must be 'string' or 'number' (got {self.decimal_as!r})"
+            )
+        self._validate_oauth()
+
+    def _validate_oauth(self) -> None:
+        given = [name for name in OAUTH_CREDENTIALS if getattr(self, name) is not None]
+        if not given:
+            return
+        missing = [name for name in OAUTH_CREDENTIALS if name not in given]
+        if missing:
+            raise ConfigurationError(
+                f"{missing[0]}: required for OAuth together with {', '.join(given)}"
+            )
+        for name in ("oauth_client_id", "oauth_key_id", "oauth_scope"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigurationError(f"{name}: must be a string")
+        server = self.oauth_auth_server
+        parts = urlsplit(server) if isinstance(server, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"oauth_auth_server: not an http(s) URL: {server!r}")
+        object.__setattr__(self, "oauth_auth_server", server.rstrip("/"))
+        try:
+            import jwt  # noqa: F401
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import rsa
+        except ImportError:
+            raise ConfigurationError(
+                f"oauth_client_id: OAuth needs PyJWT and cryptography: {OAUTH_EXTRA_HINT}"
+            ) from None
+        key = self.oauth_client_key
+        if not isinstance(key, (str, bytes)):
+            raise ConfigurationError("oauth_client_key: must be a PEM private key (text)")
+        try:
+            data = key.encode() if isinstance(key, str) else key
+            loaded = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError):
+            raise ConfigurationError(
+                "oauth_client_key: not a PEM private key without a password"
+            ) from None
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise ConfigurationError("oauth_client_key: must be an RSA private key (RS256)")
 
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:

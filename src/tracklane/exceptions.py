@@ -3,15 +3,21 @@
 ::
 
     AnalyticsError
-    ├── ConfigurationError (ValueError)    bad options, found when the client is built
-    ├── ValidationError (ValueError)       an invalid call, raised at the call site
+    ├── ConfigurationError (ValueError, AssertionError)  bad options, found when the client is built
+    ├── ValidationError (ValueError, AssertionError)     an invalid call, raised at the call site
     └── DeliveryError                      told to ``on_error``, never raised by a call
         ├── MessageTooLargeError           a message over 32 KB, not queued
         ├── QueueFullError                 the queue was full (overflow policy applied)
         ├── ShutdownError                  the client shut down before the message went out
         ├── TransportError                 no HTTP response: connection error or timeout
-        └── APIError                       a non-2xx response (``status_code``, ``body``)
-            └── RetriesExhaustedError      retryable failures went on past ``max_retries``
+        │   └── OAuthError                 no access token could be had from the OAuth server
+        ├── APIError                       a non-2xx response (``status_code``, ``body``)
+        └── RetriesExhaustedError          retryable failures went on past ``max_retries``
+
+The two argument errors are also ``AssertionError``s because segment-analytics-python
+raises ``AssertionError`` for every argument check: code written for it (``except
+AssertionError``, ``assertRaises(AssertionError, ...)``) keeps working, and code written
+for tracklane can catch ``ValueError`` or the precise class.
 
 A ``DeliveryError`` never reaches code that called ``track()`` in background mode: it goes
 to ``on_error(exc, batch)``, to the log and to the counters of ``client.stats()``.
@@ -27,6 +33,7 @@ __all__ = [
     "ConfigurationError",
     "DeliveryError",
     "MessageTooLargeError",
+    "OAuthError",
     "QueueFullError",
     "RetriesExhaustedError",
     "ShutdownError",
@@ -39,12 +46,18 @@ class AnalyticsError(Exception):
     """Base class of every tracklane exception."""
 
 
-class ConfigurationError(AnalyticsError, ValueError):
-    """An option given to ``Client`` (or the module-level settings) is invalid."""
+class ConfigurationError(AnalyticsError, ValueError, AssertionError):
+    """An option given to ``Client`` (or the module-level settings) is invalid.
+
+    Also an ``AssertionError``, as segment-analytics-python's argument checks are.
+    """
 
 
-class ValidationError(AnalyticsError, ValueError):
-    """A call's arguments are invalid; the message names the field."""
+class ValidationError(AnalyticsError, ValueError, AssertionError):
+    """A call's arguments are invalid; the message names the field.
+
+    Also an ``AssertionError``, as segment-analytics-python's argument checks are.
+    """
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -81,6 +94,29 @@ class ShutdownError(DeliveryError):
 
 class TransportError(DeliveryError):
     """The request got no HTTP response (connection refused or reset, timeout)."""
+
+
+class OAuthError(TransportError):
+    """No access token could be had from the OAuth server, so the batch was not sent.
+
+    ``status_code`` and ``body`` are the token endpoint's answer (``None`` and ``""`` when it
+    gave none); ``retry_after`` is how long it asked us to wait. Retried like a network error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: Optional[int] = None,
+        body: str = "",
+        retry_after: Optional[float] = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[type, tuple[str, Optional[int], str, Optional[float]]]:
+        return (type(self), (str(self), self.status_code, self.body, self.retry_after))
 
 
 class APIError(DeliveryError):

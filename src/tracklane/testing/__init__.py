@@ -11,6 +11,10 @@ the module-level default client for the duration of a ``with`` block::
     events.assert_tracked("Signed Up", user_id="user-1", properties={"plan": "pro"})
 
 With pytest, the ``tracklane_events`` fixture does the same for one test.
+
+``CapturingAsyncClient`` is the same for code that uses :class:`tracklane.AsyncClient`:
+hand it to the code under test where it would build its own client (a FastAPI dependency,
+an app factory); ``client.events`` holds each message as soon as the call returns.
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import orjson
 
 import tracklane
+from tracklane._aio_client import AsyncClient
 from tracklane._client import Client
-from tracklane._transport import SendResult
-from tracklane.messages import coerce_id
+from tracklane._core.batching import batch_body
+from tracklane.messages import coerce_id, now_timestamp
+from tracklane.transports import SendResult
 
-__all__ = ["CapturedEvents", "CapturingClient", "MemoryTransport", "capture"]
+__all__ = [
+    "AsyncMemoryTransport",
+    "CapturedEvents",
+    "CapturingAsyncClient",
+    "CapturingClient",
+    "MemoryTransport",
+    "capture",
+]
 
 
 class MemoryTransport:
@@ -57,11 +70,23 @@ class MemoryTransport:
         return out
 
 
+class AsyncMemoryTransport(MemoryTransport):
+    """The asyncio twin of :class:`MemoryTransport` (for ``AsyncClient(transport=...)``)."""
+
+    async def send(self, body: bytes, timeout: float) -> SendResult:  # type: ignore[override]
+        """Record ``body``; answer the next scripted status, or 200."""
+        return MemoryTransport.send(self, body, timeout)
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
 class CapturedEvents:
     """The messages a capturing client accepted, with assertion helpers."""
 
-    def __init__(self, transport: MemoryTransport) -> None:
+    def __init__(self, transport: MemoryTransport, decimal_as: str = "string") -> None:
         self._transport = transport
+        self._decimal_as = decimal_as
 
     @property
     def messages(self) -> List[Dict[str, Any]]:
@@ -90,14 +115,15 @@ class CapturedEvents:
     ) -> List[Dict[str, Any]]:
         """Assert ``event`` was tracked (for ``user_id``, with at least ``properties``).
 
-        ``properties`` are compared in wire form: a ``Decimal`` arrives as a string, a
-        datetime as ISO-8601 text. Returns the matching messages.
+        ``properties`` are compared in wire form: a ``Decimal`` arrives as a string (a number
+        with ``decimal_as="number"``), a datetime as ISO-8601 text. Returns the matching
+        messages.
         """
         matches = [
             m
             for m in self.tracked(event)
             if (user_id is None or m.get("userId") == coerce_id("user_id", user_id))
-            and _contains(m.get("properties") or {}, properties or {})
+            and _contains(m.get("properties") or {}, properties or {}, self._decimal_as)
         ]
         if times is not None and len(matches) != times:
             raise AssertionError(
@@ -122,8 +148,8 @@ class CapturedEvents:
         return len(self.messages)
 
 
-def _contains(actual: Mapping[str, Any], expected: Mapping[str, Any]) -> bool:
-    wire = orjson.loads(tracklane._encode.encode(dict(expected)))
+def _contains(actual: Mapping[str, Any], expected: Mapping[str, Any], decimal_as: str) -> bool:
+    wire = orjson.loads(tracklane._encode.encode(dict(expected), decimal_as=decimal_as))
     return all(k in actual and actual[k] == v for k, v in wire.items())
 
 
@@ -139,7 +165,29 @@ class CapturingClient(Client):
         options.setdefault("host", "http://127.0.0.1")
         options["sync_mode"] = True
         super().__init__(write_key, transport=self.transport, **options)
+        self.events = CapturedEvents(self.transport, self.options.decimal_as)
+
+
+class CapturingAsyncClient(AsyncClient):
+    """A :class:`tracklane.AsyncClient` that captures messages in memory instead of sending.
+
+    Validation, conversions and size limits are the real ones. Each call's message is
+    captured before the call returns (no task, no flush needed); ``await
+    client.deliver.track(...)`` captures too.
+    """
+
+    def __init__(self, write_key: str = "test-write-key", **options: Any) -> None:
+        self.transport = AsyncMemoryTransport()
+        options.setdefault("host", "http://127.0.0.1")
+        super().__init__(write_key, transport=self.transport, **options)
         self.events = CapturedEvents(self.transport)
+        self._put = self._capture
+
+    def _capture(self, data: bytes) -> bool:
+        accepted = self._pipeline.stubbed(data)
+        with self.transport._lock:
+            self.transport.bodies.append(batch_body([data], now_timestamp()))
+        return accepted
 
 
 @contextmanager
