@@ -40,3 +40,4 @@ clean:
 
 bench-collector: $(STAMP)
 	$(BIN)/python bench/collector_ingest.py
+	$(BIN)/python bench/collector_routing.py

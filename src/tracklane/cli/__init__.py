@@ -20,6 +20,7 @@ from tracklane._version import __version__
 from tracklane.cli import _doctor, _e2e, _import, _send, _tail
 from tracklane.cli._completion import add_completion_arguments, run_completion
 from tracklane.cli._fields import TYPES
+from tracklane.collector import _admin
 from tracklane.collector._options import add_serve_arguments, serve
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
@@ -93,6 +94,21 @@ COMMANDS: Tuple[Command, ...] = (
         add_serve_arguments,
         serve,
         "Run a local collector for Segment's HTTP Tracking API (events in SQLite).",
+    ),
+    Command(
+        "status",
+        "show each destination's delivery status (delivered, pending, dead letters, lag)",
+        "  tracklane status --url http://127.0.0.1:8787\n"
+        "  tracklane status --url http://127.0.0.1:8787 --json",
+        _admin.add_status_arguments,
+        _admin.status,
+    ),
+    Command(
+        "replay",
+        "send a destination's dead letters again",
+        "  tracklane replay --url http://127.0.0.1:8787 --destination Hooks",
+        _admin.add_replay_arguments,
+        _admin.replay,
     ),
     Command(
         "completion",

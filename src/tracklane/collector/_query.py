@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Tuple
 
+from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._ingest import MESSAGE_TYPES, RequestError
-from tracklane.collector._time import format_iso, parse_iso
 from tracklane.collector.storage import EventFilter
 
 __all__ = ["COUNT_PARAMS", "DEFAULT_LIMIT", "EVENTS_PARAMS", "MAX_LIMIT", "parse_query"]
