@@ -72,7 +72,7 @@ def _complete(line: str, tmp_path: Path) -> List[str]:
 
 def test_completion_of_commands_and_flags(tmp_path: Path) -> None:
     """Tab completion offers the commands, then a command's flags (analytics-ruby's spelling)."""
-    assert _complete("tracklane s", tmp_path) == ["screen", "send", "serve"]
+    assert _complete("tracklane s", tmp_path) == ["screen", "send", "serve", "status"]
     flags = _complete("tracklane send --user", tmp_path)
     assert [flag.strip() for flag in flags] == ["--userId"]
     types = _complete("tracklane send --type ", tmp_path)
