@@ -24,6 +24,9 @@ logger = logging.getLogger("tracklane")
 
 _IDLE_WAIT = 5.0  # an idle worker re-checks its state this often, in case a wake-up was missed
 _FULL_WARNING_INTERVAL = 60.0
+# A forked child resets the pipeline in an at-fork hook, so put() need not ask for the
+# process id at every call (a system call: 4 % of a call); only where no hook exists.
+_CHECK_PID = not hasattr(os, "register_at_fork")
 
 DropReporter = Callable[[Drop], None]
 
@@ -45,6 +48,8 @@ class Pipeline:
         # flush() and shutdown(), and for every first message when flush_interval is 0.
         self._idle_wait = min(_IDLE_WAIT, max(options.flush_interval / 2, 0.005))
         self._wake_on_first = options.flush_interval == 0
+        # put() yields the GIL only past this backlog (see there).
+        self._yield_backlog = max(2 * options.batch_size, options.max_queue_size // 4)
         self._sender = sender
         self._report = report
         self._closed = False
@@ -106,13 +111,17 @@ class Pipeline:
         """Queue one encoded message; False (counted, reported) when it was not accepted.
 
         The hot path: one lock, one append, and a wake-up only when the queue reaches a
-        full batch. When a backlog builds up (two batches or more waiting), the call that
-        completes each further batch also lets go of the GIL for a moment: a thread that
-        calls ``track()`` in a tight loop otherwise keeps the worker from running for the
-        interpreter's switch interval (5 ms) at every step of every request, and the queue
-        grows until it drops. Without a backlog no call ever yields.
+        full batch. The caller never hands the GIL to the worker while the queue is less
+        than a quarter full: a call that lets go of the GIL waits for the worker's whole
+        turn (building, sending and settling a batch) and for the operating system to wake
+        it again, and one such call per batch is exactly the slowest 1 % of a loop of calls
+        (docs/performance.md). The worker gets its turns when the caller sleeps or waits
+        for I/O, as an application does between requests, and at the interpreter's switch
+        interval. Only when a thread calls ``track()`` so fast that the backlog reaches a
+        quarter of ``max_queue_size`` does the call that completes each further batch
+        yield for a moment, so that the queue cannot grow until it drops.
         """
-        if self._pid != os.getpid():
+        if _CHECK_PID and self._pid != os.getpid():
             self._after_fork()
         if self._thread is None:
             self._start()
@@ -134,7 +143,7 @@ class Pipeline:
                 if size + 1 == batch:
                     self._work.notify()
                     return True
-                if (size + 1) % batch or size < batch:
+                if (size + 1) % batch or size < self._yield_backlog:
                     return True
             elif self._closed:
                 dropped = self._count_drop(
@@ -143,7 +152,7 @@ class Pipeline:
             else:
                 dropped = self._overflow(data)
         if dropped is None:
-            time.sleep(0)  # a backlog: give the worker its turn (see above)
+            time.sleep(0)  # a large backlog: give the worker its turn (see above)
             return True
         self._report(dropped)
         return dropped.messages[0] is not data
