@@ -34,7 +34,7 @@ MAX_QUEUE_SIZE = 250_000
 WORK_TARGET_US = 34.0
 
 FULL_COUNTS = {"tight_calls": 50_000, "tight_warmup": 2_000, "paced_requests": 6_000}
-QUICK_COUNTS = {"tight_calls": 5_000, "tight_warmup": 500, "paced_requests": 1_500}
+QUICK_COUNTS = {"tight_calls": 5_000, "tight_warmup": 500, "paced_requests": 750}
 
 _PLACED_AT = datetime(2024, 5, 17, 9, 30, 12, 345000, tzinfo=timezone.utc)
 
