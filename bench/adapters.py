@@ -57,6 +57,14 @@ def _filter_kwargs(
     return kept, sorted(set(wanted) - set(kept))
 
 
+def _at_defaults(wanted: dict[str, Any]) -> dict[str, Any]:
+    """Keep only the host, the queue size and gzip when it is on: the rest at defaults."""
+    kept = {k: wanted[k] for k in ("host", "max_queue_size")}
+    if wanted.get("gzip"):
+        kept["gzip"] = True
+    return kept
+
+
 def _dist_version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -76,7 +84,16 @@ class Adapter:
     def version(self) -> str:
         return _dist_version(self.dist)
 
-    def make_client(self, url: str, *, timeout: float = 15.0, gzip: bool = False) -> None:
+    def make_client(
+        self,
+        url: str,
+        *,
+        timeout: float = 15.0,
+        gzip: bool = False,
+        at_defaults: bool = False,
+        queue_size: int = MAX_QUEUE_SIZE,
+    ) -> None:
+        """``at_defaults``: only the host, ``queue_size`` and gzip (if on) are set."""
         raise NotImplementedError
 
     def track(self, event: dict[str, Any]) -> None:
@@ -98,16 +115,26 @@ class _SegmentLike(Adapter):
     def _client_class(self) -> Any:
         raise NotImplementedError
 
-    def make_client(self, url: str, *, timeout: float = 15.0, gzip: bool = False) -> None:
+    def make_client(
+        self,
+        url: str,
+        *,
+        timeout: float = 15.0,
+        gzip: bool = False,
+        at_defaults: bool = False,
+        queue_size: int = MAX_QUEUE_SIZE,
+    ) -> None:
         cls = self._client_class()
         wanted = {
             "host": url,
-            "max_queue_size": MAX_QUEUE_SIZE,
+            "max_queue_size": queue_size,
             "upload_size": UPLOAD_SIZE,
             "upload_interval": UPLOAD_INTERVAL,
             "gzip": gzip,
             "timeout": timeout,
         }
+        if at_defaults:
+            wanted = _at_defaults(wanted)
         self.settings, self.settings_ignored = _filter_kwargs(cls.__init__, wanted)
         self.client = cls(WRITE_KEY, **self.settings)
 
@@ -156,7 +183,15 @@ class PosthogAdapter(Adapter):
         super().__init__()
         self._new_capture = True
 
-    def make_client(self, url: str, *, timeout: float = 15.0, gzip: bool = False) -> None:
+    def make_client(
+        self,
+        url: str,
+        *,
+        timeout: float = 15.0,
+        gzip: bool = False,
+        at_defaults: bool = False,
+        queue_size: int = MAX_QUEUE_SIZE,
+    ) -> None:
         try:
             from posthog import Posthog
         except ImportError as exc:
@@ -164,12 +199,14 @@ class PosthogAdapter(Adapter):
         logging.getLogger("posthog").setLevel(logging.ERROR)
         wanted = {
             "host": url,
-            "max_queue_size": MAX_QUEUE_SIZE,
+            "max_queue_size": queue_size,
             "flush_at": UPLOAD_SIZE,
             "flush_interval": UPLOAD_INTERVAL,
             "gzip": gzip,
             "timeout": timeout,
         }
+        if at_defaults:
+            wanted = _at_defaults(wanted)
         self.settings, self.settings_ignored = _filter_kwargs(Posthog.__init__, wanted)
         self.client = Posthog(WRITE_KEY, **self.settings)
         params = list(inspect.signature(self.client.capture).parameters)
@@ -207,7 +244,15 @@ class TracklaneAdapter(Adapter):
         except Exception:
             return _dist_version(self.dist)
 
-    def make_client(self, url: str, *, timeout: float = 15.0, gzip: bool = False) -> None:
+    def make_client(
+        self,
+        url: str,
+        *,
+        timeout: float = 15.0,
+        gzip: bool = False,
+        at_defaults: bool = False,
+        queue_size: int = MAX_QUEUE_SIZE,
+    ) -> None:
         try:
             import tracklane
 
@@ -218,12 +263,14 @@ class TracklaneAdapter(Adapter):
             ) from exc
         wanted = {
             "host": url,
-            "max_queue_size": MAX_QUEUE_SIZE,
+            "max_queue_size": queue_size,
             "upload_size": UPLOAD_SIZE,
             "upload_interval": UPLOAD_INTERVAL,
             "gzip": gzip,
             "timeout": timeout,
         }
+        if at_defaults:
+            wanted = _at_defaults(wanted)
         self.settings, self.settings_ignored = _filter_kwargs(cls.__init__, wanted)
         self.client = cls(WRITE_KEY, **self.settings)
 

@@ -2,7 +2,7 @@
 
 Usage (``make bench`` runs the first line)::
 
-    python bench/run.py                      # full run: 3 rounds, ~7 minutes on 2 cores
+    python bench/run.py                      # full run: 3 rounds, ~9 minutes on 2 cores
     python bench/run.py --quick              # smaller counts, 1 round, < 60 s
     python bench/run.py --only tracklane --only segment --metric throughput
     python bench/run.py --quick --only tracklane --no-peers-install   # current interpreter
@@ -13,6 +13,8 @@ this repository, so that the four libraries are imported by one and the same
 interpreter. Every measurement runs in its own process (bench/worker.py) against one
 local HTTP sink (bench/sink.py, a separate process on 127.0.0.1); rounds interleave the
 libraries, and the report gives medians over rounds plus tracklane/peer ratios.
+The two tail cases of issue 14 (``tight_loop``, ``paced_handler``) live in
+bench/tail_cases.py and get their own table.
 
 Writes ``bench/results/latest.json`` (or ``--output``) and prints a Markdown table.
 """
@@ -38,6 +40,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
+import tail_cases  # noqa: E402
 from common import (  # noqa: E402
     LIBRARIES,
     MAX_QUEUE_SIZE,
@@ -52,7 +55,7 @@ PEER_IMPORTS = {
     "posthog": "posthog",
     "rudder": "rudderstack.analytics",
 }
-SCENARIOS = ("latency", "throughput", "memory", "handler")
+SCENARIOS = ("latency", "throughput", "memory", "handler", *tail_cases.SCENARIOS)
 SCHEMA_VERSION = 1
 
 
@@ -441,6 +444,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             "handler_seconds": 1.0,
             "floor_calls": 2_000,
             "sink_requests": 300,
+            **tail_cases.QUICK_COUNTS,
         }
     else:
         args.counts = {
@@ -451,6 +455,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             "handler_seconds": 3.0,
             "floor_calls": 20_000,
             "sink_requests": 2_000,
+            **tail_cases.FULL_COUNTS,
         }
     return args
 
@@ -509,6 +514,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         work_iters = int(calib.get("result", {}).get("work_iters", 1000))
         work_us = calib.get("result", {}).get("work_us_p50")
         log(f"handler work: {work_iters} loop iterations ≈ {work_us} µs")
+        target = ["--target-us", str(tail_cases.WORK_TARGET_US)]
+        calib = runner.run("none", "calibrate", target, deadline=60) or {}
+        paced_iters = int(calib.get("result", {}).get("work_iters", 700))
 
         raw: dict[str, dict[str, list[dict[str, Any]]]] = {}
         floors: list[dict[str, Any]] = []
@@ -534,12 +542,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if doc and "result" in doc:
                     sink_ceilings.append(doc["result"]["events_per_s"])
             for scenario in args.scenarios:
-                libs_here: list[str] = ["none", *order] if scenario == "handler" else order
-                if scenario == "handler" and rnd % 2 == 1:
+                paced = scenario in ("handler", "paced_handler")
+                libs_here: list[str] = ["none", *order] if paced else order
+                if paced and rnd % 2 == 1:
                     libs_here = [*order, "none"]
                 for lib in libs_here:
                     coerce = ",".join(libraries.get(lib, {}).get("coerce") or [])
                     extra = ["--coerce", coerce] if coerce else []
+                    if scenario in tail_cases.SCENARIOS:
+                        extra += tail_cases.worker_args(scenario, c, paced_iters)
+                        doc = runner.run(lib, scenario, extra, deadline=120.0)
+                        record(lib, scenario, doc)
+                        progress(scenario, lib, doc)
+                        continue
                     if scenario == "memory":
                         modes = ["rss"] + (["tracemalloc"] if rnd < args.tracemalloc_rounds else [])
                         for mode in modes:
@@ -627,6 +642,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         ratios[f"tracklane/{peer}"] = per
 
     table = render_table(args, results, ratios, floor, baseline)
+    peers_here = [p for p in PEERS if p in args.libs and "tracklane" in args.libs]
+    tail_rows = tail_cases.summarise(raw, results, list(args.libs), peers_here)
+    table += "\n\n" + "\n".join(tail_rows)
     notes = render_notes(args, libraries, floor, baseline, work_iters, work_us, rounds_done, python)
     busy = max(load_start[0], os.getloadavg()[0])
     if busy > (os.cpu_count() or 1) / 2:

@@ -19,6 +19,7 @@ Scenarios:
   paced at ``--rate`` per second; ``--lib none`` runs it without analytics.
 * ``sink_ceiling``: events/s the sink absorbs from pre-encoded batches (``--lib none``).
 * ``calibrate``: the loop count that makes the handler's CPU work take ~50 us.
+* ``tight_loop``, ``paced_handler``: the tail cases of bench/tail_cases.py.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import Any, Callable, Optional
 
 from adapters import Adapter, AdapterUnavailable, get_adapter
 from common import UPLOAD_INTERVAL, SinkControl, coerce_event, make_event, summarize_ns
+from tail_cases import SCENARIOS as TAIL_SCENARIOS
+from tail_cases import scenario_paced_handler, scenario_tight_loop
 
 _RESULT_LOCK = threading.Lock()
 _RESULT_SENT = False
@@ -520,6 +523,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             "handler",
             "calibrate",
             "sink_ceiling",
+            *TAIL_SCENARIOS,
         ],
     )
     p.add_argument("--url", default="", help="sink URL, http://127.0.0.1:PORT")
@@ -536,6 +540,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=3.0, help="handler: seconds measured")
     p.add_argument("--work-iters", type=int, default=1000, help="handler: work() loop count")
     p.add_argument("--target-us", type=float, default=50.0, help="calibrate: target work")
+    p.add_argument("--dump", default="", help="tight_loop: write per-call timings here")
     args = p.parse_args(argv)
     args.coerce = [c for c in args.coerce.split(",") if c]
     return args
@@ -562,6 +567,8 @@ def main() -> None:
         try:
             if args.scenario == "handler":
                 result = scenario_handler(adapter, sink, args)
+            elif args.scenario == "paced_handler":
+                result = scenario_paced_handler(adapter, sink, args)
             elif adapter is None:
                 raise SystemExit("--lib none only makes sense for the handler scenario")
             elif args.scenario == "probe":
@@ -570,6 +577,8 @@ def main() -> None:
                 result = scenario_latency(adapter, sink, args)
             elif args.scenario == "throughput":
                 result = scenario_throughput(adapter, sink, args)
+            elif args.scenario == "tight_loop":
+                result = scenario_tight_loop(adapter, sink, args)
             else:
                 result = scenario_memory(adapter, sink, args)
         except AdapterUnavailable as exc:

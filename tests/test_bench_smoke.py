@@ -68,8 +68,12 @@ def test_bench_quick_tracklane_only(tmp_path: Path) -> None:
         "mem_tracemalloc_bytes_per_msg",
         "handler_p50_us",
         "handler_p99_us",
+        "tight_p50_us",
+        "tight_p99_us",
+        "paced_p99_us",
     ):
         assert results[metric] is not None, metric
         assert results[metric] > 0, metric
     assert "| metric |" in doc["table_markdown"]
     assert "| a. `track()` p50" in proc.stdout
+    assert "| f. tight loop: `track()` p99" in proc.stdout

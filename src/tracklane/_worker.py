@@ -10,7 +10,7 @@ import weakref
 from typing import Callable, List, Optional
 
 from ._buffer import Buffer, MemoryBuffer, open_buffer
-from ._core.batching import seconds_until_due
+from ._core.batching import seconds_until_due, seconds_until_full
 from ._core.delivery import Drop, Outcome
 from ._core.ledger import Ledger
 from ._delivery import Sender
@@ -24,6 +24,13 @@ logger = logging.getLogger("tracklane")
 
 _IDLE_WAIT = 5.0  # an idle worker re-checks its state this often, in case a wake-up was missed
 _FULL_WARNING_INTERVAL = 60.0
+# While messages arrive, the worker sleeps until the batch should be full (at least
+# _NAP_MIN); when that is at most _NAP_MAX away, the call completing the batch need not wake it.
+_NAP_MIN = 0.002
+_NAP_MAX = 0.02
+# A forked child resets the pipeline in an at-fork hook, so put() need not ask for the
+# process id at every call (a system call: 4 % of a call); only where no hook exists.
+_CHECK_PID = not hasattr(os, "register_at_fork")
 
 DropReporter = Callable[[Drop], None]
 
@@ -40,11 +47,19 @@ class Pipeline:
         self._max_queue_size = options.max_queue_size
         self._batch_size = options.batch_size
         # An idle worker looks at the queue every half interval, so the first message of a
-        # batch needs no wake-up call: waking the worker costs the caller a GIL hand-off,
-        # measured as the slowest 1 % of calls. It is woken when a batch is full, on
-        # flush() and shutdown(), and for every first message when flush_interval is 0.
+        # batch needs no wake-up call: waking the worker costs the caller a system call and
+        # often a GIL hand-off, measured as the slowest 1 % of calls. While messages keep
+        # coming the worker naps until the batch should be full (_next_batch_locked), so
+        # the call completing a batch wakes it only when it sleeps longer than _NAP_MAX. It
+        # is also woken on flush() and shutdown(), and for every first message when
+        # flush_interval is 0.
         self._idle_wait = min(_IDLE_WAIT, max(options.flush_interval / 2, 0.005))
         self._wake_on_first = options.flush_interval == 0
+        # put() yields the GIL only past this backlog (see there).
+        self._yield_backlog = max(2 * options.batch_size, options.max_queue_size // 4)
+        # ... and past half the queue ten times as often, so that it cannot fill up.
+        self._urgent_backlog = options.max_queue_size // 2
+        self._urgent_step = max(1, options.batch_size // 10)
         self._sender = sender
         self._report = report
         self._closed = False
@@ -73,6 +88,9 @@ class Pipeline:
         self._ledger = Ledger(self._queue.recovered)
         self._inflight_batch: List[bytes] = []
         self._written_off = False
+        self._napping = False  # the worker waits at most _NAP_MAX for a batch to fill
+        self._pace = 0.0  # seconds per message while the last full batch filled
+        self._paced_at = -_IDLE_WAIT  # when that batch was cut (monotonic)
         self._flush_target = 0
         self._queue_since = 0.0
         self._stopping = False
@@ -106,13 +124,18 @@ class Pipeline:
         """Queue one encoded message; False (counted, reported) when it was not accepted.
 
         The hot path: one lock, one append, and a wake-up only when the queue reaches a
-        full batch. When a backlog builds up (two batches or more waiting), the call that
-        completes each further batch also lets go of the GIL for a moment: a thread that
-        calls ``track()`` in a tight loop otherwise keeps the worker from running for the
-        interpreter's switch interval (5 ms) at every step of every request, and the queue
-        grows until it drops. Without a backlog no call ever yields.
+        full batch. The caller never hands the GIL to the worker while the queue is less
+        than a quarter full: a call that lets go of the GIL waits for the worker's whole
+        turn (building, sending and settling a batch) and for the operating system to wake
+        it again, and one such call per batch is exactly the slowest 1 % of a loop of calls
+        (docs/performance.md). The worker gets its turns when the caller sleeps or waits
+        for I/O, as an application does between requests, and at the interpreter's switch
+        interval. Only when a thread calls ``track()`` so fast that the backlog reaches a
+        quarter of ``max_queue_size`` does the call that completes each further batch
+        yield for a moment (past half of it, every tenth of a batch), so that the queue
+        cannot grow until it drops.
         """
-        if self._pid != os.getpid():
+        if _CHECK_PID and self._pid != os.getpid():
             self._after_fork()
         if self._thread is None:
             self._start()
@@ -132,9 +155,12 @@ class Pipeline:
                     return True
                 batch = self._batch_size
                 if size + 1 == batch:
-                    self._work.notify()
+                    if not self._napping:  # a napping worker wakes by itself within _NAP_MAX
+                        self._work.notify()
                     return True
-                if (size + 1) % batch or size < batch:
+                if size < self._yield_backlog:
+                    return True
+                if (size + 1) % (batch if size < self._urgent_backlog else self._urgent_step):
                     return True
             elif self._closed:
                 dropped = self._count_drop(
@@ -143,7 +169,7 @@ class Pipeline:
             else:
                 dropped = self._overflow(data)
         if dropped is None:
-            time.sleep(0)  # a backlog: give the worker its turn (see above)
+            time.sleep(0)  # a large backlog: give the worker its turn (see above)
             return True
         self._report(dropped)
         return dropped.messages[0] is not data
@@ -385,11 +411,15 @@ class Pipeline:
                     break
                 if no_wait:
                     return None
-                self._work.wait(wait)
+                self._sleep(wait, size)
             else:
                 if no_wait:
                     return None
-                self._work.wait(self._idle_wait)
+                self._sleep(self._idle_wait, 0)
+        if size >= options.batch_size and not self._stopping:
+            now = time.monotonic()
+            self._pace = max(now - self._queue_since, 0.0) / size
+            self._paced_at = now
         batch: List[bytes] = self._queue.take(options.batch_size)
         self._ledger.inflight = len(batch)
         self._inflight_batch = batch
@@ -397,6 +427,31 @@ class Pipeline:
         if self._queue:
             self._queue_since = time.monotonic()
         return batch
+
+    def _sleep(self, longest: float, size: int) -> None:
+        """Wait (lock held) until the next batch should be full, ``longest`` at most.
+
+        The fill time is estimated from the pace of the ``size`` messages waiting, or, with
+        none waiting, from the pace of the last full batch (once). When the wait is at most
+        ``_NAP_MAX`` the worker is *napping*, and the call that completes the batch does not
+        wake it (see put()); a longer sleep ends half a nap early, so that a nap covers the
+        moment the batch fills.
+        """
+        batch_size = self._options.batch_size
+        now = time.monotonic()
+        if size:
+            full = seconds_until_full(size, batch_size, now - self._queue_since)
+        elif now - self._paced_at < longest:
+            full = self._pace * batch_size
+            self._paced_at = -longest  # once: if nothing came meanwhile, traffic paused
+        else:
+            full = longest
+        if full > _NAP_MAX:
+            full -= _NAP_MAX / 2
+        wait = min(longest, max(full, _NAP_MIN))
+        self._napping = wait <= _NAP_MAX
+        self._work.wait(wait)
+        self._napping = False
 
     def _write_off_inflight(self) -> None:
         """Shutdown's deadline passed with a request still in flight: count its batch now.

@@ -12,6 +12,7 @@ from tracklane._core.batching import (
     batch_body,
     body_size,
     seconds_until_due,
+    seconds_until_full,
     take_batch,
 )
 
@@ -88,3 +89,17 @@ def test_seconds_until_due(queued, flushing, age, expected):
 def test_zero_flush_interval_is_always_due():
     """flush_interval=0 sends whatever waits as soon as the previous request is done."""
     assert seconds_until_due(1, 100, False, 0.0, 0.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("queued", "age", "expected"),
+    [
+        (10, 0.1, 0.9),  # 10 in 0.1 s: 90 more take 0.9 s
+        (50, 0.5, 0.5),
+        (99, 0.99, 0.01),
+        (1, 0.0, 0.0),  # no pace known yet
+    ],
+)
+def test_seconds_until_full_extrapolates_the_pace(queued, age, expected):
+    """The worker expects the batch full when the rest arrives at the pace seen so far."""
+    assert seconds_until_full(queued, 100, age) == pytest.approx(expected)

@@ -6,7 +6,14 @@ from typing import Deque, List
 
 from tracklane.config import MAX_REQUEST_BYTES
 
-__all__ = ["ENVELOPE_BYTES", "batch_body", "body_size", "seconds_until_due", "take_batch"]
+__all__ = [
+    "ENVELOPE_BYTES",
+    "batch_body",
+    "body_size",
+    "seconds_until_due",
+    "seconds_until_full",
+    "take_batch",
+]
 
 _HEAD = b'{"batch":['
 _TAIL_START = b'],"sentAt":"'
@@ -61,3 +68,14 @@ def seconds_until_due(
     if queued >= batch_size or flushing:
         return 0.0
     return max(flush_interval - age, 0.0)
+
+
+def seconds_until_full(queued: int, batch_size: int, age: float) -> float:
+    """When ``batch_size`` messages should wait, at the pace the ``queued`` ones came.
+
+    ``age`` is how long the oldest of them has waited. Call it only with
+    ``0 < queued < batch_size``; the answer is an estimate, 0.0 when the pace is unknown.
+    """
+    if age <= 0.0:
+        return 0.0
+    return (batch_size - queued) * age / queued
