@@ -36,7 +36,8 @@ from tracklane.collector._auth import basic_user
 from tracklane.collector._ingest import MESSAGE_TYPES
 from tracklane.collector._json import dumps
 from tracklane.collector._rejects import RejectedMessage, RejectLog, source_label
-from tracklane.collector.storage import EventFilter, Storage, StorageError
+from tracklane.collector.storage import EventFilter, StorageError
+from tracklane.collector.stores import EventStore
 
 __all__ = ["MAX_LIMIT", "DebuggerAPI", "Query", "parse_debugger_query"]
 
@@ -157,7 +158,7 @@ def parse_debugger_query(items: Iterable[Tuple[str, str]]) -> Query:
 class DebuggerAPI:
     """The debugger's request handlers, reading one store and one RejectLog."""
 
-    def __init__(self, storage: Storage, rejects: RejectLog, write_keys: Iterable[str]) -> None:
+    def __init__(self, storage: EventStore, rejects: RejectLog, write_keys: Iterable[str]) -> None:
         """Serve ``storage`` and ``rejects`` to readers holding one of ``write_keys``."""
         self.storage = storage
         self.rejects = rejects
