@@ -121,6 +121,7 @@ def test_filters(
     ("params", "message"),
     [
         ({"after": "x"}, "'after' must be a sequence number"),
+        ({"before": "9" * 20}, "'before' must be a sequence number (0 to 9223372036854775807)"),
         ({"after": "1", "before": "2"}, "either 'after' or 'before'"),
         ({"limit": "0"}, "'limit' must be a whole number from 1 to 1000"),
         ({"type": "click"}, "unknown type 'click'"),
