@@ -8,10 +8,9 @@ decides the durability, on by default). Each event's ``seq`` is the table's iden
 ``id``; inserts are serialised by a transaction-level advisory lock taken just before the
 identity values are drawn, so seq order is commit order even with several collectors
 writing, and a reader following ``after=<seq>`` never skips a row committed late with a
-lower seq. Connections come from a small pool
-(psycopg-pool), so concurrent requests commit in parallel and PostgreSQL groups their
-WAL flushes; a broken connection (a server restart) is replaced, the request in
-flight answers 503 and the client's retry succeeds.
+lower seq (the cost: commits to one database do not overlap; ``bench/pg_insert_order.py``).
+Connections come from a small pool (psycopg-pool); a broken connection (a server
+restart) is replaced, the request in flight answers 503 and the client's retry succeeds.
 
 Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``).
 """
