@@ -33,9 +33,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/async_client.py
 
 clean:
 	rm -rf $(VENV) .bench-venv .mypy_cache .ruff_cache .pytest_cache
 
 bench-collector: $(STAMP)
 	$(BIN)/python bench/collector_ingest.py
+	$(BIN)/python bench/collector_routing.py

@@ -1,33 +1,86 @@
 """``make demo``: the collector, the example shop, and a table of what arrived.
 
-Starts ``tracklane serve`` on a free port with a fresh database, runs ``examples/shop.py``
-against it, reads the stored events back through the collector's read API, prints them,
-stops the collector and exits 0 when everything arrived. Only 127.0.0.1 is used.
+Starts ``tracklane serve`` on a free port with a fresh database and a routing config that
+sends every event to a small webhook receiver started here, runs ``examples/shop.py``
+against it, reads the stored events back through the collector's read API, prints them and
+what the webhook received (signatures checked), stops the collector and exits 0 when
+everything arrived. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Dict, List
 
 HERE = Path(__file__).resolve().parent
 WRITE_KEY = "demo-write-key"
 EXPECTED = 7
+SECRET = "demo-secret"
 
 
-def start_collector(db: Path) -> tuple[subprocess.Popen[str], str]:
+class Webhook:
+    """A webhook receiver on 127.0.0.1 that keeps each message whose signature checks out."""
+
+    def __init__(self) -> None:
+        self.messages: List[Dict[str, Any]] = []
+        self.bad_signatures = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                expected = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+                if hmac.compare_digest(expected, self.headers.get("X-Signature", "")):
+                    hook.messages.append(json.loads(body))
+                else:
+                    hook.bad_signatures += 1
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def write_config(path: Path, webhook_url: str) -> None:
+    """The routing config: one source, the webhook, and a filter removing e-mail addresses."""
+    path.write_text(
+        f'[[sources]]\nname = "shop"\nwrite_keys = ["{WRITE_KEY}"]\n\n'
+        f'[[destinations]]\nname = "Hooks"\ntype = "webhook"\nurl = "{webhook_url}"\n'
+        f'secret = "{SECRET}"\n\n'
+        '[[filters]]\ndestination = "Hooks"\ndrop_properties = ["email"]\n'
+    )
+
+
+def start_collector(db: Path, config: Path) -> tuple[subprocess.Popen[str], str]:
     """Run the collector as its own process; return it and its URL once it is listening."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tracklane.collector", "--port", "0", "--db", str(db)],
+        [
+            *(sys.executable, "-m", "tracklane.collector", "--port", "0"),
+            *("--db", str(db), "--config", str(config)),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -92,8 +145,10 @@ def print_table(events: List[Dict[str, Any]]) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "demo-events.db"
-        collector, url = start_collector(db)
-        print(f"collector: {url}  (database {db})")
+        webhook = Webhook()
+        write_config(Path(tmp) / "tracklane.toml", webhook.url)
+        collector, url = start_collector(db, Path(tmp) / "tracklane.toml")
+        print(f"collector: {url}  (database {db}, routing to the webhook {webhook.url})")
         print(f"debugger:  {url}/  (a live page of what arrives; `tracklane serve` keeps it up)")
         try:
             env = dict(os.environ, TRACKLANE_WRITE_KEY=WRITE_KEY, TRACKLANE_HOST=url)
@@ -103,13 +158,21 @@ def main() -> int:
             events = read_events(url)
             print(f"\nthe collector stored {len(events)} events:\n")
             print_table(events)
+            webhook.wait_for(len(events))
+            emails = sum("email" in (m.get("traits") or {}) for m in webhook.messages)
+            print(
+                f"\nthe webhook received {len(webhook.messages)} messages, each signed "
+                f"(X-Signature checked), with e-mail addresses filtered out ({emails} left)"
+            )
         finally:
             collector.send_signal(signal.SIGTERM)
             code = collector.wait(timeout=15)
             if collector.stdout is not None:
                 collector.stdout.close()
         print(f"\ncollector stopped (exit code {code})")
-        ok = app.returncode == 0 and len(events) == EXPECTED and code == 0
+        webhook.server.shutdown()
+        routed = len(webhook.messages) == EXPECTED and webhook.bad_signatures == 0
+        ok = app.returncode == 0 and len(events) == EXPECTED and code == 0 and routed
         print("demo OK" if ok else "demo FAILED")
         return 0 if ok else 1
 

@@ -1,4 +1,9 @@
-"""Shared fixtures: a recording HTTP server on 127.0.0.1, clients pointed at it, PostgreSQL."""
+"""Shared fixtures: a recording HTTP server on 127.0.0.1, clients pointed at it, PostgreSQL.
+
+Tests in modules marked ``both_clients`` run twice: with ``tracklane.Client`` and with
+``tracklane.AsyncClient`` (driven on a real loop through ``loop_client.LoopClient``).
+A test that only applies to the threaded client is marked ``thread_only``.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,31 @@ import pytest
 
 import tracklane
 from helpers import RecordingServer
+from loop_client import LoopClient
 from pg import PostgresServer, PostgresUnavailable
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "both_clients: run the module's tests on both clients")
+    config.addinivalue_line(
+        "markers", "thread_only(reason): the behaviour exists only in the threaded Client"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    definition = metafunc.definition
+    if (
+        "make_client" in metafunc.fixturenames
+        and definition.get_closest_marker("both_clients") is not None
+        and definition.get_closest_marker("thread_only") is None
+    ):
+        metafunc.parametrize("client_kind", ["Client", "AsyncClient"], indirect=True)
+
+
+@pytest.fixture
+def client_kind(request: pytest.FixtureRequest) -> str:
+    """Which client ``make_client`` builds (``Client`` unless the module runs both)."""
+    return getattr(request, "param", "Client")
 
 
 @pytest.fixture
@@ -20,21 +49,28 @@ def server() -> Iterator[RecordingServer]:
 
 
 @pytest.fixture
-def make_client(server: RecordingServer) -> Iterator[Callable[..., tracklane.Client]]:
+def make_client(server: RecordingServer, client_kind: str) -> Iterator[Callable[..., Any]]:
     """Build clients aimed at ``server`` with fast retries; shut them all down afterwards."""
-    made: List[tracklane.Client] = []
+    made: List[Any] = []
 
-    def make(**options: Any) -> tracklane.Client:
+    def make(**options: Any) -> Any:
         options.setdefault("host", server.url)
         options.setdefault("backoff_base", 0.01)
         options.setdefault("backoff_cap", 0.05)
-        client = tracklane.Client(options.pop("write_key", "test-key"), **options)
+        write_key = options.pop("write_key", "test-key")
+        client: Any
+        if client_kind == "AsyncClient":
+            client = LoopClient(write_key, **options)
+        else:
+            client = tracklane.Client(write_key, **options)
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.shutdown(timeout=2)
+        if isinstance(client, LoopClient):
+            client.stop()
 
 
 @pytest.fixture(scope="session")

@@ -139,6 +139,7 @@ assert c.flush(timeout=30)
 
 
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+@pytest.mark.thread_only(reason="the loop runs in a thread here; test_async_client forks a loop")
 def test_fork_child_opens_its_own_connection(server, make_client, tmp_path):
     """After fork the child queues in its own rows; parent and child each deliver their own."""
     path = str(tmp_path / "fork.db")
@@ -161,6 +162,7 @@ def test_fork_child_opens_its_own_connection(server, make_client, tmp_path):
     assert rows(path) == 0
 
 
+@pytest.mark.both_clients
 def test_shutdown_during_outage_keeps_messages_on_disk(server, make_client, tmp_path):
     """Undelivered at shutdown, durable messages stay queued (not dropped) for the next process."""
     server.default = Action(status=503)
@@ -185,6 +187,7 @@ def test_shutdown_during_outage_keeps_messages_on_disk(server, make_client, tmp_
     assert rows(path) == 0
 
 
+@pytest.mark.both_clients
 def test_delivered_and_rejected_messages_are_removed(server, make_client, tmp_path):
     """Delivered messages, and ones rejected for good, leave the file."""
     server.statuses(400)

@@ -15,6 +15,8 @@ import tracklane
 from helpers import Action
 from tracklane.exceptions import RetriesExhaustedError, ShutdownError
 
+pytestmark = pytest.mark.both_clients
+
 
 def run_script(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -64,6 +66,7 @@ def test_exit_flush_is_bounded_by_shutdown_timeout(server):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+@pytest.mark.thread_only(reason="the loop runs in a thread here; test_async_client forks a loop")
 def test_fork_child_and_parent_each_deliver_their_own(server, make_client):
     """After fork the child delivers its own events, the parent its own; none twice."""
     client = make_client(flush_interval=60)
@@ -99,6 +102,7 @@ def test_stub_sends_nothing(server, make_client):
     assert server.requests == []
 
 
+@pytest.mark.thread_only(reason="AsyncClient refuses sync_mode; see client.deliver")
 def test_sync_mode_delivers_inline(server, make_client):
     """sync_mode=True delivers before the call returns."""
     client = make_client(sync_mode=True)
@@ -108,6 +112,7 @@ def test_sync_mode_delivers_inline(server, make_client):
     assert client.stats().delivered == 1
 
 
+@pytest.mark.thread_only(reason="AsyncClient refuses sync_mode; see client.deliver")
 def test_sync_mode_failure_is_reported_not_raised(server, make_client):
     """In sync_mode a failing endpoint gives False and on_error, never an exception."""
     server.default = Action(status=500)
@@ -187,6 +192,7 @@ def test_module_level_default_client(server, monkeypatch):
     assert tracklane.default_client.write_key == "mod-key"  # still there, as in segment
 
 
+@pytest.mark.thread_only(reason="AsyncClient.flush is awaited; test_async_client covers on_error")
 def test_flush_and_track_from_on_error_do_not_deadlock(server, make_client):
     """on_error may call track() and flush() on its own client without hanging the worker."""
     server.statuses(400)

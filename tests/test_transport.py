@@ -17,6 +17,8 @@ from helpers import Action, RecordingServer
 from tracklane import _transport
 from tracklane.exceptions import TransportError
 
+pytestmark = pytest.mark.both_clients
+
 
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
@@ -33,23 +35,21 @@ def tls_server(ca: trustme.CA) -> Iterator[RecordingServer]:
     srv.close()
 
 
-def test_https_with_a_ca_bundle(tls_server, ca, tmp_path):
+def test_https_with_a_ca_bundle(tls_server, ca, tmp_path, make_client):
     """With the server's CA given as ca_bundle, batches go over verified TLS."""
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
-    client = tracklane.Client("k", host=tls_server.url, ca_bundle=str(bundle))
+    client = make_client(host=tls_server.url, ca_bundle=str(bundle))
     client.track("u", "Secure")
     assert client.flush(timeout=10)
     client.shutdown()
     assert [m["event"] for m in tls_server.accepted()] == ["Secure"]
 
 
-def test_unknown_certificate_is_refused(tls_server):
+def test_unknown_certificate_is_refused(tls_server, make_client):
     """A certificate the client cannot verify is never accepted: nothing is sent."""
     errors: List[BaseException] = []
-    client = tracklane.Client(
-        "k", host=tls_server.url, max_retries=0, on_error=lambda e, b: errors.append(e)
-    )
+    client = make_client(host=tls_server.url, max_retries=0, on_error=lambda e, b: errors.append(e))
     client.track("u", "Insecure")
     assert client.flush(timeout=10)
     client.shutdown()
@@ -58,12 +58,11 @@ def test_unknown_certificate_is_refused(tls_server):
     assert "CERTIFICATE_VERIFY_FAILED" in str(errors[0])
 
 
-def test_plain_http_proxy_gets_absolute_uri_and_credentials(server):
+def test_plain_http_proxy_gets_absolute_uri_and_credentials(server, make_client):
     """An http:// target through an http proxy: absolute URI, Proxy-Authorization."""
     proxy = RecordingServer()
     try:
-        client = tracklane.Client(
-            "k",
+        client = make_client(
             host="http://10.255.255.1:8080",
             proxies={"http": f"http://ann:pw@127.0.0.1:{proxy.port}"},
         )
@@ -131,14 +130,14 @@ class ConnectProxy:
         self.listener.close()
 
 
-def test_https_through_a_connect_tunnel(tls_server, ca, tmp_path):
+def test_https_through_a_connect_tunnel(tls_server, ca, tmp_path, make_client):
     """An https:// target through an http proxy goes through CONNECT, TLS end to end."""
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
     proxy = ConnectProxy()
     try:
-        client = tracklane.Client(
-            "k", host=tls_server.url, ca_bundle=str(bundle), proxies=f"127.0.0.1:{proxy.port}"
+        client = make_client(
+            host=tls_server.url, ca_bundle=str(bundle), proxies=f"127.0.0.1:{proxy.port}"
         )
         client.track("u", "Tunneled")
         assert client.flush(timeout=10)

@@ -15,6 +15,7 @@ import pytest
 
 import tracklane
 
+pytestmark = pytest.mark.both_clients
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 
 

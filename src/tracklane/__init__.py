@@ -15,7 +15,7 @@ by one background thread per client. Nothing is dropped without being counted in
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Union
 
 from ._client import Client
 from ._context import context
@@ -38,9 +38,25 @@ from .exceptions import (
     ValidationError,
 )
 
+if TYPE_CHECKING:
+    from ._aio_client import AsyncClient
+
+
+def __getattr__(name: str) -> Any:
+    # AsyncClient is imported on first use: asyncio would add tens of milliseconds to the
+    # start of every program that only uses Client.
+    if name == "AsyncClient":
+        from ._aio_client import AsyncClient
+
+        AsyncClient.__module__ = "tracklane"
+        return AsyncClient
+    raise AttributeError(f"module 'tracklane' has no attribute {name!r}")
+
+
 __all__ = [
     "APIError",
     "AnalyticsError",
+    "AsyncClient",
     "Client",
     "ConfigurationError",
     "DeliveryError",
@@ -159,7 +175,7 @@ def stats() -> Optional[Stats]:
 
 
 for _name in __all__:
-    _value = globals()[_name]
+    _value = globals().get(_name)  # AsyncClient: set in __getattr__
     if isinstance(_value, type):
         _value.__module__ = "tracklane"
 del _name, _value

@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Tuple
 
-from ._batch import take_batch
+from ._core.batching import take_batch
 
 __all__ = ["Buffer", "DurableBuffer", "MemoryBuffer", "open_buffer"]
 
@@ -167,6 +167,20 @@ class DurableBuffer:
         """Store one message; committed when this returns."""
         self._db.execute("INSERT INTO messages (holder, body) VALUES (?, ?)", (self.holder, data))
         self._count += 1
+
+    def append_many(self, items: List[bytes]) -> None:
+        """Store several messages in one transaction; committed when this returns."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "INSERT INTO messages (holder, body) VALUES (?, ?)",
+                [(self.holder, data) for data in items],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._count += len(items)
 
     def popleft(self) -> bytes:
         """Remove and return the oldest message not in flight."""

@@ -34,8 +34,8 @@ import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import urlencode
 
+from ._core.retry import parse_retry_after
 from ._http import Connection, Response
-from ._retry import parse_retry_after
 from ._version import __version__
 from .config import Options
 from .exceptions import ConfigurationError, OAuthError
@@ -210,7 +210,9 @@ class TokenSource:
     def _refusal(self, response: Response) -> OAuthError:
         status = response.status
         headers = response.headers
-        retry_after = parse_retry_after(headers.get("retry-after"))
+        retry_after = parse_retry_after(
+            headers.get("retry-after"), dt.datetime.now(dt.timezone.utc)
+        )
         if status == 429:
             if retry_after is None:
                 retry_after = _reset_seconds(headers.get("x-ratelimit-reset"))

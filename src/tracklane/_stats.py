@@ -37,6 +37,8 @@ class Stats:
     recovered: int = 0
     """Messages found in the durable queue at start (left by a process that died); they
     are included in ``tracked``."""
+    batches: int = 0
+    """Requests the endpoint acknowledged (a batch split after a 400 counts each part)."""
 
     @property
     def dropped_total(self) -> int:

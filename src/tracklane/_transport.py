@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import gzip as gzip_module
 import logging
 import os
@@ -25,36 +26,22 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
-from ._http import Connection, ConnectionClosed
-from ._retry import parse_retry_after
+from ._core.retry import parse_retry_after
+from ._http import Connection, ConnectionClosed, Response
 from ._version import __version__
 from .config import Options, is_loopback
 from .exceptions import ConfigurationError, OAuthError
+from .transports import SendResult
 
 if TYPE_CHECKING:
     from ._oauth import TokenSource
 
-__all__ = ["HTTPTransport", "SendResult"]
+__all__ = ["HTTPTransport", "RequestFormat", "SendResult", "is_stale", "result_of", "tls_context"]
 
 logger = logging.getLogger("tracklane")
 _warned_plain_http: set[str] = set()
 _IDLE_STALE = 1.0  # seconds idle after which a failing kept-alive connection counts as stale
 _LENGTH = b"\r\nContent-Length: "
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """What one POST gave: a status (with body and Retry-After) or an error without a response."""
-
-    status: Optional[int] = None
-    body: str = ""
-    retry_after: Optional[float] = None
-    error: Optional[BaseException] = None
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx answer."""
-        return self.status is not None and 200 <= self.status < 300
 
 
 @dataclass(frozen=True)
@@ -69,17 +56,15 @@ class _Route:
     proxy_headers: Optional[Dict[str, str]] = None
 
 
-class HTTPTransport:
-    """Keeps one connection per process and posts batches with Basic auth."""
+class RequestFormat:
+    """The bytes of a batch request: a head built once, then Content-Length and the body.
+
+    Shared by the blocking and the asyncio transports, so both send the same request.
+    """
 
     def __init__(self, options: Options) -> None:
-        self._options = options
-        self._lock = threading.Lock()
-        self._conn: Optional[Connection] = None
-        self._last_used = 0.0
-        self._pid = os.getpid()
-        self._url = options.batch_url
-        route = self._route = _route(self._url, options.proxies)
+        self.url = options.batch_url
+        route = self.route = _route(self.url, options.proxies)
         token = base64.b64encode(f"{options.write_key}:".encode()).decode("ascii")
         host_header = route.host if route.port in (80, 443) else f"{route.host}:{route.port}"
         if ":" in route.host:  # an IPv6 literal
@@ -97,16 +82,47 @@ class HTTPTransport:
             lines += [f"{k}: {v}" for k, v in route.proxy_headers.items()]
         # Everything but Content-Length (and an OAuth token) is the same for every request:
         # built once.
-        self._head_start = ("\r\n".join(lines) + "\r\nAuthorization: ").encode("latin-1")
-        self._head = self._head_start + f"Basic {token}\r\nContent-Length: ".encode("latin-1")
-        self._tokens: Optional[TokenSource] = None
-        if options.oauth:
-            self._tokens = _token_source(options, self._context)
-        self._ssl: Optional[ssl.SSLContext] = None
-        plain = self._url.startswith("http://") and not is_loopback(self._url)
+        self.head_start = ("\r\n".join(lines) + "\r\nAuthorization: ").encode("latin-1")
+        self.head = self.head_start + f"Basic {token}".encode("latin-1") + _LENGTH
+        plain = self.url.startswith("http://") and not is_loopback(self.url)
         if plain and options.host not in _warned_plain_http:
             _warned_plain_http.add(options.host)
             logger.warning("tracklane: sending to %s over plain http (not TLS)", options.host)
+
+    def frame(self, content: bytes) -> bytes:
+        """The complete request for ``content`` (already gzipped if the option is on)."""
+        return b"".join((self.head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
+
+    def frame_bearer(self, content: bytes, token: str) -> bytes:
+        """The request for ``content`` with an OAuth access token instead of Basic auth."""
+        head = b"".join((self.head_start, b"Bearer ", token.encode("ascii"), _LENGTH))
+        return b"".join((head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
+
+
+def result_of(response: Response) -> SendResult:
+    """What an answer means for delivery: status, error text, Retry-After in seconds."""
+    status = response.status
+    text = response.body.decode("utf-8", "replace") if status >= 300 else ""
+    return SendResult(
+        status=status, body=text, retry_after=_retry_after(response.headers.get("retry-after"))
+    )
+
+
+class HTTPTransport:
+    """Keeps one connection per process and posts batches with Basic auth."""
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+        self._lock = threading.Lock()
+        self._conn: Optional[Connection] = None
+        self._last_used = 0.0
+        self._pid = os.getpid()
+        self._format = RequestFormat(options)
+        self._route = self._format.route
+        self._ssl: Optional[ssl.SSLContext] = None
+        self._tokens: Optional[TokenSource] = None
+        if options.oauth:
+            self._tokens = _token_source(options, self._context)
 
     def send(self, body: bytes, timeout: float) -> SendResult:
         """POST ``body`` to ``/v1/batch``; never raises for network trouble."""
@@ -114,7 +130,7 @@ class HTTPTransport:
         deadline = time.monotonic() + max(timeout, 0.001)
         if self._tokens is not None:
             return self._send_with_token(self._tokens, content, deadline)
-        return self._post(self._head, content, deadline)
+        return self._post(self._format.frame(content), deadline)
 
     def _send_with_token(self, tokens: TokenSource, content: bytes, deadline: float) -> SendResult:
         """Send with an OAuth access token; after a 401, once more with a new token."""
@@ -123,16 +139,14 @@ class HTTPTransport:
                 token = tokens.token(deadline)
             except OAuthError as exc:  # a failed attempt like any other: retried, counted
                 return SendResult(error=exc, retry_after=exc.retry_after)
-            head = b"".join((self._head_start, b"Bearer ", token.encode("ascii"), _LENGTH))
-            result = self._post(head, content, deadline)
+            result = self._post(self._format.frame_bearer(content, token), deadline)
             if result.status != 401 or attempt == 2:
                 return result
             logger.info("tracklane: HTTP 401 with the OAuth access token; fetching a new one")
             tokens.reject(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, head: bytes, content: bytes, deadline: float) -> SendResult:
-        request = b"".join((head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
+    def _post(self, request: bytes, deadline: float) -> SendResult:
         with self._lock:
             for attempt in (1, 2):
                 reused = False
@@ -146,19 +160,13 @@ class HTTPTransport:
                     # server meanwhile: no failure of the endpoint, so try once on a fresh
                     # connection. A connection in use a moment ago failing is a real fault,
                     # left to the retry policy (counted, with backoff).
-                    if reused and attempt == 1 and idle >= _IDLE_STALE and _stale(exc):
+                    if reused and attempt == 1 and idle >= _IDLE_STALE and is_stale(exc):
                         continue
                     return SendResult(error=exc)
                 self._last_used = time.monotonic()
                 if not response.keep_alive:
                     self._discard()
-                status = response.status
-                text = response.body.decode("utf-8", "replace") if status >= 300 else ""
-                return SendResult(
-                    status=status,
-                    body=text,
-                    retry_after=parse_retry_after(response.headers.get("retry-after")),
-                )
+                return result_of(response)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connection(self, deadline: float) -> Tuple[Connection, bool]:
@@ -250,7 +258,14 @@ def tls_context(ca_bundle: object = None) -> ssl.SSLContext:
     return context
 
 
-def _stale(exc: BaseException) -> bool:
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    if value is None:
+        return None
+    return parse_retry_after(value, dt.datetime.now(dt.timezone.utc))
+
+
+def is_stale(exc: BaseException) -> bool:
+    """An error that a kept-alive connection closed by the server while idle gives."""
     return isinstance(
         exc, (ConnectionClosed, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
     )

@@ -7,10 +7,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from ._buffer import Buffer, MemoryBuffer, open_buffer
-from ._delivery import Drop, Outcome, Sender
+from ._core.batching import seconds_until_due
+from ._core.delivery import Drop, Outcome
+from ._core.ledger import Ledger
+from ._delivery import Sender
 from ._stats import DropReason, FlushResult, Stats
 from .config import Options, OverflowPolicy
 from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
@@ -67,16 +70,9 @@ class Pipeline:
         self._done = threading.Condition(self._lock)
         self._start_lock = threading.Lock()
         self._queue = self._open_buffer()
-        self._tracked = 0
-        self._delivered = 0
-        self._retries = 0
-        self._inflight = 0
+        self._ledger = Ledger(self._queue.recovered)
         self._inflight_batch: List[bytes] = []
         self._written_off = False
-        self._sync_inflight = 0
-        self._dropped: Dict[str, int] = {}
-        self._accepted = 0
-        self._resolved = 0
         self._flush_target = 0
         self._queue_since = 0.0
         self._stopping = False
@@ -85,9 +81,6 @@ class Pipeline:
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
         self._last_full_warning = -_FULL_WARNING_INTERVAL
-        self._recovered = self._queue.recovered
-        self._tracked = self._recovered
-        self._accepted = self._recovered
 
     def _open_buffer(self) -> Buffer:
         try:
@@ -125,12 +118,13 @@ class Pipeline:
             self._start()
         dropped: Optional[Drop] = None
         with self._lock:
-            self._tracked += 1
+            ledger = self._ledger
+            ledger.tracked += 1  # inline, not ledger.accept(): the call costs more than this
             queue = self._queue
             size = len(queue)
             if size < self._max_queue_size and not self._closed:
                 queue.append(data)
-                self._accepted += 1
+                ledger.accepted += 1
                 if size == 0:
                     self._queue_since = time.monotonic()
                     if self._wake_on_first:
@@ -158,7 +152,7 @@ class Pipeline:
         """Queue ``data`` (lock held), waking the worker by the same rules as :meth:`put`."""
         queue = self._queue
         queue.append(data)
-        self._accepted += 1
+        self._ledger.accepted += 1
         size = len(queue)
         if size == 1:
             self._queue_since = time.monotonic()
@@ -185,7 +179,7 @@ class Pipeline:
         error = QueueFullError(f"queue full ({self._options.max_queue_size} messages)")
         if policy is OverflowPolicy.DROP_OLDEST:
             oldest = self._queue.popleft()
-            self._resolved += 1
+            self._ledger.resolved += 1
             self._append(data)
             return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
         return self._count_drop(DropReason.QUEUE_FULL, error, [data])
@@ -202,34 +196,31 @@ class Pipeline:
             )
 
     def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        key = reason.value
-        self._dropped[key] = self._dropped.get(key, 0) + len(messages)
+        self._ledger.drop(reason, len(messages))
         return Drop(reason, error, messages)
 
     def count_refused(self, reason: DropReason) -> None:
         """Count a message refused before queueing (too large): tracked and dropped at once."""
         with self._lock:
-            self._tracked += 1
-            key = reason.value
-            self._dropped[key] = self._dropped.get(key, 0) + 1
+            self._ledger.refuse(reason)
 
-    def count_stubbed(self) -> None:
+    def count_stubbed(self, data: bytes) -> bool:
         """Count a message a stub client accepted and sent nowhere: tracked and delivered."""
         with self._lock:
-            self._tracked += 1
-            self._delivered += 1
+            self._ledger.stubbed()
+        return True
 
     def begin_inline(self) -> None:
         """A ``sync_mode`` call starts delivering one message in the caller's thread."""
         with self._lock:
-            self._tracked += 1
-            self._sync_inflight += 1
+            self._ledger.begin_inline()
 
     def end_inline(self, outcome: Outcome) -> None:
         """Settle a ``sync_mode`` delivery started with :meth:`begin_inline`."""
         with self._lock:
-            self._sync_inflight -= 1
-            self._delivered += outcome.delivered
+            self._ledger.end_inline()
+            self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in outcome.drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
         for drop in outcome.drops:
@@ -238,7 +229,7 @@ class Pipeline:
     def count_retry(self) -> None:
         """One more retry attempt (called by the sender)."""
         with self._lock:
-            self._retries += 1
+            self._ledger.retries += 1
 
     def stats(self) -> Stats:
         """A consistent snapshot of the counters."""
@@ -246,14 +237,7 @@ class Pipeline:
             return self._stats_locked()
 
     def _stats_locked(self) -> Stats:
-        return Stats(
-            tracked=self._tracked,
-            delivered=self._delivered,
-            retries=self._retries,
-            pending=len(self._queue) + self._inflight + self._sync_inflight,
-            dropped=dict(self._dropped),
-            recovered=self._recovered,
-        )
+        return self._ledger.snapshot(len(self._queue))
 
     def flush(self, timeout: float) -> FlushResult:
         """Send everything queued now, waiting at most ``timeout`` seconds."""
@@ -266,7 +250,7 @@ class Pipeline:
         if self._thread is None and self._queue:
             self._start()
         with self._lock:
-            target = self._accepted
+            target = self._ledger.accepted
             if target > self._flush_target:
                 self._flush_target = target
                 self._work.notify()
@@ -274,7 +258,7 @@ class Pipeline:
                 inline = True
             else:
                 inline = False
-                while self._resolved < target:
+                while self._ledger.resolved < target:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -285,9 +269,9 @@ class Pipeline:
 
     def _flush_result(self, target: int, timeout: float) -> FlushResult:
         with self._lock:
-            complete = self._resolved >= target
+            complete = self._ledger.resolved >= target
             stats = self._stats_locked()
-            pending = target - self._resolved if not complete else 0
+            pending = target - self._ledger.resolved if not complete else 0
         if not complete:
             logger.warning(
                 "tracklane: flush timed out after %.1fs with %d messages still pending",
@@ -303,7 +287,7 @@ class Pipeline:
         if self._pid != os.getpid():
             self._after_fork()
         with self._lock:
-            target = self._accepted
+            target = self._ledger.accepted
             if not self._stopping:
                 self._closed = True
                 self._stopping = True
@@ -390,20 +374,24 @@ class Pipeline:
                     return None
                 break
             if size:
-                if size >= options.batch_size or self._resolved < self._flush_target:
-                    break
-                waited = time.monotonic() - self._queue_since
-                if waited >= options.flush_interval:
+                wait = seconds_until_due(
+                    size,
+                    options.batch_size,
+                    self._ledger.resolved < self._flush_target,
+                    time.monotonic() - self._queue_since,
+                    options.flush_interval,
+                )
+                if not wait:
                     break
                 if no_wait:
                     return None
-                self._work.wait(options.flush_interval - waited)
+                self._work.wait(wait)
             else:
                 if no_wait:
                     return None
                 self._work.wait(self._idle_wait)
         batch: List[bytes] = self._queue.take(options.batch_size)
-        self._inflight = len(batch)
+        self._ledger.inflight = len(batch)
         self._inflight_batch = batch
         self._written_off = False
         if self._queue:
@@ -419,12 +407,12 @@ class Pipeline:
         queue keeps the batch on disk instead, for the next process.
         """
         with self._lock:
-            if not self._inflight or self._written_off or self._queue.durable:
+            if not self._ledger.inflight or self._written_off or self._queue.durable:
                 return
             batch = self._inflight_batch
             self._written_off = True
-            self._resolved += len(batch)
-            self._inflight = 0
+            self._ledger.resolved += len(batch)
+            self._ledger.inflight = 0
             self._done.notify_all()
             error = ShutdownError("the deadline passed while this batch was still being sent")
             drop = self._count_drop(DropReason.SHUTDOWN, error, batch)
@@ -441,7 +429,7 @@ class Pipeline:
                 self._options.queue_path,
             )
             return None
-        self._resolved += len(messages)
+        self._ledger.resolved += len(messages)
         self._done.notify_all()
         error = ShutdownError("the client shut down before these messages could be sent")
         return self._count_drop(DropReason.SHUTDOWN, error, messages)
@@ -457,11 +445,9 @@ class Pipeline:
         with self._lock:
             if self._written_off:  # already counted as dropped at shutdown; correct the count
                 self._written_off = False
-                key = DropReason.SHUTDOWN.value
-                self._dropped[key] -= outcome.delivered
-                if not self._dropped[key]:
-                    del self._dropped[key]
-                self._delivered += outcome.delivered
+                self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
+                self._ledger.delivered += outcome.delivered
+                self._ledger.batches += outcome.requests
                 self._queue.finish(batch, ())
                 return
             keep: List[bytes] = []
@@ -469,15 +455,16 @@ class Pipeline:
                 keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
                 drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
             self._queue.finish(batch, keep)
-            self._inflight = 0
-            self._delivered += outcome.delivered
+            self._ledger.inflight = 0
+            self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)
         for drop in drops:
             self._report(drop)
         with self._lock:
-            self._resolved += count
+            self._ledger.resolved += count
             self._done.notify_all()
 
     def stopped(self) -> bool:

@@ -51,3 +51,19 @@ def test_short_postgres_run_verifies_ingest_and_warehouse_counts() -> None:
     assert "collector ingest into PostgreSQL" in out
     assert "warehouse load (postgres destination, batches of 250)" in out
     assert out.count("verification: OK") == 2, out
+
+
+def test_short_routing_benchmark_run_verifies_every_message_arrived() -> None:
+    """bench/collector_routing.py with 2,000 events exits 0 having seen every messageId."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT.with_name("collector_routing.py")), "--events", "2000"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "verification: OK" in result.stdout
+    assert "routed:" in result.stdout

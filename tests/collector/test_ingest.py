@@ -185,6 +185,8 @@ class TestPartialBatches:
             ({"type": "alias", "userId": ..., "anonymousId": "a"}, "alias requires 'userId'"),
             ({"timestamp": "yesterday"}, "'timestamp' is not an ISO-8601 time"),
             ({"messageId": 42}, "'messageId' must be a non-empty string"),
+            ({"properties": [1, 2]}, "'properties' must be an object"),
+            ({"context": "web"}, "'context' must be an object"),
             ({"properties": {"blob": "x" * 33_000}}, "over the 32768-byte limit"),
         ],
     )

@@ -210,3 +210,24 @@ def test_health(open_server: CollectorServer) -> None:
     response = httpx.get(f"{open_server.url}/health", timeout=10)
     assert response.status_code == 200
     assert response.json() == {"ok": True}
+
+
+def test_after_follows_new_events_oldest_first(client: httpx.Client, mixed: List[Message]) -> None:
+    """``after=<seq>`` returns only later events, oldest first, each with its ``seq``."""
+    newest_first = _events(client)
+    seqs = [event["seq"] for event in newest_first]
+    assert seqs == sorted(seqs, reverse=True)
+    third = newest_first[-3]["seq"]  # the third oldest
+    later = _events(client, after=third)
+    assert [e["messageId"] for e in later] == [m["messageId"] for m in mixed[3:]]
+    assert [e["seq"] for e in later] == sorted(seqs)[3:]
+    assert _events(client, after=third, limit=2, type="identify") == [later[0]]
+    assert _events(client, after=max(seqs)) == []
+
+
+@pytest.mark.parametrize("value", ["-1", "x", "1.5", "9" * 19])
+def test_bad_after_gets_400(client: httpx.Client, value: str) -> None:
+    """An ``after`` that is not a whole number is refused, naming the parameter."""
+    response = client.get("/v1/events", params={"after": value})
+    assert response.status_code == 400
+    assert "'after'" in response.json()["error"]

@@ -29,9 +29,13 @@ CHROMIUM_ARGS = [
 WRITE_KEY = "wk-browser-tests"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module.
+
+    Playwright's sync API keeps an event loop running in the main thread while it is open,
+    so it must be closed before other modules' tests call ``asyncio.run()``.
+    """
     if not os.path.exists(CHROMIUM):
         pytest.skip(
             f"the debugger's browser tests need Chromium at {CHROMIUM} "

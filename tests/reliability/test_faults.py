@@ -29,7 +29,7 @@ from .conftest import (
     wait_until_quiet,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.both_clients]
 
 
 def test_random_5xx_every_event_arrives_once(server, make_client, measure):

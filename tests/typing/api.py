@@ -97,3 +97,23 @@ def segment_attributes(client: tracklane.Client) -> None:
     client.log.setLevel(logging.WARNING)
     print(key, host, flags, limits, client.on_error, client.proxies)
     client.gzip = True  # type: ignore[misc]
+
+
+async def async_main() -> None:
+    from tracklane.testing import CapturingAsyncClient
+    from tracklane.transports import SendResult
+
+    async with tracklane.AsyncClient("key", host="http://127.0.0.1:8787", on_error=on_error) as ac:
+        queued, message = ac.track("u", "Event", {"n": 1})
+        assert isinstance(queued, bool)
+        assert message["event"] == "Event"
+        delivered, sent = await ac.deliver.identify("u", {"name": "Ada"})
+        assert isinstance(delivered, bool)
+        assert sent["type"] == "identify"
+        flushed: tracklane.FlushResult = await ac.flush(timeout=1.0)
+        print(flushed.complete, ac.stats().pending)
+    capturing = CapturingAsyncClient()
+    capturing.track("u", "Captured")
+    capturing.events.assert_tracked("Captured")
+    result = SendResult(status=200)
+    assert result.ok

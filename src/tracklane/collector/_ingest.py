@@ -1,15 +1,26 @@
-"""Validation and preparation of incoming messages (pure: no I/O, no web framework)."""
+"""Validation and preparation of incoming messages (pure: no I/O, no web framework).
+
+The rules are the client's (``tracklane.messages.check_wire_message``), the limits
+``tracklane.config``'s and the time parser ``tracklane._iso``'s: one schema for the package.
+"""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
+from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._json import dumps, loads
-from tracklane.collector._time import format_iso, parse_iso
 from tracklane.collector.storage import StoredMessage
+from tracklane.config import MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES
+from tracklane.exceptions import ValidationError
+from tracklane.messages import (
+    MAX_MESSAGE_ID_LENGTH,
+    MESSAGE_TYPES,
+    check_wire_message,
+    new_message_id,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -24,13 +35,6 @@ __all__ = [
     "prepare_batch",
     "prepare_single",
 ]
-
-MESSAGE_TYPES = ("alias", "group", "identify", "page", "screen", "track")
-MAX_MESSAGE_BYTES = 32_768
-MAX_REQUEST_BYTES = 500_000
-MAX_MESSAGE_ID_LENGTH = 100
-# The field each type needs besides an identity (alias needs userId as well, checked apart).
-_REQUIRED_FIELD = {"track": "event", "group": "groupId", "alias": "previousId"}
 
 
 class RequestError(ValueError):
@@ -94,15 +98,12 @@ def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime
         sent_at = _time_field(payload, "sentAt")
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
-    received_text = format_iso(received_at)
+    times = _Times(received_at, sent_at, payload["sentAt"] if sent_at is not None else None)
     messages: List[StoredMessage] = []
     rejected: List[Rejection] = []
-    sent_text = payload["sentAt"] if sent_at is not None else None
     for index, message in enumerate(batch):
         try:
-            messages.append(
-                _prepare(message, write_key, received_at, received_text, sent_at, None, sent_text)
-            )
+            messages.append(_prepare(message, write_key, times, None))
         except _Rejected as exc:
             rejected.append(Rejection(index, _message_id_of(message), str(exc)))
     return Prepared(messages, rejected)
@@ -113,21 +114,13 @@ def prepare_single(
 ) -> StoredMessage:
     """Validate the body of a single-message endpoint; raises RequestError if invalid."""
     try:
-        return _prepare(
-            payload, write_key, received_at, format_iso(received_at), None, message_type
-        )
+        return _prepare(payload, write_key, _Times(received_at, None, None), message_type)
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
 
 
 def _prepare(
-    message: object,
-    write_key: str,
-    received_at: datetime,
-    received_text: str,
-    batch_sent_at: Optional[datetime],
-    forced_type: Optional[str],
-    batch_sent_text: Optional[str] = None,
+    message: object, write_key: str, times: _Times, forced_type: Optional[str]
 ) -> StoredMessage:
     """Validate one message and build its row; raises _Rejected with the reason."""
     if not isinstance(message, dict):
@@ -138,25 +131,12 @@ def _prepare(
     encoded = _encode(message)
     if len(encoded) > MAX_MESSAGE_BYTES:
         raise _Rejected(f"message is {len(encoded)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit")
-    message_type = message.get("type")
-    if message_type is None:
-        raise _Rejected("missing 'type'")
-    if message_type not in MESSAGE_TYPES:
-        raise _Rejected(
-            f"unknown type {message_type!r}, expected one of {', '.join(MESSAGE_TYPES)}"
-        )
-    user_id = _id_field(message, "userId")
-    anonymous_id = _id_field(message, "anonymousId")
-    if message_type == "alias" and user_id is None:
-        raise _Rejected("alias requires 'userId'")
-    if user_id is None and anonymous_id is None:
-        raise _Rejected("missing both 'userId' and 'anonymousId'")
-    required = _REQUIRED_FIELD.get(message_type)
-    if required is not None and _id_field(message, required, numbers=required != "event") is None:
-        raise _Rejected(f"{message_type} requires {required!r}")
-    original = _time_field(message, "timestamp")
-    own_sent_at = _time_field(message, "sentAt")
-    timestamp = _corrected(original, batch_sent_at or own_sent_at, received_at)
+    try:
+        message_type, user_id, anonymous_id = check_wire_message(message)
+    except ValidationError as exc:
+        raise _Rejected(exc.problem) from None
+    timestamp = times.corrected(message)
+    batch_sent_text = times.batch_sent_text
     if batch_sent_text is not None and message.get("sentAt") != batch_sent_text:
         # Each message keeps the sentAt its timestamp was corrected with, as Segment's do (the
         # debugger shows it). Appended to the encoded bytes: no second encode on the hot path.
@@ -169,13 +149,9 @@ def _prepare(
         )
     message_id = message.get("messageId")
     if message_id is None:
-        message_id = str(uuid.uuid4())
+        message_id = new_message_id()
         message["messageId"] = message_id
         encoded = _encode(message)
-    elif not isinstance(message_id, str) or not message_id:
-        raise _Rejected("'messageId' must be a non-empty string")
-    elif len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        raise _Rejected(f"'messageId' is longer than {MAX_MESSAGE_ID_LENGTH} characters")
     return StoredMessage(
         write_key=write_key,
         message_id=message_id,
@@ -183,11 +159,52 @@ def _prepare(
         user_id=user_id,
         anonymous_id=anonymous_id,
         event=message.get("event") if message_type == "track" else None,
-        received_at=received_text,
+        received_at=times.received_text,
         timestamp=timestamp,
-        original_timestamp=message["timestamp"] if original is not None else None,
+        original_timestamp=message.get("timestamp"),
         body=encoded.decode("utf-8"),
     )
+
+
+class _Times:
+    """Segment's corrected timestamps for one request, cached by the texts they come from.
+
+    Messages of one batch often share a timestamp (and always the batch's sentAt), so
+    each distinct pair is parsed and formatted once.
+    """
+
+    def __init__(
+        self,
+        received_at: datetime,
+        batch_sent_at: Optional[datetime],
+        batch_sent_text: Optional[str],
+    ) -> None:
+        self.received_at = received_at
+        self.received_text = format_iso(received_at)
+        self.batch_sent_at = batch_sent_at
+        self.batch_sent_text = batch_sent_text
+        self._done: Dict[Tuple[Any, Any], str] = {}
+
+    def corrected(self, message: Dict[str, Any]) -> str:
+        """The stored ``timestamp``; raises _Rejected for a bad timestamp or sentAt."""
+        original = message.get("timestamp")
+        own_sent_at = message.get("sentAt")
+        if original is None and own_sent_at is None:
+            return self.received_text
+        cacheable = isinstance(original, str) and (
+            own_sent_at is None or isinstance(own_sent_at, str)
+        )
+        if cacheable:
+            hit = self._done.get((original, own_sent_at))
+            if hit is not None:
+                return hit
+        sent_at = _time_field(message, "sentAt")
+        text = _corrected(
+            _time_field(message, "timestamp"), self.batch_sent_at or sent_at, self.received_at
+        )
+        if cacheable:
+            self._done[(original, own_sent_at)] = text
+        return text
 
 
 def _encode(message: Dict[str, Any]) -> bytes:
@@ -195,18 +212,6 @@ def _encode(message: Dict[str, Any]) -> bytes:
         return dumps(message)
     except ValueError as exc:
         raise _Rejected(f"message cannot be stored as JSON: {exc}") from None
-
-
-def _id_field(message: Dict[str, Any], name: str, *, numbers: bool = True) -> Optional[str]:
-    """Return an identifier field as text, ``None`` when absent, null or empty."""
-    value = message.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    if numbers and isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise _Rejected(f"{name!r} must be a string")
 
 
 def _time_field(message: Dict[str, Any], name: str) -> Optional[datetime]:

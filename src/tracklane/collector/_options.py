@@ -46,7 +46,7 @@ def _write_key(text: str) -> str:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the collector's flags (``--port``, ``--host``, ``--db``, ``--write-key``)."""
+    """Add the collector's flags: --port, --host, --db, --config and --write-key."""
     parser.add_argument(
         "--port", type=_port, default=0, help="port to listen on; 0 (default) picks a free one"
     )
@@ -58,6 +58,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_DB,
         metavar="FILE|URL",
         help=f"SQLite file (default ./{DEFAULT_DB}) or postgresql://user@host/db URL",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="routing config (TOML): sources, destinations, filters; see docs/routing.md",
     )
     parser.add_argument(
         "--write-key",
@@ -99,8 +104,17 @@ def serve(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None)
         return 2
     keys = write_keys_from(args.write_keys, os.environ if environ is None else environ)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = None
+    if getattr(args, "config", None):
+        from tracklane.collector.config import ConfigError, load_config
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print(f"tracklane collector: {exc}", file=sys.stderr)
+            return 2
     try:
-        return run_until_signalled(args.db, keys, args.host, args.port)
+        return run_until_signalled(args.db, keys, args.host, args.port, config=config)
     except (StorageError, CollectorStartError) as exc:
         print(f"tracklane collector: {exc}", file=sys.stderr)
     except OSError as exc:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, Optional, Tuple
 
+from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._ingest import MESSAGE_TYPES, RequestError
-from tracklane.collector._time import format_iso, parse_iso
 from tracklane.collector.storage import EventFilter
 
 __all__ = ["COUNT_PARAMS", "DEFAULT_LIMIT", "EVENTS_PARAMS", "MAX_LIMIT", "parse_query"]
@@ -13,7 +13,7 @@ __all__ = ["COUNT_PARAMS", "DEFAULT_LIMIT", "EVENTS_PARAMS", "MAX_LIMIT", "parse
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 COUNT_PARAMS = ("type", "userId", "anonymousId", "event", "since")
-EVENTS_PARAMS = (*COUNT_PARAMS, "limit")
+EVENTS_PARAMS = (*COUNT_PARAMS, "limit", "after")
 
 
 def parse_query(
@@ -47,8 +47,20 @@ def parse_query(
         anonymous_id=values.get("anonymousId"),
         event=values.get("event"),
         since=since,
+        after=_after(values.get("after")),
     )
     return where, _limit(values.get("limit"))
+
+
+def _after(text: Optional[str]) -> Optional[int]:
+    """``after=<seq>``: a storage sequence number (0 means from the first event)."""
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise RequestError(
+            f"'after' must be an event's seq (a whole number >= 0), not {text[:32]!r}"
+        )
+    return int(text)
 
 
 def _limit(text: Optional[str]) -> int:

@@ -8,13 +8,17 @@ import sys
 import threading
 import time
 from types import FrameType, TracebackType
-from typing import Iterable, Optional, TextIO, Tuple, Type
+from typing import TYPE_CHECKING, Iterable, Optional, TextIO, Tuple, Type
 
 import uvicorn
 
 from tracklane.collector.app import create_app
 from tracklane.collector.storage import StrPath
 from tracklane.collector.stores import EventStore, open_store
+
+if TYPE_CHECKING:
+    from tracklane.collector.config import RoutingConfig
+    from tracklane.collector.router import Router
 
 __all__ = ["CollectorServer", "CollectorStartError", "run_until_signalled", "serve_in_thread"]
 
@@ -36,10 +40,15 @@ class CollectorServer:
     """
 
     def __init__(
-        self, storage: EventStore, write_keys: Tuple[str, ...], sock: socket.socket
+        self,
+        storage: EventStore,
+        write_keys: Tuple[str, ...],
+        sock: socket.socket,
+        router: Optional[Router] = None,
     ) -> None:
         """Prepare (but do not start) a server on the bound, listening ``sock``."""
         self.storage = storage
+        self.router = router
         self.db_path = storage.path
         self.write_keys = write_keys
         self._sock = sock
@@ -49,7 +58,7 @@ class CollectorServer:
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{shown}:{self.port}"
         config = uvicorn.Config(
-            create_app(storage, write_keys),
+            create_app(storage, write_keys, router),
             log_level="warning",
             log_config=None,  # leave the host process's logging configuration alone
             access_log=False,
@@ -99,7 +108,11 @@ class CollectorServer:
                 self._server.force_exit = True
                 self._thread.join(1.0)
         self._sock.close()
+        if self.router is not None:
+            self.router.stop()  # idempotent; done by the app's lifespan unless it overran
         if not self._thread.is_alive():
+            if self.router is not None:
+                self.router.outbox.close()
             self.storage.close()
 
     def __enter__(self) -> CollectorServer:
@@ -125,28 +138,59 @@ def serve_in_thread(
     port: int = 0,
     *,
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+    config: Optional[RoutingConfig] = None,
 ) -> CollectorServer:
     """Start a collector in a background thread and return once it accepts requests.
 
-    ``port=0`` picks a free port (see ``.port`` / ``.url``). Raises CollectorStartError
-    when the server cannot start, OSError when the address cannot be bound and
-    StorageError when the database cannot be used.
+    ``port=0`` picks a free port (see ``.port`` / ``.url``). With a routing ``config``,
+    the sources' write keys are accepted too and stored events are delivered to its
+    destinations. Raises CollectorStartError when the server cannot start, OSError when
+    the address cannot be bound and StorageError when the database cannot be used.
     """
+    if config is not None:
+        write_keys = (*write_keys, *config.write_keys())
     keys = tuple(dict.fromkeys(write_keys))
     sock = _listen(host, port)
+    router: Optional[Router] = None
     try:
         storage = open_store(db_path)
     except BaseException:
         sock.close()
         raise
     try:
-        server = CollectorServer(storage, keys, sock)
+        if config is not None and config.destinations:
+            router = _build_router(storage, config)
+        server = CollectorServer(storage, keys, sock, router)
     except BaseException:
         sock.close()
+        if router is not None:
+            router.stop()
+            router.outbox.close()
         storage.close()
         raise
     server.start(startup_timeout)
     return server
+
+
+def _build_router(storage: EventStore, config: RoutingConfig) -> Router:
+    from tracklane.collector.outbox import SQLiteOutbox
+    from tracklane.collector.router import Router
+    from tracklane.collector.storage import Storage
+
+    if not isinstance(storage, Storage):
+        raise CollectorStartError(
+            "routing (--config) needs the SQLite store for now: the outbox on PostgreSQL"
+            " is not built yet (docs/routing.md describes it)"
+        )
+    outbox = SQLiteOutbox(storage)
+    try:
+        return Router(outbox, config)
+    except ImportError as exc:  # a destination type's extra is missing
+        outbox.close()
+        raise CollectorStartError(str(exc)) from exc
+    except BaseException:
+        outbox.close()
+        raise
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -172,6 +216,7 @@ def run_until_signalled(
     port: int = 0,
     *,
     out: Optional[TextIO] = None,
+    config: Optional[RoutingConfig] = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT (Ctrl-C), then stop cleanly; return the exit code.
 
@@ -186,7 +231,7 @@ def run_until_signalled(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with serve_in_thread(db_path, write_keys, host, port) as server:
+        with serve_in_thread(db_path, write_keys, host, port, config=config) as server:
             print(f"tracklane collector listening on {server.url}", file=out, flush=True)
             # The wait is interrupted by the signal handler; the timeout only notices a dead server.
             while not stop.wait(1.0):

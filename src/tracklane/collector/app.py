@@ -7,6 +7,7 @@ Routes:
 - ``GET /v1/events`` and ``GET /v1/events/count``: stored events, newest first
 - ``GET /health``: ``{"ok": true}``
 - ``GET /``: the debugger page, and its API under ``/debugger/`` (``collector/debugger``)
+- with a router: ``GET /v1/destinations`` and the dead-letter routes (``_destinations_api``)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sqlite3
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import (
+    TYPE_CHECKING,
     Any,
     AsyncIterator,
     Awaitable,
@@ -36,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tracklane._iso import utc_now
 from tracklane.collector._body import read_limited
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
@@ -50,10 +53,12 @@ from tracklane.collector._ingest import (
 )
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
-from tracklane.collector._time import utc_now
 from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
+
+if TYPE_CHECKING:
+    from tracklane.collector.router import Router
 
 __all__ = ["BATCH_PATHS", "create_app"]
 
@@ -61,12 +66,17 @@ BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(storage: Union[StrPath, EventStore], write_keys: Iterable[str] = ()) -> Starlette:
+def create_app(
+    storage: Union[StrPath, EventStore],
+    write_keys: Iterable[str] = (),
+    router: Optional[Router] = None,
+) -> Starlette:
     """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
     With ``write_keys`` given, only those keys may send or read events. A database
     opened from a path here is closed at the app's lifespan shutdown; a Storage
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
+    A ``router`` (on the same store) is started and stopped with the app's lifespan.
     """
     owned = isinstance(storage, (str, os.PathLike))
     store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
@@ -74,9 +84,13 @@ def create_app(storage: Union[StrPath, EventStore], write_keys: Iterable[str] = 
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if router is not None:
+            await run_in_threadpool(router.start)
         try:
             yield
         finally:
+            if router is not None:
+                await run_in_threadpool(router.stop)
             if owned:
                 store.close()
 
@@ -90,6 +104,10 @@ def create_app(storage: Union[StrPath, EventStore], write_keys: Iterable[str] = 
         Route("/v1/events/count", collector.count, methods=["GET"]),
         Route("/health", collector.health, methods=["GET"]),
     ]
+    if router is not None:
+        from tracklane.collector._destinations_api import destination_routes
+
+        routes += destination_routes(router, collector.write_keys)
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )

@@ -11,6 +11,10 @@ the module-level default client for the duration of a ``with`` block::
     events.assert_tracked("Signed Up", user_id="user-1", properties={"plan": "pro"})
 
 With pytest, the ``tracklane_events`` fixture does the same for one test.
+
+``CapturingAsyncClient`` is the same for code that uses :class:`tracklane.AsyncClient`:
+hand it to the code under test where it would build its own client (a FastAPI dependency,
+an app factory); ``client.events`` holds each message as soon as the call returns.
 """
 
 from __future__ import annotations
@@ -22,11 +26,20 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 import orjson
 
 import tracklane
+from tracklane._aio_client import AsyncClient
 from tracklane._client import Client
-from tracklane._transport import SendResult
-from tracklane.messages import coerce_id
+from tracklane._core.batching import batch_body
+from tracklane.messages import coerce_id, now_timestamp
+from tracklane.transports import SendResult
 
-__all__ = ["CapturedEvents", "CapturingClient", "MemoryTransport", "capture"]
+__all__ = [
+    "AsyncMemoryTransport",
+    "CapturedEvents",
+    "CapturingAsyncClient",
+    "CapturingClient",
+    "MemoryTransport",
+    "capture",
+]
 
 
 class MemoryTransport:
@@ -55,6 +68,17 @@ class MemoryTransport:
         for body in bodies:
             out.extend(orjson.loads(body)["batch"])
         return out
+
+
+class AsyncMemoryTransport(MemoryTransport):
+    """The asyncio twin of :class:`MemoryTransport` (for ``AsyncClient(transport=...)``)."""
+
+    async def send(self, body: bytes, timeout: float) -> SendResult:  # type: ignore[override]
+        """Record ``body``; answer the next scripted status, or 200."""
+        return MemoryTransport.send(self, body, timeout)
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
 
 
 class CapturedEvents:
@@ -142,6 +166,28 @@ class CapturingClient(Client):
         options["sync_mode"] = True
         super().__init__(write_key, transport=self.transport, **options)
         self.events = CapturedEvents(self.transport, self.options.decimal_as)
+
+
+class CapturingAsyncClient(AsyncClient):
+    """A :class:`tracklane.AsyncClient` that captures messages in memory instead of sending.
+
+    Validation, conversions and size limits are the real ones. Each call's message is
+    captured before the call returns (no task, no flush needed); ``await
+    client.deliver.track(...)`` captures too.
+    """
+
+    def __init__(self, write_key: str = "test-write-key", **options: Any) -> None:
+        self.transport = AsyncMemoryTransport()
+        options.setdefault("host", "http://127.0.0.1")
+        super().__init__(write_key, transport=self.transport, **options)
+        self.events = CapturedEvents(self.transport)
+        self._put = self._capture
+
+    def _capture(self, data: bytes) -> bool:
+        accepted = self._pipeline.stubbed(data)
+        with self.transport._lock:
+            self.transport.bodies.append(batch_body([data], now_timestamp()))
+        return accepted
 
 
 @contextmanager

@@ -33,8 +33,8 @@ from typing import (
     Union,
 )
 
+from tracklane._iso import parse_iso
 from tracklane.collector._json import dumps
-from tracklane.collector._time import parse_iso
 
 __all__ = [
     "DISCARDS_TABLE",

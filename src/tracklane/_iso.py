@@ -1,4 +1,10 @@
-"""ISO-8601 parsing and formatting for the collector (UTC, millisecond precision)."""
+"""ISO-8601 times, one parser for the whole package (client calls and the collector).
+
+``parse_iso`` takes what ``datetime.fromisoformat`` takes (``Z`` included, on every Python
+version), plus fractions of any length, ``,`` as the decimal mark and offsets written
+``+HH``/``+HHMM``; text without an offset means UTC. ``format_iso`` writes UTC with
+milliseconds and ``Z``, the collector's stored form.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +23,27 @@ _ISO = re.compile(
 
 
 def utc_now() -> datetime:
-    """Return the current time as an aware UTC datetime."""
+    """The current time as an aware UTC datetime."""
     return datetime.now(timezone.utc)
 
 
 def parse_iso(value: str) -> datetime:
     """Parse an ISO-8601 date or date-time into an aware datetime (no offset means UTC).
 
-    Raises ValueError when ``value`` is not ISO-8601.
+    Raises ValueError (``not an ISO-8601 time: ...``) when ``value`` is not ISO-8601.
     """
-    match = _ISO.fullmatch(value.strip())
+    text = value.strip()
+    try:  # the common forms, in C
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text)
+    except ValueError:
+        moment = _parse_lenient(value, text)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment
+
+
+def _parse_lenient(value: str, text: str) -> datetime:
+    match = _ISO.fullmatch(text)
     if match is None:
         raise ValueError(f"not an ISO-8601 time: {value!r}")
     year, month, day = (int(part) for part in match["date"].split("-"))

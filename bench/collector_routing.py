@@ -1,0 +1,149 @@
+"""Routed rate of the collector: stored events delivered to a webhook, per second.
+
+Starts a webhook receiver on 127.0.0.1 that holds its first request, then a collector
+subprocess routing to it (``--config``), posts ``--events`` events (acknowledged, so
+durable), releases the receiver and times how long the outbox takes to deliver them all.
+Every messageId must arrive.
+
+    python bench/collector_routing.py --events 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import selectors
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, List, Optional, Set
+
+import httpx
+import orjson
+from collector_ingest import URL_PREFIX, _iso, _src_path, cpu_seconds, realistic_message
+
+
+class Receiver:
+    """Counts the messages of 2xx-answered POSTs; the first request waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.ids: Set[str] = set()
+        self.received = 0
+        self.requests = 0
+        self.release = threading.Event()
+        self.done = threading.Event()
+        self.expected = 0
+        self.finished_at = 0.0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.release.wait(600)
+                batch = orjson.loads(body)["batch"]
+                with receiver._lock:
+                    receiver.requests += 1
+                    receiver.received += len(batch)
+                    receiver.ids.update(m["messageId"] for m in batch)
+                    if len(receiver.ids) >= receiver.expected and not receiver.done.is_set():
+                        receiver.finished_at = time.monotonic()
+                        receiver.done.set()
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark and print the routed rate."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch-size", type=int, default=100, help="webhook batch_size")
+    parser.add_argument("--concurrency", type=int, default=4, help="webhook concurrency")
+    args = parser.parse_args(argv)
+
+    receiver = Receiver()
+    receiver.expected = args.events
+    rng = random.Random(3)
+    now = _iso(datetime.now(timezone.utc))
+    with tempfile.TemporaryDirectory(prefix="tracklane-route-") as tmp:
+        config = Path(tmp) / "tracklane.toml"
+        config.write_text(
+            '[[sources]]\nname = "bench"\nwrite_keys = ["bench-key"]\n\n'
+            f'[[destinations]]\nname = "Hooks"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+            f"batch_size = {args.batch_size}\nconcurrency = {args.concurrency}\n"
+            "timeout = 600\n"  # the receiver holds its first requests until the events are in
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_src_path(), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "tracklane.collector", "--port", "0"]
+        command += ["--db", str(Path(tmp) / "events.db"), "--config", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        try:
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(proc.stdout, selectors.EVENT_READ)
+                if not selector.select(30):
+                    raise RuntimeError("the collector did not start within 30 s")
+            url = proc.stdout.readline().decode().strip()[len(URL_PREFIX) :]
+            template = [realistic_message(rng, now) for _ in range(500)]
+            with httpx.Client(base_url=url, auth=("bench-key", ""), timeout=60) as http:
+                for start in range(0, args.events, 500):
+                    batch = [{**m, "messageId": f"r-{start + i}"} for i, m in enumerate(template)][
+                        : args.events - start
+                    ]
+                    response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
+                    if response.status_code != 200 or response.json()["stored"] != len(batch):
+                        raise RuntimeError(f"ingest failed: {response.text[:300]}")
+            cpu_before = cpu_seconds(proc.pid)
+            began = time.monotonic()
+            receiver.release.set()
+            if not receiver.done.wait(600):
+                raise RuntimeError(f"only {len(receiver.ids)} of {args.events} delivered")
+            elapsed = receiver.finished_at - began
+            cpu_after = cpu_seconds(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            receiver.httpd.shutdown()
+    ok = receiver.ids == {f"r-{i}" for i in range(args.events)}
+    print(
+        f"collector routing to a webhook (batch_size {args.batch_size}, "
+        f"concurrency {args.concurrency})"
+    )
+    print(
+        f"  events: {args.events}, requests: {receiver.requests}, "
+        f"received: {receiver.received} in {elapsed:.2f} s"
+    )
+    print(f"  routed: {args.events / elapsed:,.0f} events/s")
+    if cpu_before is not None and cpu_after is not None:
+        per_event = (cpu_after - cpu_before) / args.events * 1e6
+        print(
+            f"  collector CPU: {per_event:.1f} µs/event "
+            f"({1e6 / per_event:,.0f} events/s per fully used core)"
+        )
+    print("  verification:", "OK" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,453 @@
+"""The asyncio twin of ``_worker.Pipeline``: one delivery task on the event loop.
+
+The same rules as the thread worker, decided by the same core (``seconds_until_due``,
+``BatchJob``, ``Ledger``): a batch when ``batch_size`` messages wait, when the oldest is
+``flush_interval`` old, or on flush; one request in flight; every wait has a deadline.
+
+The pipeline binds to the loop of its first use (the first call made on a running loop,
+or ``flush``/``shutdown``); calls from other threads append under a lock and wake the
+task with ``call_soon_threadsafe``. If that loop closes (``asyncio.run`` returning,
+a test's loop ending), the task is gone: the batch it had in flight goes back to the
+front of the queue, and the next use on another loop binds again. What is still queued
+at interpreter exit is delivered by the exit hook on a fresh loop within
+``shutdown_timeout``, or counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, List, Optional
+
+from ._aio_finish import FlushAndShutdown
+from ._aio_queue import DiskQueue, MemoryQueue
+from ._core.batching import seconds_until_due
+from ._core.delivery import BatchJob, Done, Drop, Outcome, Send
+from ._core.ledger import Ledger
+from ._core.retry import RetryPolicy
+from ._stats import DropReason, Stats
+from .config import Options, OverflowPolicy
+from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
+from .messages import now_timestamp
+from .transports import AsyncTransport, SendResult
+
+__all__ = ["AsyncPipeline"]
+
+logger = logging.getLogger("tracklane")
+_FULL_WARNING_INTERVAL = 60.0
+Queue = Any  # MemoryQueue or DiskQueue
+
+
+class AsyncPipeline(FlushAndShutdown):
+    """A bounded FIFO of encoded messages and the task that sends them in batches."""
+
+    def __init__(
+        self,
+        options: Options,
+        transport: AsyncTransport,
+        policy: RetryPolicy,
+        report: Callable[[Drop], None],
+    ) -> None:
+        self._options = options
+        self._transport = transport
+        self._policy = policy
+        self._report = report
+        self.on_loop_end: List[Callable[[], None]] = []
+        abort = getattr(transport, "abort", None)
+        if abort is not None:
+            self.on_loop_end.append(abort)
+        self._batch_size = options.batch_size
+        self._max_queue_size = options.max_queue_size
+        self._queue: Queue = None
+        self._reset()
+        if hasattr(os, "register_at_fork"):
+            method = weakref.WeakMethod(self._after_fork)
+
+            def _child() -> None:
+                bound = method()
+                if bound is not None:
+                    bound()
+
+            os.register_at_fork(after_in_child=_child)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._queue = self._open_queue()
+        if isinstance(self._queue, DiskQueue):
+            self._queue.bind(self._lock)
+        self._ledger = Ledger(self._queue.recovered)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._task: Optional[asyncio.Task[None]] = None
+        self._generation = 0  # bumped at each (re)binding: a stale task stops by itself
+        self._waiter: Optional[asyncio.Future[None]] = None
+        self._sleeper: Optional[asyncio.Future[bool]] = None
+        self._flushers: List[asyncio.Future[None]] = []
+        self._aborted = False
+        self._cancel_reason: Optional[str] = None
+        self._flush_target = 0
+        self._queue_since = 0.0
+        self._closed = False
+        self._stopping = False
+        self._deadline: Optional[float] = None
+        self._inflight_batch: List[bytes] = []
+        self._written_off = False
+        self._pid = os.getpid()
+        self._last_full_warning = -_FULL_WARNING_INTERVAL
+
+    def _open_queue(self) -> Queue:
+        options = self._options
+        if options.queue_path is None:
+            return MemoryQueue()
+        try:
+            return DiskQueue(os.fspath(options.queue_path), options.queue_fsync)
+        except Exception as exc:
+            if self._queue is None:
+                raise ConfigurationError(
+                    f"queue_path: cannot open {options.queue_path!r}: {exc}"
+                ) from exc
+            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
+            return MemoryQueue()
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's queue and loop stay the parent's; start empty."""
+        self._queue.forget_after_fork()
+        self._reset()
+
+    # -- the calling side (any thread) ------------------------------------------------
+
+    def put(self, data: bytes) -> bool:
+        """Queue one encoded message without blocking; False (counted, reported) if refused."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        dropped: Optional[Drop] = None
+        with self._lock:
+            ledger = self._ledger
+            ledger.tracked += 1
+            queue = self._queue
+            size = len(queue)
+            if size < self._max_queue_size and not self._closed:
+                queue.append(data)
+                ledger.accepted += 1
+                if size == 0:
+                    self._queue_since = time.monotonic()
+                elif size + 1 != self._batch_size:
+                    return True
+            elif self._closed:
+                dropped = self._count_drop(
+                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
+                )
+            else:
+                dropped = self._overflow(data)
+        if dropped is None:
+            self._poke()  # the first message of a batch, or a full batch
+            return True
+        self._report(dropped)
+        return dropped.messages[0] is not data
+
+    def _overflow(self, data: bytes) -> Drop:
+        """A full queue (lock held): drop the newest, or the oldest (``drop_oldest``)."""
+        now = time.monotonic()
+        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
+            self._last_full_warning = now
+            logger.warning(
+                "tracklane: queue full (%d messages), dropping by policy %s; "
+                "see client.stats() for counts",
+                self._max_queue_size,
+                self._options.overflow.value,
+            )
+        error = QueueFullError(f"queue full ({self._max_queue_size} messages)")
+        if self._options.overflow is OverflowPolicy.DROP_OLDEST:
+            try:
+                oldest = self._queue.popleft()
+            except IndexError:  # durable: the oldest are on disk already; drop the newest
+                return self._count_drop(DropReason.QUEUE_FULL, error, [data])
+            self._ledger.resolved += 1
+            self._queue.append(data)
+            self._ledger.accepted += 1
+            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
+        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
+
+    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
+        self._ledger.drop(reason, len(messages))
+        return Drop(reason, error, messages)
+
+    def refuse(self, reason: DropReason) -> None:
+        """Count a message refused before queueing (too large)."""
+        with self._lock:
+            self._ledger.refuse(reason)
+
+    def stubbed(self, data: bytes) -> bool:
+        """A stub client's message: tracked and delivered nowhere."""
+        with self._lock:
+            self._ledger.stubbed()
+        return True
+
+    def begin_inline(self) -> bool:
+        """An inline delivery starts (tracked, pending); False if the client is shut down."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._ledger.begin_inline()
+            return True
+
+    def end_inline(self, outcome: Outcome) -> None:
+        """Settle an inline delivery begun with :meth:`begin_inline`."""
+        with self._lock:
+            self._ledger.end_inline()
+            self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
+            for drop in outcome.drops:
+                self._ledger.drop(drop.reason, len(drop.messages))
+        for drop in outcome.drops:
+            self._report(drop)
+
+    def refuse_closed(self, data: bytes) -> None:
+        """A message for a client already shut down: tracked, dropped, reported."""
+        with self._lock:
+            self._ledger.tracked += 1
+            drop = self._count_drop(
+                DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
+            )
+        self._report(drop)
+
+    def stats(self) -> Stats:
+        """A consistent snapshot of the counters."""
+        with self._lock:
+            return self._ledger.snapshot(len(self._queue))
+
+    def stopped(self) -> bool:
+        """True once shutdown has begun."""
+        return self._stopping
+
+    # -- binding to a loop ------------------------------------------------------------
+
+    def _poke(self) -> None:
+        """Make sure the task runs and looks at the queue (from any thread)."""
+        try:
+            running: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        loop = self._loop
+        if running is not None and running is loop:
+            self._wake()
+            return
+        if running is not None and self._bind(running):
+            return
+        if loop is not None and not loop.is_closed():
+            # Closed meanwhile: the next use (or the exit hook) delivers.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake)
+
+    def _bind(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> bool:
+        """Run the task on ``loop`` if there is none alive; True if it is bound to ``loop``."""
+        with self._lock:
+            current = self._loop
+            alive = (
+                current is not None
+                and not current.is_closed()
+                and self._task is not None
+                and not self._task.done()
+            )
+            if alive and not force:
+                return current is loop
+            if current is loop and alive:
+                return True
+            # A first use, or the old loop is gone: what its task had in flight goes back.
+            if self._ledger.inflight and not self._written_off:
+                self._queue.requeue(self._inflight_batch)
+                self._ledger.inflight = 0
+                self._inflight_batch = []
+            self._loop = loop
+            self._waiter = None
+            self._sleeper = None
+            self._flushers = []
+            self._aborted = False
+            if self._task is not None and not self._task.done() and current is not None:
+                # Its loop is alive but not running: it must never run this task again.
+                with contextlib.suppress(RuntimeError):
+                    current.call_soon_threadsafe(self._task.cancel)
+            self._generation += 1
+            self._task = loop.create_task(self._run(self._generation))
+        return True
+
+    def _wake(self) -> None:
+        """On the loop: end the task's wait for work."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- the task -----------------------------------------------------------------------
+
+    async def _run(self, generation: int) -> None:
+        try:
+            while generation == self._generation:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                with self._lock:
+                    deadline = self._deadline
+                try:
+                    outcome = await self.deliver(batch, deadline, DropReason.SHUTDOWN)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # pragma: no cover - a bug must not lose the count
+                    logger.exception("tracklane: unexpected error while sending a batch")
+                    error = DeliveryError(f"internal error: {exc!r}")
+                    outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
+                if generation != self._generation:
+                    return  # rebound meanwhile: the batch went back to the queue
+                await self._settle(batch, outcome)
+        except asyncio.CancelledError:
+            if generation == self._generation and self._cancel_reason != "shutdown":
+                # The loop is stopping (asyncio.run returned): the batch goes back to the
+                # queue, for the next loop or the exit hook; at least once, never lost.
+                with self._lock:
+                    if self._ledger.inflight and not self._written_off:
+                        self._queue.requeue(self._inflight_batch)
+                        self._ledger.inflight = 0
+                        self._inflight_batch = []
+            # Connections belong to this loop: close them while it still runs.
+            for close in self.on_loop_end:
+                with contextlib.suppress(Exception):
+                    close()
+            raise
+
+    async def _next_batch(self) -> Optional[List[bytes]]:
+        options = self._options
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                size = len(self._queue)
+                wait: Optional[float] = None
+                if self._stopping:
+                    if not size or (
+                        self._deadline is not None and time.monotonic() >= self._deadline
+                    ):
+                        return None
+                    wait = 0.0
+                elif size:
+                    wait = seconds_until_due(
+                        size,
+                        options.batch_size,
+                        self._ledger.resolved < self._flush_target,
+                        time.monotonic() - self._queue_since,
+                        options.flush_interval,
+                    )
+            if wait is not None and not wait:
+                break
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(wait, _resolve, waiter) if wait is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        batch: List[bytes] = await self._queue.take(options.batch_size, self._lock, self._ledger)
+        with self._lock:
+            self._inflight_batch = batch
+            self._written_off = False
+            if len(self._queue):
+                self._queue_since = time.monotonic()
+        return batch
+
+    async def deliver(
+        self,
+        messages: List[bytes],
+        deadline: Optional[float],
+        reason: DropReason,
+        transport: Optional[AsyncTransport] = None,
+    ) -> Outcome:
+        """Walk one batch through the core's decisions, awaiting the transport.
+
+        The task's own batches may be cut short by shutdown; an inline delivery (another
+        ``transport``) is bounded by its ``deadline`` only.
+        """
+        clock = time.monotonic
+        job = BatchJob(
+            messages, self._policy, self._options.timeout, now_timestamp, deadline, reason
+        )
+        own = transport is None
+        target = self._transport if transport is None else transport
+        action = job.start(clock())
+        while not isinstance(action, Done):
+            if isinstance(action, Send):
+                result = await _send(target, action.body, action.timeout)
+                action = job.answered(result, clock())
+                continue
+            if own:
+                aborted = await self._sleep(action.seconds)
+            else:
+                aborted = False
+                await asyncio.sleep(action.seconds)
+            if not aborted:
+                with self._lock:
+                    self._ledger.retries += 1
+            action = job.waited(clock(), aborted)
+        return action.outcome
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait before a retry; True if shutdown cut it short."""
+        if self._aborted:
+            return True
+        loop = asyncio.get_running_loop()
+        sleeper = self._sleeper = loop.create_future()
+        timer = loop.call_later(seconds, _resolve_false, sleeper)
+        try:
+            aborted: bool = await sleeper
+            return aborted
+        finally:
+            timer.cancel()
+            self._sleeper = None
+
+    async def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
+        count = len(batch)
+        drops = outcome.drops
+        keep: List[bytes] = []
+        if self._queue.durable:
+            keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
+            drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
+        await self._queue.finish(batch, keep, self._lock, self._ledger)
+        with self._lock:
+            if self._written_off:  # counted as dropped at shutdown; correct the count
+                self._written_off = False
+                self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
+                self._ledger.delivered += outcome.delivered
+                self._ledger.batches += outcome.requests
+                return
+            self._ledger.inflight = 0
+            self._inflight_batch = []
+            self._ledger.delivered += outcome.delivered
+            self._ledger.batches += outcome.requests
+            for drop in drops:
+                self._count_drop(drop.reason, drop.error, drop.messages)
+            count -= len(keep)
+        for drop in drops:
+            self._report(drop)
+        with self._lock:
+            self._ledger.resolved += count
+        self._notify_flushers()
+
+
+async def _send(transport: AsyncTransport, body: bytes, timeout: float) -> SendResult:
+    try:
+        return await transport.send(body, timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a custom transport that raises: a failure without an answer
+        return SendResult(error=exc)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _resolve_false(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)

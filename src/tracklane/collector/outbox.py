@@ -1,0 +1,429 @@
+"""The durable outbox: which stored events each destination still has to get.
+
+The events table is the log; the outbox keeps, per destination, a **cursor** (events up
+to it have been claimed) and **pending** rows (claimed and not yet delivered: a range of
+event ids, or one event waiting for a retry), plus **dead letters**. A collector **claims**
+work under a lease (``lease_until``), delivers it, then **settles** the claim in one
+transaction: delivered rows go, failures come back as rows due at their retry time (or as
+dead letters), counters move. Claims and settlements are committed before and after
+delivery, so a ``kill -9`` at any point loses nothing; what was in flight is delivered
+again (at least once). docs/routing.md describes the interface a PostgreSQL outbox follows
+(the same tables, claims taken with ``FOR UPDATE SKIP LOCKED`` and expired leases taken
+over).
+
+This SQLite outbox serves one collector process per database file: at open it releases
+every lease, since the process that held them is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+from tracklane.collector._json import loads_stored
+from tracklane.collector.storage import Storage, StorageError
+
+__all__ = [
+    "Claim",
+    "DeadLetter",
+    "DestinationStatus",
+    "PendingRow",
+    "Retry",
+    "SQLiteOutbox",
+    "Settlement",
+    "StoredEvent",
+]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS route_cursor (
+    destination TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,             -- events with id <= position have been claimed
+    delivered INTEGER NOT NULL DEFAULT 0,
+    filtered INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,   -- failed attempts, retried or dead-lettered
+    last_error TEXT,
+    last_error_at TEXT,
+    last_delivered_at TEXT
+);
+CREATE TABLE IF NOT EXISTS route_pending (
+    id INTEGER PRIMARY KEY,
+    destination TEXT NOT NULL,
+    first_event INTEGER NOT NULL,
+    last_event INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at REAL NOT NULL,                  -- unix time from which it may be (re)tried
+    lease_until REAL,                      -- held by lease_owner until then
+    lease_owner TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS route_pending_due ON route_pending (destination, due_at);
+CREATE TABLE IF NOT EXISTS route_dead (
+    destination TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    dead_at TEXT NOT NULL,
+    PRIMARY KEY (destination, event_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A claimed outbox row: events ``first..last`` (one event when they are equal)."""
+
+    id: int
+    first: int
+    last: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Rows one collector holds for one destination until it settles them."""
+
+    destination: str
+    rows: Tuple[PendingRow, ...]
+    owner: str
+
+
+class StoredEvent(NamedTuple):
+    """A stored event as a destination receives it (a named tuple: one per event)."""
+
+    id: int
+    write_key: str
+    message: Dict[str, Any]  # wire form with receivedAt, timestamp, originalTimestamp
+    attempts: int  # failed attempts so far for this destination
+
+
+@dataclass(frozen=True)
+class Retry:
+    """An event to try again at ``due_at`` (unix time)."""
+
+    event_id: int
+    attempts: int
+    due_at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An event given up on for a destination."""
+
+    event_id: int
+    attempts: int
+    error: str
+    message_id: Optional[str] = None
+    type: Optional[str] = None
+    event: Optional[str] = None
+    dead_at: Optional[str] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        """The wire form served by ``GET /v1/destinations/<name>/dead-letters``."""
+        return {
+            "eventId": self.event_id,
+            "messageId": self.message_id,
+            "type": self.type,
+            "event": self.event,
+            "attempts": self.attempts,
+            "lastError": self.error,
+            "deadAt": self.dead_at,
+        }
+
+
+@dataclass
+class Settlement:
+    """What became of a claim."""
+
+    delivered: int = 0
+    filtered: int = 0
+    skipped: int = 0
+    retries: List[Retry] = field(default_factory=list)
+    dead: List[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DestinationStatus:
+    """Counters and state of one destination (``GET /v1/destinations``)."""
+
+    name: str
+    type: str
+    delivered: int
+    pending: int
+    failed: int  # messages waiting for a retry after a failed attempt
+    dead_lettered: int
+    filtered: int
+    skipped: int
+    last_error: Optional[str]
+    last_error_at: Optional[str]
+    last_delivered_at: Optional[str]
+    lag_seconds: float  # age of the oldest message not yet handled; 0 when none
+
+    def to_json(self) -> Dict[str, Any]:
+        """The wire form."""
+        return {
+            "name": self.name,
+            "type": self.type,
+            "delivered": self.delivered,
+            "pending": self.pending,
+            "failed": self.failed,
+            "deadLettered": self.dead_lettered,
+            "filtered": self.filtered,
+            "skipped": self.skipped,
+            "lastError": self.last_error,
+            "lastErrorAt": self.last_error_at,
+            "lastDeliveredAt": self.last_delivered_at,
+            "lagSeconds": round(self.lag_seconds, 3),
+        }
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SQLiteOutbox:
+    """The outbox in the collector's SQLite file, writing through the store's writer."""
+
+    def __init__(self, storage: Storage, lease_seconds: float = 600.0) -> None:
+        """Create the outbox tables if needed and release leases of a previous process."""
+        self.storage = storage
+        self.lease_seconds = lease_seconds
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._read_lock = threading.Lock()
+        try:
+            with storage.write_transaction() as db:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("UPDATE route_pending SET lease_until = NULL, lease_owner = NULL")
+            self._reader = sqlite3.connect(
+                str(storage.path), timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot use {storage.path} for the outbox: {exc}") from exc
+
+    def register(self, destinations: Iterable[str]) -> None:
+        """Start a cursor for each new destination at the newest stored event."""
+        with self.storage.write_transaction() as db:
+            head = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            db.executemany(
+                "INSERT OR IGNORE INTO route_cursor (destination, position) VALUES (?, ?)",
+                [(name, head) for name in destinations],
+            )
+
+    def head(self) -> int:
+        """The id of the newest stored event (0 when none)."""
+        with self._read_lock:
+            return int(
+                self._reader.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            )
+
+    def claim(self, destination: str, limit: int, now: Optional[float] = None) -> Optional[Claim]:
+        """Lease due retries, or else up to ``limit`` new events; ``None`` when idle."""
+        now = time.time() if now is None else now
+        lease = now + self.lease_seconds
+        with self.storage.write_transaction() as db:
+            due = db.execute(
+                "SELECT id, first_event, last_event, attempts FROM route_pending"
+                " WHERE destination = ? AND due_at <= ?"
+                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY due_at, id LIMIT ?",
+                (destination, now, now, limit),
+            ).fetchall()
+            rows: List[PendingRow] = []
+            count = 0
+            for row in due:
+                if rows and count + row[2] - row[1] + 1 > limit:
+                    break
+                rows.append(PendingRow(*row))
+                count += row[2] - row[1] + 1
+            if not rows:
+                position = db.execute(
+                    "SELECT position FROM route_cursor WHERE destination = ?", (destination,)
+                ).fetchone()
+                if position is None:
+                    raise StorageError(f"destination {destination!r} is not registered")
+                last = db.execute(
+                    "SELECT MAX(id) FROM (SELECT id FROM events WHERE id > ? ORDER BY id LIMIT ?)",
+                    (position[0], limit),
+                ).fetchone()[0]
+                if last is None:
+                    return None
+                cursor = db.execute(
+                    "INSERT INTO route_pending (destination, first_event, last_event, due_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (destination, position[0] + 1, last, now),
+                )
+                assert cursor.lastrowid is not None
+                rows.append(PendingRow(cursor.lastrowid, position[0] + 1, last, 0))
+                db.execute(
+                    "UPDATE route_cursor SET position = ? WHERE destination = ?",
+                    (last, destination),
+                )
+            db.executemany(
+                "UPDATE route_pending SET lease_until = ?, lease_owner = ? WHERE id = ?",
+                [(lease, self.owner, row.id) for row in rows],
+            )
+        return Claim(destination, tuple(rows), self.owner)
+
+    def events(self, claim: Claim) -> List[StoredEvent]:
+        """The stored events a claim covers, oldest first."""
+        found: List[StoredEvent] = []
+        with self._read_lock:
+            for row in claim.rows:
+                records = self._reader.execute(
+                    "SELECT id, write_key, received_at, timestamp, original_timestamp, body"
+                    " FROM events WHERE id BETWEEN ? AND ? ORDER BY id",
+                    (row.first, row.last),
+                ).fetchall()
+                for event_id, key, received_at, timestamp, original, body in records:
+                    message: Dict[str, Any] = loads_stored(body)
+                    message["receivedAt"] = received_at
+                    message["timestamp"] = timestamp
+                    message["originalTimestamp"] = original
+                    found.append(StoredEvent(event_id, key, message, row.attempts))
+        return found
+
+    def settle(self, claim: Claim, outcome: Settlement) -> None:
+        """Record a claim's outcome in one transaction and release it."""
+        now_text = _iso_now()
+        last_error = (outcome.dead or outcome.retries or [None])[-1]
+        with self.storage.write_transaction() as db:
+            db.executemany(
+                "DELETE FROM route_pending WHERE id = ?", [(row.id,) for row in claim.rows]
+            )
+            db.executemany(
+                "INSERT INTO route_pending"
+                " (destination, first_event, last_event, attempts, due_at, last_error)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (claim.destination, r.event_id, r.event_id, r.attempts, r.due_at, r.error)
+                    for r in outcome.retries
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO route_dead"
+                " (destination, event_id, attempts, last_error, dead_at) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (claim.destination, d.event_id, d.attempts, d.error, now_text)
+                    for d in outcome.dead
+                ],
+            )
+            db.execute(
+                "UPDATE route_cursor SET delivered = delivered + ?, filtered = filtered + ?,"
+                " skipped = skipped + ?, failures = failures + ?,"
+                " last_error = COALESCE(?, last_error),"
+                " last_error_at = CASE WHEN ? IS NULL THEN last_error_at ELSE ? END,"
+                " last_delivered_at = CASE WHEN ? > 0 THEN ? ELSE last_delivered_at END"
+                " WHERE destination = ?",
+                (
+                    outcome.delivered,
+                    outcome.filtered,
+                    outcome.skipped,
+                    len(outcome.retries) + len(outcome.dead),
+                    None if last_error is None else last_error.error,
+                    None if last_error is None else last_error.error,
+                    now_text,
+                    outcome.delivered,
+                    now_text,
+                    claim.destination,
+                ),
+            )
+
+    def next_due(self, destination: str) -> Optional[float]:
+        """When the earliest unleased pending row of ``destination`` falls due."""
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT MIN(due_at) FROM route_pending WHERE destination = ?"
+                " AND lease_until IS NULL",
+                (destination,),
+            ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def status(self, destinations: Sequence[Tuple[str, str]]) -> List[DestinationStatus]:
+        """The status of each ``(name, type)``."""
+        now = time.time()
+        result: List[DestinationStatus] = []
+        with self._read_lock:
+            db = self._reader
+            for name, kind in destinations:
+                row = db.execute(
+                    "SELECT position, delivered, filtered, skipped, last_error, last_error_at,"
+                    " last_delivered_at FROM route_cursor WHERE destination = ?",
+                    (name,),
+                ).fetchone()
+                if row is None:
+                    row = (0, 0, 0, 0, None, None, None)
+                position = row[0]
+                unclaimed = db.execute(
+                    "SELECT COUNT(*) FROM events WHERE id > ?", (position,)
+                ).fetchone()[0]
+                claimed, retrying, oldest = db.execute(
+                    "SELECT COALESCE(SUM(last_event - first_event + 1), 0),"
+                    " COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0),"
+                    " MIN(first_event) FROM route_pending WHERE destination = ?",
+                    (name,),
+                ).fetchone()
+                dead = db.execute(
+                    "SELECT COUNT(*) FROM route_dead WHERE destination = ?", (name,)
+                ).fetchone()[0]
+                start = oldest if oldest is not None else position + 1
+                received = db.execute(
+                    "SELECT received_at FROM events WHERE id >= ? ORDER BY id LIMIT 1", (start,)
+                ).fetchone()
+                lag = 0.0
+                if received is not None and (unclaimed or claimed):
+                    moment = datetime.fromisoformat(received[0].replace("Z", "+00:00"))
+                    lag = max(0.0, now - moment.timestamp())
+                result.append(
+                    DestinationStatus(
+                        name=name,
+                        type=kind,
+                        delivered=row[1],
+                        pending=int(unclaimed + claimed),
+                        failed=int(retrying),
+                        dead_lettered=int(dead),
+                        filtered=row[2],
+                        skipped=row[3],
+                        last_error=row[4],
+                        last_error_at=row[5],
+                        last_delivered_at=row[6],
+                        lag_seconds=lag,
+                    )
+                )
+        return result
+
+    def dead_letters(self, destination: str, limit: int = 100) -> List[DeadLetter]:
+        """The newest dead letters of ``destination``, with each message's id and last error."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT d.event_id, d.attempts, d.last_error, e.message_id, e.type, e.event,"
+                " d.dead_at FROM route_dead d LEFT JOIN events e ON e.id = d.event_id"
+                " WHERE d.destination = ? ORDER BY d.event_id DESC LIMIT ?",
+                (destination, limit),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def replay(self, destination: str, now: Optional[float] = None) -> int:
+        """Send every dead letter of ``destination`` again (due now); return how many."""
+        now = time.time() if now is None else now
+        with self.storage.write_transaction() as db:
+            moved = db.execute(
+                "INSERT INTO route_pending (destination, first_event, last_event, due_at)"
+                " SELECT destination, event_id, event_id, ? FROM route_dead"
+                " WHERE destination = ?",
+                (now, destination),
+            ).rowcount
+            db.execute("DELETE FROM route_dead WHERE destination = ?", (destination,))
+        return int(moved)
+
+    def close(self) -> None:
+        """Close the reader connection (the store owns the writer)."""
+        with self._read_lock:
+            self._reader.close()

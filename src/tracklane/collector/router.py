@@ -1,0 +1,211 @@
+"""Fan-out: one thread per destination claims stored events, delivers them, settles.
+
+Each loop turn claims up to the destination's ``claim_size`` events from the outbox (due
+retries first), decides per message with :func:`~tracklane.collector._routing.route`
+(integrations, sources, filters), hands the rest to the destination and settles the claim:
+delivered messages are counted, failures are retried with exponential backoff and full
+jitter (``Retry-After`` honoured) until the destination's ``max_attempts``, then
+dead-lettered with their last error. A permanent failure (a 4xx) is dead-lettered at once.
+When nothing of a claim got through, the destination waits for its first retry before
+claiming more, so an endpoint that is down is not sent the whole backlog once each.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from tracklane.collector._routing import Verdict, filters_for, route
+from tracklane.collector.config import DestinationConfig, FilterConfig, RoutingConfig
+from tracklane.collector.destinations import Destination, destination_class
+from tracklane.collector.destinations.base import Envelope, Failure, Outcome
+from tracklane.collector.outbox import (
+    Claim,
+    DeadLetter,
+    DestinationStatus,
+    Retry,
+    Settlement,
+    SQLiteOutbox,
+)
+
+__all__ = ["DEFAULT_SOURCE", "Router"]
+
+logger = logging.getLogger("tracklane.collector.router")
+
+DEFAULT_SOURCE = "default"  # the source of a write key no [[sources]] table lists
+_IDLE_POLL = 0.05  # seconds between looks for new events when a destination is idle
+_ERROR_PAUSE = 1.0
+
+
+class Router:
+    """Delivers stored events to the configured destinations, in background threads."""
+
+    def __init__(
+        self,
+        outbox: SQLiteOutbox,
+        config: RoutingConfig,
+        destinations: Optional[Mapping[str, Destination]] = None,
+    ) -> None:
+        """Build each destination of ``config`` (or take the given instances by name)."""
+        self.outbox = outbox
+        self.config = config
+        self._source_of = config.source_of()
+        given = dict(destinations or {})
+        self.destinations: Dict[str, Destination] = {}
+        try:
+            for item in config.destinations:
+                built = given.get(item.name)
+                if built is None:
+                    built = destination_class(item.type)(item.name, item.settings)
+                self.destinations[item.name] = built
+        except BaseException:
+            self._close_destinations()
+            raise
+        self._stop = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._started = False
+
+    def start(self) -> None:
+        """Register the destinations in the outbox and start one thread for each."""
+        if self._started:
+            return
+        self._started = True
+        self.outbox.register(self.destinations)
+        for item in self.config.destinations:
+            thread = threading.Thread(
+                target=self._run, args=(item,), name=f"tracklane.route.{item.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the threads (a delivery under way finishes first) and close destinations."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._close_destinations()
+
+    def status(self) -> List[DestinationStatus]:
+        """Every destination's counters, pending work, last error and lag."""
+        return self.outbox.status([(item.name, item.type) for item in self.config.destinations])
+
+    def _close_destinations(self) -> None:
+        for destination in self.destinations.values():
+            try:
+                destination.close()
+            except Exception:
+                logger.exception("closing destination %s failed", destination.name)
+
+    def _run(self, item: DestinationConfig) -> None:
+        destination = self.destinations[item.name]
+        filters: Dict[str, Tuple[FilterConfig, ...]] = {}
+        while not self._stop.is_set():
+            try:
+                claim = self.outbox.claim(item.name, destination.claim_size)
+            except Exception:
+                logger.exception("claiming work for %s failed", item.name)
+                self._stop.wait(_ERROR_PAUSE)
+                continue
+            if claim is None:
+                self._stop.wait(_IDLE_POLL)
+                continue
+            settlement = self._deliver(item, destination, claim, filters)
+            self._settle(claim, settlement)
+            if settlement.retries and not settlement.delivered:
+                # Nothing got through: wait for the first retry instead of pushing the
+                # whole backlog through one failing attempt each.
+                first_due = min(retry.due_at for retry in settlement.retries)
+                self._stop.wait(max(0.0, first_due - time.time()))
+
+    def _deliver(
+        self,
+        item: DestinationConfig,
+        destination: Destination,
+        claim: Claim,
+        filters: Dict[str, Tuple[FilterConfig, ...]],
+    ) -> Settlement:
+        settlement = Settlement()
+        try:
+            events = self.outbox.events(claim)
+        except Exception as exc:
+            logger.exception("reading claimed events for %s failed", item.name)
+            failure = Failure(f"reading stored events failed: {exc}")
+            settlement.retries = [
+                Retry(
+                    event_id,
+                    row.attempts + 1,
+                    self._due(item, row.attempts + 1, failure),
+                    failure.error,
+                )
+                for row in claim.rows
+                for event_id in range(row.first, row.last + 1)
+            ]
+            return settlement
+        envelopes: List[Envelope] = []
+        kept = []
+        for event in events:
+            source = self._source_of.get(event.write_key, DEFAULT_SOURCE)
+            rules = filters.get(source)
+            if rules is None:
+                rules = filters[source] = filters_for(self.config.filters, source, item.name)
+            decision = route(event.message, source, item, rules)
+            if decision.verdict is Verdict.SKIPPED:
+                settlement.skipped += 1
+            elif decision.verdict is Verdict.FILTERED:
+                settlement.filtered += 1
+            else:
+                assert decision.message is not None
+                envelopes.append(Envelope(decision.message, source, decision.options))
+                kept.append(event)
+        if not envelopes:
+            return settlement
+        try:
+            outcome = destination.deliver(envelopes)
+        except Exception as exc:
+            logger.exception("destination %s raised while delivering", item.name)
+            outcome = Outcome.all_failed(len(envelopes), Failure(f"{type(exc).__name__}: {exc}"))
+        for index, event in enumerate(kept):
+            failed = outcome.failed.get(index)
+            if failed is None:
+                settlement.delivered += 1
+                continue
+            failure = failed
+            attempts = event.attempts + 1
+            if failure.permanent or attempts >= item.max_attempts:
+                settlement.dead.append(DeadLetter(event.id, attempts, failure.error))
+            else:
+                due = self._due(item, attempts, failure)
+                settlement.retries.append(Retry(event.id, attempts, due, failure.error))
+        if settlement.dead:
+            logger.warning(
+                "%s: %d message(s) dead-lettered: %s",
+                item.name,
+                len(settlement.dead),
+                settlement.dead[-1].error,
+            )
+        return settlement
+
+    @staticmethod
+    def _due(item: DestinationConfig, attempts: int, failure: Failure) -> float:
+        """Full-jitter exponential backoff, at least ``Retry-After`` (both capped)."""
+        ceiling = min(item.backoff_cap, item.backoff_base * 2 ** min(attempts - 1, 30))
+        delay = random.uniform(ceiling / 2, ceiling)
+        if failure.retry_after is not None:
+            delay = max(delay, min(failure.retry_after, item.backoff_cap))
+        return time.time() + delay
+
+    def _settle(self, claim: Claim, settlement: Settlement) -> None:
+        while True:
+            try:
+                self.outbox.settle(claim, settlement)
+                return
+            except Exception:
+                logger.exception("recording the outcome for %s failed", claim.destination)
+                if self._stop.wait(_ERROR_PAUSE):
+                    return  # left leased: delivered again after a restart (at least once)

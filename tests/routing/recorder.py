@@ -1,0 +1,35 @@
+"""A destination type for tests, registered as ``recorder``: it keeps what it is handed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar, Dict, List, Mapping, Sequence
+
+from tracklane.collector.destinations import Destination, Envelope, Outcome, Setting, register
+
+
+@register
+class RecorderDestination(Destination):
+    """Records every envelope, per destination name, in ``RecorderDestination.seen``."""
+
+    type_name = "recorder"
+    settings: ClassVar[Mapping[str, Setting]] = {}
+    seen: ClassVar[Dict[str, List[Envelope]]] = {}
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        super().__init__(name, config)
+        with self.lock:
+            self.seen.setdefault(name, [])
+
+    def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
+        """Keep every envelope; all are delivered."""
+        with self.lock:
+            self.seen[self.name].extend(envelopes)
+        return Outcome()
+
+    @classmethod
+    def ids(cls, name: str) -> List[str]:
+        """The messageIds handed to destination ``name``."""
+        with cls.lock:
+            return [e.message["messageId"] for e in cls.seen.get(name, [])]
