@@ -1,4 +1,7 @@
-"""The debugger's HTTP side: page, assets, cursor API, filters, refused messages, who may read."""
+"""The debugger's HTTP side: page, assets, cursor API, filters, refused messages, who may read.
+
+Every test that stores events runs against both stores, SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +23,18 @@ from .support import KEYS, MakeMessage
 API = "/debugger/api"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty event store: a SQLite file, or a database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return str(request.getfixturevalue("postgres").create_database("debugger"))
+
+
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[CollectorServer]:
+def server(location: str) -> Iterator[CollectorServer]:
     """A fresh open collector, so refusals and sequences belong to this test alone."""
-    with serve_in_thread(tmp_path / "events.db") as collector:
+    with serve_in_thread(location) as collector:
         yield collector
 
 
@@ -110,6 +121,7 @@ def test_filters(
     ("params", "message"),
     [
         ({"after": "x"}, "'after' must be a sequence number"),
+        ({"before": "9" * 20}, "'before' must be a sequence number (0 to 9223372036854775807)"),
         ({"after": "1", "before": "2"}, "either 'after' or 'before'"),
         ({"limit": "0"}, "'limit' must be a whole number from 1 to 1000"),
         ({"type": "click"}, "unknown type 'click'"),
@@ -206,11 +218,11 @@ def test_rejected_cursor_and_filters(http: httpx.Client, make_message: MakeMessa
     assert _rejected(http, type="identify") == []
 
 
-def test_keyed_collector_asks_readers_for_a_key(tmp_path: Path, make_message: MakeMessage) -> None:
+def test_keyed_collector_asks_readers_for_a_key(location: str, make_message: MakeMessage) -> None:
     """With write keys, page and API need one; a reader sees its own key's events and refusals,
     and those sent with an unknown key, never another configured key's."""
     alpha, beta = KEYS
-    server = serve_in_thread(tmp_path / "events.db", KEYS)
+    server = serve_in_thread(location, KEYS)
     with server, httpx.Client(base_url=server.url, timeout=10) as http:
         page = http.get("/")
         assert page.status_code == 401

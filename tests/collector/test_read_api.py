@@ -73,10 +73,15 @@ def mixed(client: httpx.Client, make_message: MakeMessage) -> List[Message]:
 
 
 def test_events_are_newest_first(client: httpx.Client, mixed: List[Message]) -> None:
-    """Without filters every event comes back, newest first."""
-    ids = [event["messageId"] for event in _events(client)]
+    """Without filters every event comes back, newest first, each with its growing seq."""
+    events = _events(client)
+    ids = [event["messageId"] for event in events]
     assert ids == [message["messageId"] for message in reversed(mixed)]
     assert _count(client) == 7
+    seqs = [event["seq"] for event in events]
+    assert all(isinstance(seq, int) for seq in seqs)
+    assert seqs == sorted(seqs, reverse=True)
+    assert len(set(seqs)) == 7
 
 
 @pytest.mark.parametrize(

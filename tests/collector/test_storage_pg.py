@@ -73,9 +73,10 @@ def test_insert_returns_new_rows_and_ignores_duplicates(storage: PostgresStorage
 
 
 def test_query_is_newest_first_with_server_fields(storage: PostgresStorage) -> None:
-    """query returns bodies plus receivedAt/timestamp/originalTimestamp, newest first."""
+    """query returns bodies plus receivedAt/timestamp/originalTimestamp and seq, newest first."""
     storage.insert([row("old"), row("new", original_timestamp="2024-05-01T09:00:00Z")])
     new, old = storage.query(EventFilter(), limit=10)
+    assert new.pop("seq") == old.pop("seq") + 1
     assert new == {
         "type": "track",
         "messageId": "new",

@@ -254,6 +254,7 @@ def test_rejected_messages_show_marked_with_their_reason(
         ]
         assert http.post("/v1/batch", json={"batch": batch}).json()["stored"] == 1
     expect(page.locator(".spacer > .row.rejected:not([hidden])")).to_have_count(2)
+    expect(row(page, "Fine")).to_have_count(1)  # events and refusals arrive by separate polls
     statuses = [(r["name"], r["status"], r["rejected"]) for r in rows(page)]
     assert ("Nobody", "rejected: invalid", True) in statuses
     assert ("Fine", "stored", False) in statuses

@@ -54,7 +54,7 @@ from tracklane.collector._ingest import (
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector.debugger import install_debugger
-from tracklane.collector.storage import Storage, StorageError, StrPath
+from tracklane.collector.storage import StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
 
 if TYPE_CHECKING:
@@ -114,8 +114,7 @@ def create_app(
     app.state.storage = store
     # The debugger: its page at /, its API, and the recorder of refused messages.
     ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
-    if isinstance(store, Storage):  # the PostgreSQL store has no row cursor yet
-        install_debugger(app, store, collector.write_keys, ingest_paths)
+    install_debugger(app, store, collector.write_keys, ingest_paths)
     return app
 
 

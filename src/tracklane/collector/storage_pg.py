@@ -4,10 +4,13 @@ The same behaviour as the SQLite :class:`~tracklane.collector.storage.Storage`: 
 ``tracklane_events`` table with (write key, messageId) unique, so a retried or
 redelivered message is stored once whichever collector receives it; an insert
 returns only after its transaction committed (PostgreSQL's ``synchronous_commit``
-decides the durability, on by default). Connections come from a small pool
-(psycopg-pool), so concurrent requests commit in parallel and PostgreSQL groups their
-WAL flushes; a broken connection (a server restart) is replaced, the request in
-flight answers 503 and the client's retry succeeds.
+decides the durability, on by default). Each event's ``seq`` is the table's identity
+``id``; inserts are serialised by a transaction-level advisory lock taken just before the
+identity values are drawn, so seq order is commit order even with several collectors
+writing, and a reader following ``after=<seq>`` never skips a row committed late with a
+lower seq (the cost: commits to one database do not overlap; ``bench/pg_insert_order.py``).
+Connections come from a small pool (psycopg-pool); a broken connection (a server
+restart) is replaced, the request in flight answers 503 and the client's retry succeeds.
 
 Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``).
 """
@@ -20,8 +23,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Tuple, Type
 
 import orjson
 
-from tracklane.collector._json import loads_stored
-from tracklane.collector.storage import EventFilter, StorageError, StoredMessage
+from tracklane.collector.storage import EventFilter, EventRow, StorageError, StoredMessage
 
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
@@ -66,9 +68,22 @@ COMMENT ON TABLE tracklane_events IS 'tracklane collector events, schema version
 # read API's newest-first needs. Measured against unnest() of one array per column: psycopg
 # builds text arrays in Python (3,250 rows/s for 100-row inserts, 4,000-4,900 as binary
 # arrays), the JSON array 5,250-5,400 rows/s (a loaded 2-core machine, no fsync).
+#
+# Identity values are drawn when rows are inserted but become visible at commit, so with
+# concurrent inserts a reader at ``after=<seq>`` could see seq 12 committed while seq 11 is
+# still in flight, move its cursor to 12 and never see 11. The materialised CTE takes a
+# transaction-level advisory lock before any row (and so any identity value) is produced;
+# the statement runs in its own transaction (autocommit), which keeps the lock until after
+# its commit is visible. Inserts from every collector on the database thus draw ids and
+# commit one at a time, in the same order. (The other way, handing out only rows below the
+# oldest running transaction via pg_snapshot_xmin, lets any long transaction on the server,
+# a warehouse load or a backup, hold the live page back; see docs/collector.md.)
+INSERT_LOCK_KEY = "tracklane.collector.events.insert"
 _INSERT = (
-    f"INSERT INTO tracklane_events ({', '.join(_COLUMNS)})"
-    f" SELECT {', '.join(_COLUMNS)} FROM json_to_recordset(%s::json)"
+    "WITH serialised AS MATERIALIZED (SELECT pg_advisory_xact_lock(hashtext(%s)))"
+    f" INSERT INTO tracklane_events ({', '.join(_COLUMNS)})"
+    f" SELECT {', '.join('r.' + c for c in _COLUMNS)}"
+    " FROM serialised, json_to_recordset(%s::json)"
     f" AS r({', '.join(c + ' text' for c in _COLUMNS)})"
     " ON CONFLICT (write_key, message_id) DO NOTHING"
 )
@@ -136,27 +151,27 @@ class PostgresStorage:
         self._check_open()
         try:
             with self._pool.connection() as conn:
-                cursor = conn.execute(_INSERT, [payload])
+                cursor = conn.execute(_INSERT, [INSERT_LOCK_KEY, payload])
                 return int(max(cursor.rowcount, 0))
         except self._errors as exc:
             raise StorageError(f"insert into {self.path} failed: {_reason(exc)}") from exc
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
-        """Return up to ``limit`` matching events, newest first, as served by the read API."""
+        """Return up to ``limit`` matching events as served by the read API (with ``seq``).
+
+        Newest first, or oldest first when ``where.after`` is set (see EventFilter).
+        """
+        return [row.to_event() for row in self.rows(where, limit)]
+
+    def rows(self, where: EventFilter, limit: int) -> List[EventRow]:
+        """Return up to ``limit`` matching rows, ordered as :meth:`query` orders them."""
         clause, params = _where(where)
+        order = "ASC" if where.after is not None else "DESC"
         sql = (
-            "SELECT received_at, timestamp, original_timestamp, body FROM tracklane_events"
-            f"{clause} ORDER BY id DESC LIMIT %s"
+            "SELECT id, write_key, received_at, timestamp, original_timestamp, body"
+            f" FROM tracklane_events{clause} ORDER BY id {order} LIMIT %s"
         )
-        rows = self._read(sql, [*params, limit])
-        events: List[Dict[str, Any]] = []
-        for received_at, timestamp, original_timestamp, body in rows:
-            event: Dict[str, Any] = loads_stored(body)
-            event["receivedAt"] = received_at
-            event["timestamp"] = timestamp
-            event["originalTimestamp"] = original_timestamp
-            events.append(event)
-        return events
+        return [EventRow(*row) for row in self._read(sql, [*params, limit])]
 
     def count(self, where: EventFilter) -> int:
         """Return how many stored events match ``where``."""
@@ -188,10 +203,22 @@ class PostgresStorage:
         return f"<PostgresStorage {self.path!r}>"
 
 
-def _where(where: EventFilter) -> Tuple[str, List[str]]:
-    """The filter as a ``WHERE`` clause with psycopg placeholders, and its parameters."""
+def _where(where: EventFilter) -> Tuple[str, List[Any]]:
+    """The filter as a ``WHERE`` clause with psycopg placeholders, and its parameters.
+
+    The same semantics as SQLite's :meth:`EventFilter.where`. A text value holding NUL
+    matches nothing (PostgreSQL text cannot hold one, and no stored value has one).
+    """
     clauses: List[str] = []
-    params: List[str] = []
+    params: List[Any] = []
+
+    def add(clause: str, *values: Any) -> None:
+        if any(isinstance(value, str) and "\x00" in value for value in values):
+            clause = "FALSE"
+            values = ()
+        clauses.append(clause)
+        params.extend(values)
+
     for column, value in (
         ("write_key", where.write_key),
         ("type", where.type),
@@ -200,12 +227,25 @@ def _where(where: EventFilter) -> Tuple[str, List[str]]:
         ("event", where.event),
     ):
         if value is not None:
-            clauses.append(f"{column} = %s")
-            params.append(value)
+            add(f"{column} = %s", value)
     if where.since is not None:  # the same fixed-width ISO text as SQLite, so text order works
-        clauses.append('received_at COLLATE "C" >= %s')
-        params.append(where.since)
+        add('received_at COLLATE "C" >= %s', where.since)
+    if where.after is not None:
+        add("id > %s", where.after)
+    if where.before is not None:
+        add("id < %s", where.before)
+    if where.user is not None:
+        add("(user_id = %s OR anonymous_id = %s)", where.user, where.user)
+    if where.text is not None:
+        # Under the "C" collation ILIKE folds ASCII letters only, as SQLite's LIKE does.
+        add("body COLLATE \"C\" ILIKE %s ESCAPE '\\'", f"%{_like_escape(where.text)}%")
+    if where.write_key_prefix is not None:
+        add("starts_with(write_key, %s)", where.write_key_prefix)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _reason(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Protocol, Sequence, Union
 
-from tracklane.collector.storage import EventFilter, Storage, StoredMessage, StrPath
+from tracklane.collector.storage import EventFilter, EventRow, Storage, StoredMessage, StrPath
 
 __all__ = ["POSTGRES_SCHEMES", "EventStore", "is_postgres_url", "open_store"]
 
@@ -30,7 +30,17 @@ class EventStore(Protocol):
         """Store durably; ignore (write key, messageId) pairs already stored; return new rows."""
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
-        """Return up to ``limit`` matching events, newest first, as the read API serves them."""
+        """Return up to ``limit`` matching events as the read API serves them (with ``seq``).
+
+        Newest first, or oldest first when ``where.after`` is set.
+        """
+
+    def rows(self, where: EventFilter, limit: int) -> List[EventRow]:
+        """Return up to ``limit`` matching rows, ordered as :meth:`query` orders them.
+
+        ``seq`` only grows, in commit order: a reader following ``after=<seq>`` sees
+        every event exactly once, whichever process stored it.
+        """
 
     def count(self, where: EventFilter) -> int:
         """Return how many stored events match ``where``."""

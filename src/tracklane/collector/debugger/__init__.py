@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from tracklane.collector._rejects import RejectLog
 from tracklane.collector.debugger._api import DebuggerAPI
 from tracklane.collector.debugger._capture import RejectCapture
-from tracklane.collector.storage import Storage
+from tracklane.collector.stores import EventStore
 
 __all__ = ["ASSETS_PACKAGE", "install_debugger"]
 
@@ -24,7 +24,7 @@ ASSETS_PACKAGE = ("tracklane.collector.debugger", "static")
 
 
 def install_debugger(
-    app: Starlette, storage: Storage, write_keys: Iterable[str], ingest_paths: Iterable[str]
+    app: Starlette, storage: EventStore, write_keys: Iterable[str], ingest_paths: Iterable[str]
 ) -> RejectLog:
     """Serve the debugger from ``app`` and record refusals on ``ingest_paths``.
 

@@ -36,12 +36,14 @@ from tracklane.collector._auth import basic_user
 from tracklane.collector._ingest import MESSAGE_TYPES
 from tracklane.collector._json import dumps
 from tracklane.collector._rejects import RejectedMessage, RejectLog, source_label
-from tracklane.collector.storage import EventFilter, Storage, StorageError
+from tracklane.collector.storage import EventFilter, StorageError
+from tracklane.collector.stores import EventStore
 
 __all__ = ["MAX_LIMIT", "DebuggerAPI", "Query", "parse_debugger_query"]
 
 DEFAULT_LIMIT = 200
 MAX_LIMIT = 1_000
+MAX_SEQ = 2**63 - 1  # both stores' ids are signed 64-bit integers
 _PARAMS = ("after", "before", "limit", "type", "event", "user", "source", "q")
 _REALM = {"WWW-Authenticate": 'Basic realm="tracklane collector"'}
 # Only this collector's own script, styles and API: an injected payload could not run or
@@ -138,8 +140,10 @@ def parse_debugger_query(items: Iterable[Tuple[str, str]]) -> Query:
     for name in ("after", "before"):
         text = values.pop(name, None)
         if text is not None:
-            if not (text.isascii() and text.isdigit()):
-                raise QueryError(f"{name!r} must be a sequence number (0 or more), not {text!r}")
+            if not (text.isascii() and text.isdigit()) or int(text) > MAX_SEQ:
+                raise QueryError(
+                    f"{name!r} must be a sequence number (0 to {MAX_SEQ}), not {text[:32]!r}"
+                )
             cursor[name] = int(text)
     if len(cursor) == 2:
         raise QueryError("give either 'after' or 'before', not both")
@@ -157,7 +161,7 @@ def parse_debugger_query(items: Iterable[Tuple[str, str]]) -> Query:
 class DebuggerAPI:
     """The debugger's request handlers, reading one store and one RejectLog."""
 
-    def __init__(self, storage: Storage, rejects: RejectLog, write_keys: Iterable[str]) -> None:
+    def __init__(self, storage: EventStore, rejects: RejectLog, write_keys: Iterable[str]) -> None:
         """Serve ``storage`` and ``rejects`` to readers holding one of ``write_keys``."""
         self.storage = storage
         self.rejects = rejects
