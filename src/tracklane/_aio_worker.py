@@ -22,12 +22,12 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from ._aio_finish import FlushAndShutdown
 from ._aio_queue import DiskQueue, MemoryQueue
-from ._core.batching import seconds_until_due
-from ._core.delivery import BatchJob, Done, Drop, Outcome, Send
+from ._core.batching import seconds_until_due, take_batch
+from ._core.delivery import Action, BatchJob, Done, Drop, Outcome, Send
 from ._core.ledger import Ledger
 from ._core.retry import RetryPolicy
 from ._stats import DropReason, Stats
@@ -61,6 +61,9 @@ class AsyncPipeline(FlushAndShutdown):
         abort = getattr(transport, "abort", None)
         if abort is not None:
             self.on_loop_end.append(abort)
+        self._chain: Optional[Callable[..., Awaitable[SendResult]]] = getattr(
+            transport, "send_chain", None
+        )
         self._batch_size = options.batch_size
         self._max_queue_size = options.max_queue_size
         self._queue: Queue = None
@@ -95,6 +98,8 @@ class AsyncPipeline(FlushAndShutdown):
         self._stopping = False
         self._deadline: Optional[float] = None
         self._inflight_batch: List[bytes] = []
+        self._job: Optional[BatchJob] = None
+        self._handed: Optional[Action] = None
         self._written_off = False
         self._pid = os.getpid()
         self._last_full_warning = -_FULL_WARNING_INTERVAL
@@ -297,10 +302,13 @@ class AsyncPipeline(FlushAndShutdown):
                 except Exception as exc:  # pragma: no cover - a bug must not lose the count
                     logger.exception("tracklane: unexpected error while sending a batch")
                     error = DeliveryError(f"internal error: {exc!r}")
+                    batch = self._inflight_batch
                     outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
                 if generation != self._generation:
                     return  # rebound meanwhile: the batch went back to the queue
-                await self._settle(batch, outcome)
+                # ``_follow`` may have settled batches and cut new ones meanwhile: the
+                # outcome is the one of the batch in flight now.
+                await self._settle(self._inflight_batch, outcome)
         except asyncio.CancelledError:
             if generation == self._generation and self._cancel_reason != "shutdown":
                 # The loop is stopping (asyncio.run returned): the batch goes back to the
@@ -373,11 +381,21 @@ class AsyncPipeline(FlushAndShutdown):
         )
         own = transport is None
         target = self._transport if transport is None else transport
+        chain = self._chain if own else None
+        if own:
+            self._job = job
+            self._handed = None
         action = job.start(clock())
         while not isinstance(action, Done):
             if isinstance(action, Send):
-                result = await _send(target, action.body, action.timeout)
-                action = job.answered(result, clock())
+                if chain is not None:
+                    result = await _send_chain(chain, action.body, action.timeout, self._follow)
+                    job = self._job or job  # ``_follow`` may have moved on to later batches
+                    handed, self._handed = self._handed, None
+                    action = handed if handed is not None else job.answered(result, clock())
+                else:
+                    result = await _send(target, action.body, action.timeout)
+                    action = job.answered(result, clock())
                 continue
             if own:
                 aborted = await self._sleep(action.seconds)
@@ -389,6 +407,57 @@ class AsyncPipeline(FlushAndShutdown):
                     self._ledger.retries += 1
             action = job.waited(clock(), aborted)
         return action.outcome
+
+    def _follow(self, result: SendResult) -> Optional[Tuple[bytes, float]]:
+        """In ``data_received``: the answer to the task's request in flight, settled now.
+
+        Returns the next request's ``(body, timeout)`` to write in the same loop turn (the
+        rest of a split batch, or the next batch when one is due), so a busy loop costs
+        one turn per batch instead of two; or None, having left the next action in
+        ``_handed`` for the task (a wait before a retry, shutdown, a durable queue).
+        """
+        job = self._job
+        if job is None or self._handed is not None:
+            return None
+        action = job.answered(result, time.monotonic())
+        if isinstance(action, Send):
+            return action.body, action.timeout
+        self._handed = action
+        if not isinstance(action, Done) or self._queue.durable or self._aborted:
+            return None
+        with self._lock:
+            if self._stopping or self._written_off or self._loop is not _running_loop():
+                return None
+            size = len(self._queue)
+            if not size or seconds_until_due(
+                size,
+                self._batch_size,
+                self._ledger.resolved < self._flush_target,
+                time.monotonic() - self._queue_since,
+                self._options.flush_interval,
+            ):
+                return None
+        self._settle_now(self._inflight_batch, action.outcome)
+        with self._lock:
+            batch = take_batch(self._queue._items, self._batch_size)
+            self._ledger.inflight = len(batch)
+            self._inflight_batch = batch
+            if len(self._queue):
+                self._queue_since = time.monotonic()
+        job = self._job = BatchJob(
+            batch,
+            self._policy,
+            self._options.timeout,
+            now_timestamp,
+            None,
+            DropReason.SHUTDOWN,
+        )
+        self._handed = None
+        first = job.start(time.monotonic())
+        if isinstance(first, Send):
+            return first.body, first.timeout
+        self._handed = first  # pragma: no cover - no deadline: a batch starts with a Send
+        return None
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait before a retry; True if shutdown cut it short."""
@@ -405,22 +474,31 @@ class AsyncPipeline(FlushAndShutdown):
             self._sleeper = None
 
     async def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
-        count = len(batch)
         drops = outcome.drops
         keep: List[bytes] = []
         if self._queue.durable:
             keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
             drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
         await self._queue.finish(batch, keep, self._lock, self._ledger)
+        self._settle_counts(batch, outcome.delivered, drops, keep)
+
+    def _settle_now(self, batch: List[bytes], outcome: Outcome) -> None:
+        """``_settle`` for the memory queue, without awaiting (from ``_follow``)."""
+        self._settle_counts(batch, outcome.delivered, outcome.drops, [])
+
+    def _settle_counts(
+        self, batch: List[bytes], delivered: int, drops: List[Drop], keep: List[bytes]
+    ) -> None:
+        count = len(batch)
         with self._lock:
             if self._written_off:  # counted as dropped at shutdown; correct the count
                 self._written_off = False
-                self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
-                self._ledger.delivered += outcome.delivered
+                self._ledger.undrop(DropReason.SHUTDOWN, delivered)
+                self._ledger.delivered += delivered
                 return
             self._ledger.inflight = 0
             self._inflight_batch = []
-            self._ledger.delivered += outcome.delivered
+            self._ledger.delivered += delivered
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)
@@ -431,6 +509,20 @@ class AsyncPipeline(FlushAndShutdown):
         self._notify_flushers()
 
 
+async def _send_chain(
+    chain: Callable[..., Awaitable[SendResult]],
+    body: bytes,
+    timeout: float,
+    follow: Callable[[SendResult], Optional[Tuple[bytes, float]]],
+) -> SendResult:
+    try:
+        return await chain(body, timeout, follow)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # pragma: no cover - the HTTP transport does not raise
+        return SendResult(error=exc)
+
+
 async def _send(transport: AsyncTransport, body: bytes, timeout: float) -> SendResult:
     try:
         return await transport.send(body, timeout)
@@ -438,6 +530,13 @@ async def _send(transport: AsyncTransport, body: bytes, timeout: float) -> SendR
         raise
     except Exception as exc:  # a custom transport that raises: a failure without an answer
         return SendResult(error=exc)
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - called from data_received, on the loop
+        return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
