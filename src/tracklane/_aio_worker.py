@@ -429,10 +429,11 @@ class AsyncPipeline(FlushAndShutdown):
             if self._stopping or self._written_off or self._loop is not _running_loop():
                 return None
             size = len(self._queue)
+            resolved = self._ledger.resolved + len(self._inflight_batch)  # once settled
             if not size or seconds_until_due(
                 size,
                 self._batch_size,
-                self._ledger.resolved < self._flush_target,
+                resolved < self._flush_target,
                 time.monotonic() - self._queue_since,
                 self._options.flush_interval,
             ):
