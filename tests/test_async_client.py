@@ -80,7 +80,10 @@ async def test_async_with_delivers_and_results_match_client(server):
 
 
 @pytest.mark.anyio
-async def test_busy_loop_answers_settled_in_the_socket_callback_arrive_once(server, monkeypatch):
+@pytest.mark.parametrize("gzip", [False, True])  # True: 25 KB bodies, gzipped in a thread
+async def test_busy_loop_answers_settled_in_the_socket_callback_arrive_once(
+    server, monkeypatch, gzip
+):
     """With the app keeping the loop busy, answers settled in the socket callback (the next
     batch written in the same turn) still follow the rules: 500s retried, a 400 split, every
     event once and in order, stats consistent."""
@@ -103,10 +106,11 @@ async def test_busy_loop_answers_settled_in_the_socket_callback_arrive_once(serv
         return faults.get(len(seen), Action())
 
     server.decide = decide
-    client = make(server, batch_size=50, flush_interval=60)
+    client = make(server, batch_size=50, flush_interval=60, gzip=gzip)
+    padding = "x" * 500 if gzip else ""
     for turn in range(40):  # 2,000 calls, 50 per loop turn, as request handlers make them
         for i in range(turn * 50, turn * 50 + 50):
-            client.track("u", "E", {"i": i})
+            client.track("u", "E", {"i": i, "padding": padding})
         await asyncio.sleep(0)
     assert await client.flush(20)
     values = [m["properties"]["i"] for m in server.accepted()]
