@@ -25,14 +25,15 @@ import weakref
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from ._aio_finish import FlushAndShutdown
+from ._aio_intake import Intake
 from ._aio_queue import DiskQueue, MemoryQueue
 from ._core.batching import seconds_until_due, take_batch
 from ._core.delivery import Action, BatchJob, Done, Drop, Outcome, Send
 from ._core.ledger import Ledger
 from ._core.retry import RetryPolicy
-from ._stats import DropReason, Stats
-from .config import Options, OverflowPolicy
-from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
+from ._stats import DropReason
+from .config import Options
+from .exceptions import ConfigurationError, DeliveryError
 from .messages import now_timestamp
 from .transports import AsyncTransport, SendResult
 
@@ -43,7 +44,7 @@ _FULL_WARNING_INTERVAL = 60.0
 Queue = Any  # MemoryQueue or DiskQueue
 
 
-class AsyncPipeline(FlushAndShutdown):
+class AsyncPipeline(Intake, FlushAndShutdown):
     """A bounded FIFO of encoded messages and the task that sends them in batches."""
 
     def __init__(
@@ -122,111 +123,6 @@ class AsyncPipeline(FlushAndShutdown):
         """In a forked child: the parent's queue and loop stay the parent's; start empty."""
         self._queue.forget_after_fork()
         self._reset()
-
-    # -- the calling side (any thread) ------------------------------------------------
-
-    def put(self, data: bytes) -> bool:
-        """Queue one encoded message without blocking; False (counted, reported) if refused."""
-        if self._pid != os.getpid():
-            self._after_fork()
-        dropped: Optional[Drop] = None
-        with self._lock:
-            ledger = self._ledger
-            ledger.tracked += 1
-            queue = self._queue
-            size = len(queue)
-            if size < self._max_queue_size and not self._closed:
-                queue.append(data)
-                ledger.accepted += 1
-                if size == 0:
-                    self._queue_since = time.monotonic()
-                elif size + 1 != self._batch_size:
-                    return True
-            elif self._closed:
-                dropped = self._count_drop(
-                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-                )
-            else:
-                dropped = self._overflow(data)
-        if dropped is None:
-            self._poke()  # the first message of a batch, or a full batch
-            return True
-        self._report(dropped)
-        return dropped.messages[0] is not data
-
-    def _overflow(self, data: bytes) -> Drop:
-        """A full queue (lock held): drop the newest, or the oldest (``drop_oldest``)."""
-        now = time.monotonic()
-        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
-            self._last_full_warning = now
-            logger.warning(
-                "tracklane: queue full (%d messages), dropping by policy %s; "
-                "see client.stats() for counts",
-                self._max_queue_size,
-                self._options.overflow.value,
-            )
-        error = QueueFullError(f"queue full ({self._max_queue_size} messages)")
-        if self._options.overflow is OverflowPolicy.DROP_OLDEST:
-            try:
-                oldest = self._queue.popleft()
-            except IndexError:  # durable: the oldest are on disk already; drop the newest
-                return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-            self._ledger.resolved += 1
-            self._queue.append(data)
-            self._ledger.accepted += 1
-            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
-        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-
-    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        self._ledger.drop(reason, len(messages))
-        return Drop(reason, error, messages)
-
-    def refuse(self, reason: DropReason) -> None:
-        """Count a message refused before queueing (too large)."""
-        with self._lock:
-            self._ledger.refuse(reason)
-
-    def stubbed(self, data: bytes) -> bool:
-        """A stub client's message: tracked and delivered nowhere."""
-        with self._lock:
-            self._ledger.stubbed()
-        return True
-
-    def begin_inline(self) -> bool:
-        """An inline delivery starts (tracked, pending); False if the client is shut down."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._ledger.begin_inline()
-            return True
-
-    def end_inline(self, outcome: Outcome) -> None:
-        """Settle an inline delivery begun with :meth:`begin_inline`."""
-        with self._lock:
-            self._ledger.end_inline()
-            self._ledger.delivered += outcome.delivered
-            for drop in outcome.drops:
-                self._ledger.drop(drop.reason, len(drop.messages))
-        for drop in outcome.drops:
-            self._report(drop)
-
-    def refuse_closed(self, data: bytes) -> None:
-        """A message for a client already shut down: tracked, dropped, reported."""
-        with self._lock:
-            self._ledger.tracked += 1
-            drop = self._count_drop(
-                DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-            )
-        self._report(drop)
-
-    def stats(self) -> Stats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            return self._ledger.snapshot(len(self._queue))
-
-    def stopped(self) -> bool:
-        """True once shutdown has begun."""
-        return self._stopping
 
     # -- binding to a loop ------------------------------------------------------------
 
