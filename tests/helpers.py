@@ -113,6 +113,8 @@ class RecordingServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            if action.delay and action.reset:  # the answer is lost after a while
+                time.sleep(action.delay)
             if action.reset:
                 handler.connection.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"

@@ -61,6 +61,7 @@ class TokenServer:
         self.expires_in = expires_in
         self.requests: List[TokenRequest] = []
         self.script: List[Action] = []
+        self.delay = 0.0  # seconds each token request is held before its answer
         self.issued: Dict[str, float] = {}  # token -> monotonic expiry
         self.revoked: Set[str] = set()
         self.seen_jti: Set[str] = set()
@@ -143,6 +144,8 @@ class TokenServer:
         request = TokenRequest(at=time.monotonic(), form=form)
         with self._cond:
             action = self.script.pop(0) if self.script else None
+        if self.delay:  # a slow token server
+            time.sleep(self.delay)
         if handler.path != "/token":
             status, body = 404, {"error": "not_found"}
         elif action is not None:

@@ -80,6 +80,48 @@ async def test_async_with_delivers_and_results_match_client(server):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("gzip", [False, True])  # True: 25 KB bodies, gzipped in a thread
+async def test_busy_loop_answers_settled_in_the_socket_callback_arrive_once(
+    server, monkeypatch, gzip
+):
+    """With the app keeping the loop busy, answers settled in the socket callback (the next
+    batch written in the same turn) still follow the rules: 500s retried, a 400 split, every
+    event once and in order, stats consistent."""
+    from tracklane import _aio_worker
+
+    written_in_callback = []
+    follow = _aio_worker.AsyncPipeline._follow
+
+    def counting(self: Any, result: Any) -> Any:
+        following = follow(self, result)
+        written_in_callback.append(following is not None)
+        return following
+
+    monkeypatch.setattr(_aio_worker.AsyncPipeline, "_follow", counting)
+    faults = {3: Action(status=500), 6: Action(status=400), 7: Action(status=503)}
+    seen = []
+
+    def decide(_body: Any) -> Action:
+        seen.append(1)
+        return faults.get(len(seen), Action())
+
+    server.decide = decide
+    client = make(server, batch_size=50, flush_interval=60, gzip=gzip)
+    padding = "x" * 500 if gzip else ""
+    for turn in range(40):  # 2,000 calls, 50 per loop turn, as request handlers make them
+        for i in range(turn * 50, turn * 50 + 50):
+            client.track("u", "E", {"i": i, "padding": padding})
+        await asyncio.sleep(0)
+    assert await client.flush(20)
+    values = [m["properties"]["i"] for m in server.accepted()]
+    assert values == list(range(2000)), "each event once, in the order tracked"
+    stats = client.stats()
+    assert (stats.delivered, stats.pending, stats.dropped, stats.retries) == (2000, 0, {}, 2)
+    assert any(written_in_callback), "no batch was written from the socket callback"
+    await client.shutdown(2)
+
+
+@pytest.mark.anyio
 async def test_flush_returns_a_flush_result(server):
     """await flush(timeout) gives a truthy FlushResult when done, a falsy one at its timeout."""
     client = make(server, flush_interval=60)

@@ -2,11 +2,13 @@
 
 The token server verifies every JWT client assertion with the public key (kid, iss, sub,
 aud, exp, iat, jti); the tracking endpoint answers 401 unless the request carries a token
-that server issued and that is still valid.
+that server issued and that is still valid. The tests that take ``make_client`` run on
+both ``Client`` and ``AsyncClient``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -17,6 +19,8 @@ import pytest
 import tracklane
 from helpers import Action, RecordingServer
 from oauth_server import CLIENT_ID, KEY_ID, TokenServer, new_private_key, pem
+
+pytestmark = pytest.mark.both_clients
 
 KEY = new_private_key()
 KEY_PEM = pem(KEY)
@@ -193,6 +197,7 @@ def test_429_from_the_token_endpoint_is_honoured(api, tokens, oauth_client, head
     assert client.stats().retries >= 1
 
 
+@pytest.mark.thread_only("AsyncClient has no sync_mode (see the deliver-now test)")
 def test_sync_mode_with_oauth(api, tokens, oauth_client):
     """sync_mode delivers inside the call with a Bearer token too."""
     client = oauth_client(sync_mode=True)
@@ -200,6 +205,7 @@ def test_sync_mode_with_oauth(api, tokens, oauth_client):
     assert bearer_tokens(api) == [("Bearer tok-1", 200)]
 
 
+@pytest.mark.thread_only("the module functions use the threaded default client")
 def test_module_settings_configure_oauth(api, tokens, monkeypatch):
     """Segment's module-level OAuth settings reach the default client."""
     monkeypatch.setattr(tracklane, "default_client", None)
@@ -255,3 +261,74 @@ def test_unusable_private_key_is_a_configuration_error(key, problem):
     """A key that cannot sign is refused when the client is built, naming oauth_client_key."""
     with pytest.raises(tracklane.ConfigurationError, match=f"oauth_client_key: .*{problem}"):
         tracklane.Client("k", oauth_client_id=CLIENT_ID, oauth_client_key=key, oauth_key_id=KEY_ID)
+
+
+def test_async_client_fetches_tokens_without_blocking_the_loop(api, tokens):
+    """AsyncClient: token requests (each answered after 0.6 s) never stall the event loop.
+
+    Batches carry Bearer tokens, a 401 brings a new token and one resend, and the
+    deliver-now call shares the cached token.
+    """
+    lags: List[float] = []
+
+    async def main() -> Tuple[bool, tracklane.Stats]:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            while not stop.is_set():
+                start = loop.time()
+                await asyncio.sleep(0.005)
+                lags.append(loop.time() - start - 0.005)
+
+        tick = asyncio.create_task(ticker())
+        async with tracklane.AsyncClient(
+            "k",
+            host=api.url,
+            oauth_client_id=CLIENT_ID,
+            oauth_client_key=KEY_PEM,
+            oauth_key_id=KEY_ID,
+            oauth_auth_server=tokens.url,
+        ) as client:
+            for n in range(3):
+                client.track("u", f"Queued{n}")
+            assert await client.flush(10)
+            tokens.revoke_all()
+            client.track("u", "After")
+            assert await client.flush(10)
+            delivered, _ = await client.deliver.track("u", "Inline")
+            stats = client.stats()
+        stop.set()
+        await tick
+        return delivered, stats
+
+    tokens.delay = 0.6
+    delivered, stats = asyncio.run(main())
+    assert delivered
+    assert [m["event"] for m in api.accepted()] == [
+        "Queued0",
+        "Queued1",
+        "Queued2",
+        "After",
+        "Inline",
+    ]
+    assert bearer_tokens(api) == [
+        ("Bearer tok-1", 200),
+        ("Bearer tok-1", 401),
+        ("Bearer tok-2", 200),
+        ("Bearer tok-2", 200),
+    ]
+    assert len(tokens.granted()) == 2
+    assert (stats.delivered, stats.dropped, stats.retries) == (5, {}, 0)
+    assert lags
+    # A token fetch on the loop would stall it 0.6 s; the bound leaves room for a busy machine.
+    assert max(lags) < 0.4, f"the loop stalled {max(lags) * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("kind", ["Client", "AsyncClient"])
+def test_unusable_private_key_is_refused_by_both_clients(kind):
+    """AsyncClient refuses a key that cannot sign like Client, naming oauth_client_key."""
+    with pytest.raises(tracklane.ConfigurationError, match="oauth_client_key: "):
+        getattr(tracklane, kind)(
+            "k", oauth_client_id=CLIENT_ID, oauth_client_key="not a key", oauth_key_id=KEY_ID
+        )

@@ -179,6 +179,23 @@ def test_idle_connection_closed_by_the_server_is_reopened_silently(
     assert client.stats().retries == 0
 
 
+def test_an_answer_lost_after_a_long_wait_is_a_counted_retry(server, make_client):
+    """A reused connection reset after more than a second in flight is no idle stale one.
+
+    The server may have taken the batch: the re-send goes through the retry policy
+    (counted, with backoff), never silently as for a connection closed while idle.
+    """
+    server.respond(Action(), Action(delay=1.3, reset=True))
+    client = make_client(timeout=5)
+    client.track("u", "First")
+    assert client.flush(timeout=5)
+    client.track("u", "Second")
+    assert client.flush(timeout=20)
+    assert [m["event"] for m in server.accepted()] == ["First", "Second"]
+    assert len(server.requests) == 3
+    assert client.stats().retries == 1
+
+
 def test_each_request_has_a_deadline(server, make_client):
     """A server that never answers costs one `timeout` per attempt, then a counted drop."""
     server.default = Action(hang=True)

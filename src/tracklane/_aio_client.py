@@ -85,11 +85,6 @@ class AsyncClient(BaseClient):
                 "sync_mode: AsyncClient never blocks the loop; "
                 "`await client.deliver.track(...)` delivers one message inside the call"
             )
-        if opts.oauth:
-            raise ConfigurationError(
-                "oauth_client_id: AsyncClient does not support OAuth yet (its token exchange "
-                "would block the loop); use tracklane.Client for sources that require OAuth"
-            )
         if opts.overflow is OverflowPolicy.BLOCK:
             raise ConfigurationError(
                 "overflow: 'block' would block the event loop; use 'drop_newest' or 'drop_oldest'"
@@ -209,7 +204,9 @@ class AsyncClient(BaseClient):
             return False, message
         if self._inline_transport is None:
             if self._own_transport:
-                inline = AsyncHTTPTransport(self.options)
+                own = self._transport
+                shared = own if isinstance(own, AsyncHTTPTransport) else None
+                inline = AsyncHTTPTransport(self.options, tokens_of=shared)
                 pipeline.on_loop_end.append(inline.abort)
                 self._inline_transport = inline
             else:

@@ -22,17 +22,18 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from ._aio_finish import FlushAndShutdown
+from ._aio_intake import Intake
 from ._aio_queue import DiskQueue, MemoryQueue
-from ._core.batching import seconds_until_due
-from ._core.delivery import BatchJob, Done, Drop, Outcome, Send
+from ._core.batching import seconds_until_due, take_batch
+from ._core.delivery import Action, BatchJob, Done, Drop, Outcome, Send
 from ._core.ledger import Ledger
 from ._core.retry import RetryPolicy
-from ._stats import DropReason, Stats
-from .config import Options, OverflowPolicy
-from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
+from ._stats import DropReason
+from .config import Options
+from .exceptions import ConfigurationError, DeliveryError
 from .messages import now_timestamp
 from .transports import AsyncTransport, SendResult
 
@@ -43,7 +44,7 @@ _FULL_WARNING_INTERVAL = 60.0
 Queue = Any  # MemoryQueue or DiskQueue
 
 
-class AsyncPipeline(FlushAndShutdown):
+class AsyncPipeline(Intake, FlushAndShutdown):
     """A bounded FIFO of encoded messages and the task that sends them in batches."""
 
     def __init__(
@@ -61,6 +62,9 @@ class AsyncPipeline(FlushAndShutdown):
         abort = getattr(transport, "abort", None)
         if abort is not None:
             self.on_loop_end.append(abort)
+        self._chain: Optional[Callable[..., Awaitable[SendResult]]] = getattr(
+            transport, "send_chain", None
+        )
         self._batch_size = options.batch_size
         self._max_queue_size = options.max_queue_size
         self._queue: Queue = None
@@ -95,6 +99,8 @@ class AsyncPipeline(FlushAndShutdown):
         self._stopping = False
         self._deadline: Optional[float] = None
         self._inflight_batch: List[bytes] = []
+        self._job: Optional[BatchJob] = None
+        self._handed: Optional[Action] = None
         self._written_off = False
         self._pid = os.getpid()
         self._last_full_warning = -_FULL_WARNING_INTERVAL
@@ -117,112 +123,6 @@ class AsyncPipeline(FlushAndShutdown):
         """In a forked child: the parent's queue and loop stay the parent's; start empty."""
         self._queue.forget_after_fork()
         self._reset()
-
-    # -- the calling side (any thread) ------------------------------------------------
-
-    def put(self, data: bytes) -> bool:
-        """Queue one encoded message without blocking; False (counted, reported) if refused."""
-        if self._pid != os.getpid():
-            self._after_fork()
-        dropped: Optional[Drop] = None
-        with self._lock:
-            ledger = self._ledger
-            ledger.tracked += 1
-            queue = self._queue
-            size = len(queue)
-            if size < self._max_queue_size and not self._closed:
-                queue.append(data)
-                ledger.accepted += 1
-                if size == 0:
-                    self._queue_since = time.monotonic()
-                elif size + 1 != self._batch_size:
-                    return True
-            elif self._closed:
-                dropped = self._count_drop(
-                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-                )
-            else:
-                dropped = self._overflow(data)
-        if dropped is None:
-            self._poke()  # the first message of a batch, or a full batch
-            return True
-        self._report(dropped)
-        return dropped.messages[0] is not data
-
-    def _overflow(self, data: bytes) -> Drop:
-        """A full queue (lock held): drop the newest, or the oldest (``drop_oldest``)."""
-        now = time.monotonic()
-        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
-            self._last_full_warning = now
-            logger.warning(
-                "tracklane: queue full (%d messages), dropping by policy %s; "
-                "see client.stats() for counts",
-                self._max_queue_size,
-                self._options.overflow.value,
-            )
-        error = QueueFullError(f"queue full ({self._max_queue_size} messages)")
-        if self._options.overflow is OverflowPolicy.DROP_OLDEST:
-            try:
-                oldest = self._queue.popleft()
-            except IndexError:  # durable: the oldest are on disk already; drop the newest
-                return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-            self._ledger.resolved += 1
-            self._queue.append(data)
-            self._ledger.accepted += 1
-            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
-        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-
-    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        self._ledger.drop(reason, len(messages))
-        return Drop(reason, error, messages)
-
-    def refuse(self, reason: DropReason) -> None:
-        """Count a message refused before queueing (too large)."""
-        with self._lock:
-            self._ledger.refuse(reason)
-
-    def stubbed(self, data: bytes) -> bool:
-        """A stub client's message: tracked and delivered nowhere."""
-        with self._lock:
-            self._ledger.stubbed()
-        return True
-
-    def begin_inline(self) -> bool:
-        """An inline delivery starts (tracked, pending); False if the client is shut down."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._ledger.begin_inline()
-            return True
-
-    def end_inline(self, outcome: Outcome) -> None:
-        """Settle an inline delivery begun with :meth:`begin_inline`."""
-        with self._lock:
-            self._ledger.end_inline()
-            self._ledger.delivered += outcome.delivered
-            self._ledger.batches += outcome.requests
-            for drop in outcome.drops:
-                self._ledger.drop(drop.reason, len(drop.messages))
-        for drop in outcome.drops:
-            self._report(drop)
-
-    def refuse_closed(self, data: bytes) -> None:
-        """A message for a client already shut down: tracked, dropped, reported."""
-        with self._lock:
-            self._ledger.tracked += 1
-            drop = self._count_drop(
-                DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-            )
-        self._report(drop)
-
-    def stats(self) -> Stats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            return self._ledger.snapshot(len(self._queue))
-
-    def stopped(self) -> bool:
-        """True once shutdown has begun."""
-        return self._stopping
 
     # -- binding to a loop ------------------------------------------------------------
 
@@ -298,10 +198,13 @@ class AsyncPipeline(FlushAndShutdown):
                 except Exception as exc:  # pragma: no cover - a bug must not lose the count
                     logger.exception("tracklane: unexpected error while sending a batch")
                     error = DeliveryError(f"internal error: {exc!r}")
+                    batch = self._inflight_batch
                     outcome = Outcome(drops=[Drop(DropReason.RETRIES_EXHAUSTED, error, batch)])
                 if generation != self._generation:
                     return  # rebound meanwhile: the batch went back to the queue
-                await self._settle(batch, outcome)
+                # ``_follow`` may have settled batches and cut new ones meanwhile: the
+                # outcome is the one of the batch in flight now.
+                await self._settle(self._inflight_batch, outcome)
         except asyncio.CancelledError:
             if generation == self._generation and self._cancel_reason != "shutdown":
                 # The loop is stopping (asyncio.run returned): the batch goes back to the
@@ -374,11 +277,21 @@ class AsyncPipeline(FlushAndShutdown):
         )
         own = transport is None
         target = self._transport if transport is None else transport
+        chain = self._chain if own else None
+        if own:
+            self._job = job
+            self._handed = None
         action = job.start(clock())
         while not isinstance(action, Done):
             if isinstance(action, Send):
-                result = await _send(target, action.body, action.timeout)
-                action = job.answered(result, clock())
+                if chain is not None:
+                    result = await _send_chain(chain, action.body, action.timeout, self._follow)
+                    job = self._job or job  # ``_follow`` may have moved on to later batches
+                    handed, self._handed = self._handed, None
+                    action = handed if handed is not None else job.answered(result, clock())
+                else:
+                    result = await _send(target, action.body, action.timeout)
+                    action = job.answered(result, clock())
                 continue
             if own:
                 aborted = await self._sleep(action.seconds)
@@ -390,6 +303,58 @@ class AsyncPipeline(FlushAndShutdown):
                     self._ledger.retries += 1
             action = job.waited(clock(), aborted)
         return action.outcome
+
+    def _follow(self, result: SendResult) -> Optional[Tuple[bytes, float]]:
+        """In ``data_received``: the answer to the task's request in flight, settled now.
+
+        Returns the next request's ``(body, timeout)`` to write in the same loop turn (the
+        rest of a split batch, or the next batch when one is due), so a busy loop costs
+        one turn per batch instead of two; or None, having left the next action in
+        ``_handed`` for the task (a wait before a retry, shutdown, a durable queue).
+        """
+        job = self._job
+        if job is None or self._handed is not None:
+            return None
+        action = job.answered(result, time.monotonic())
+        if isinstance(action, Send):
+            return action.body, action.timeout
+        self._handed = action
+        if not isinstance(action, Done) or self._queue.durable or self._aborted:
+            return None
+        with self._lock:
+            if self._stopping or self._written_off or self._loop is not _running_loop():
+                return None
+            size = len(self._queue)
+            resolved = self._ledger.resolved + len(self._inflight_batch)  # once settled
+            if not size or seconds_until_due(
+                size,
+                self._batch_size,
+                resolved < self._flush_target,
+                time.monotonic() - self._queue_since,
+                self._options.flush_interval,
+            ):
+                return None
+        self._settle_now(self._inflight_batch, action.outcome)
+        with self._lock:
+            batch = take_batch(self._queue._items, self._batch_size)
+            self._ledger.inflight = len(batch)
+            self._inflight_batch = batch
+            if len(self._queue):
+                self._queue_since = time.monotonic()
+        job = self._job = BatchJob(
+            batch,
+            self._policy,
+            self._options.timeout,
+            now_timestamp,
+            None,
+            DropReason.SHUTDOWN,
+        )
+        self._handed = None
+        first = job.start(time.monotonic())
+        if isinstance(first, Send):
+            return first.body, first.timeout
+        self._handed = first  # pragma: no cover - no deadline: a batch starts with a Send
+        return None
 
     async def _sleep(self, seconds: float) -> bool:
         """Wait before a retry; True if shutdown cut it short."""
@@ -406,24 +371,31 @@ class AsyncPipeline(FlushAndShutdown):
             self._sleeper = None
 
     async def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
-        count = len(batch)
         drops = outcome.drops
         keep: List[bytes] = []
         if self._queue.durable:
             keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
             drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
         await self._queue.finish(batch, keep, self._lock, self._ledger)
+        self._settle_counts(batch, outcome.delivered, drops, keep)
+
+    def _settle_now(self, batch: List[bytes], outcome: Outcome) -> None:
+        """``_settle`` for the memory queue, without awaiting (from ``_follow``)."""
+        self._settle_counts(batch, outcome.delivered, outcome.drops, [])
+
+    def _settle_counts(
+        self, batch: List[bytes], delivered: int, drops: List[Drop], keep: List[bytes]
+    ) -> None:
+        count = len(batch)
         with self._lock:
             if self._written_off:  # counted as dropped at shutdown; correct the count
                 self._written_off = False
-                self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
-                self._ledger.delivered += outcome.delivered
-                self._ledger.batches += outcome.requests
+                self._ledger.undrop(DropReason.SHUTDOWN, delivered)
+                self._ledger.delivered += delivered
                 return
             self._ledger.inflight = 0
             self._inflight_batch = []
-            self._ledger.delivered += outcome.delivered
-            self._ledger.batches += outcome.requests
+            self._ledger.delivered += delivered
             for drop in drops:
                 self._count_drop(drop.reason, drop.error, drop.messages)
             count -= len(keep)
@@ -434,6 +406,20 @@ class AsyncPipeline(FlushAndShutdown):
         self._notify_flushers()
 
 
+async def _send_chain(
+    chain: Callable[..., Awaitable[SendResult]],
+    body: bytes,
+    timeout: float,
+    follow: Callable[[SendResult], Optional[Tuple[bytes, float]]],
+) -> SendResult:
+    try:
+        return await chain(body, timeout, follow)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # pragma: no cover - the HTTP transport does not raise
+        return SendResult(error=exc)
+
+
 async def _send(transport: AsyncTransport, body: bytes, timeout: float) -> SendResult:
     try:
         return await transport.send(body, timeout)
@@ -441,6 +427,13 @@ async def _send(transport: AsyncTransport, body: bytes, timeout: float) -> SendR
         raise
     except Exception as exc:  # a custom transport that raises: a failure without an answer
         return SendResult(error=exc)
+
+
+def _running_loop() -> Optional[asyncio.AbstractEventLoop]:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # pragma: no cover - called from data_received, on the loop
+        return None
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -128,6 +128,16 @@ class TokenSource:
                 logger.debug("tracklane: OAuth token refresh failed (%s); old one still valid", exc)
                 return cached
 
+    def fresh(self) -> Optional[str]:
+        """The cached token if no fetch is due, without waiting (for the event loop)."""
+        if self._pid != os.getpid() or not self._lock.acquire(blocking=False):
+            return None  # a fetch is in progress (or forked): ask :meth:`token` off the loop
+        try:
+            cached = self._token
+            return cached if cached is not None and time.monotonic() < self._refresh_at else None
+        finally:
+            self._lock.release()
+
     def reject(self, token: str) -> None:
         """The tracking API answered 401 to ``token``: fetch a new one next time."""
         with self._lock:

@@ -122,7 +122,7 @@ class HTTPTransport:
         self._ssl: Optional[ssl.SSLContext] = None
         self._tokens: Optional[TokenSource] = None
         if options.oauth:
-            self._tokens = _token_source(options, self._context)
+            self._tokens = token_source(options, self._context)
 
     def send(self, body: bytes, timeout: float) -> SendResult:
         """POST ``body`` to ``/v1/batch``; never raises for network trouble."""
@@ -150,11 +150,12 @@ class HTTPTransport:
         with self._lock:
             for attempt in (1, 2):
                 reused = False
+                idle = 0.0
                 try:
                     conn, reused = self._connection(deadline)
+                    idle = time.monotonic() - self._last_used  # before this request
                     response = conn.exchange(request, deadline)
                 except OSError as exc:
-                    idle = time.monotonic() - self._last_used
                     self._discard()
                     # A kept-alive connection that sat idle may have been closed by the
                     # server meanwhile: no failure of the endpoint, so try once on a fresh
@@ -221,7 +222,7 @@ class HTTPTransport:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
-def _token_source(options: Options, tls: Callable[[], ssl.SSLContext]) -> TokenSource:
+def token_source(options: Options, tls: Callable[[], ssl.SSLContext]) -> TokenSource:
     """The OAuth token source, reaching the auth server the way batches reach the host."""
     from ._oauth import TokenSource, connection_factory  # the oauth extra: only when used
 
