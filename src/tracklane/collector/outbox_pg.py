@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS tracklane_outbox (
     destination TEXT NOT NULL,
     event_id BIGINT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    due_at DOUBLE PRECISION NOT NULL DEFAULT 0,  -- unix time from which it may be (re)tried
+    due_at DOUBLE PRECISION NOT NULL,            -- unix time from which it may be (re)tried
     lease_until DOUBLE PRECISION,                -- held by lease_owner until then
     lease_owner TEXT,
     last_error TEXT,
@@ -82,8 +82,8 @@ CREATE TABLE IF NOT EXISTS tracklane_outbox_dead (
 );
 CREATE OR REPLACE FUNCTION tracklane_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO tracklane_outbox (destination, event_id)
-    SELECT d.destination, e.id FROM tracklane_new_events e
+    INSERT INTO tracklane_outbox (destination, event_id, due_at)
+    SELECT d.destination, e.id, extract(epoch FROM now()) FROM tracklane_new_events e
     CROSS JOIN tracklane_route_destinations d;
     RETURN NULL;
 END
@@ -100,7 +100,10 @@ END
 $$;
 """
 # One statement (atomic in autocommit): lock due, unleased rows nobody else is claiming,
-# then lease them. Rows another collector leased meanwhile fail the re-checked WHERE.
+# then lease them. Rows another collector leased meanwhile fail the re-checked WHERE. New
+# rows are due from their insert time and retries from their retry time, so ordering by
+# due_at (the index order) serves both first come, first served: a backlog of new events
+# does not starve retries that fell due.
 _CLAIM = """
 WITH picked AS (
     SELECT event_id FROM tracklane_outbox
