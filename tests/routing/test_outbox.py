@@ -174,3 +174,19 @@ def test_postgres_collectors_never_share_a_claim_and_take_over_expired_leases(
         dead.close()
         alive.close()
         storage.close()
+
+
+def test_a_due_retry_is_claimed_before_a_backlog_stored_after_it(opened: Opened) -> None:
+    """Retries that fell due are not starved by new events arriving faster than delivery."""
+    storage, make = opened
+    outbox = make()
+    outbox.register(["D"])
+    _store(storage, 1)
+    claim = outbox.claim("D", 10)
+    assert claim is not None
+    (event,) = outbox.events(claim)
+    outbox.settle(claim, Settlement(retries=[Retry(event.id, 1, time.time(), "HTTP 503")]))
+    _store(storage, 50, start=1)  # the backlog, stored after the retry fell due
+    first = outbox.claim("D", 1, now=time.time() + 1)
+    assert first is not None
+    assert [e.message["messageId"] for e in outbox.events(first)] == ["m-0"]
