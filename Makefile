@@ -41,3 +41,4 @@ clean:
 bench-collector: $(STAMP)
 	$(BIN)/python bench/collector_ingest.py
 	$(BIN)/python bench/collector_routing.py
+	$(BIN)/python bench/collector_routing.py --events 50000 --db postgresql --collectors 2

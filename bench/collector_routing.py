@@ -3,14 +3,18 @@
 Starts a webhook receiver on 127.0.0.1 that holds its first request, then a collector
 subprocess routing to it (``--config``), posts ``--events`` events (acknowledged, so
 durable), releases the receiver and times how long the outbox takes to deliver them all.
-Every messageId must arrive.
+Every messageId must arrive. ``--db postgresql`` routes from the PostgreSQL store instead
+(a durable throw-away server from tests/pg.py, or the ``postgresql://`` URL given), through
+the PostgreSQL outbox; ``--collectors 2`` runs two collectors on it sharing the work.
 
     python bench/collector_routing.py --events 200000
+    python bench/collector_routing.py --events 50000 --db postgresql --collectors 2
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import selectors
@@ -22,11 +26,18 @@ import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, List, Optional, Set
+from typing import Any, Iterator, List, Optional, Set
 
 import httpx
 import orjson
-from collector_ingest import URL_PREFIX, _iso, _src_path, cpu_seconds, realistic_message
+from collector_ingest import (
+    URL_PREFIX,
+    _iso,
+    _postgres,
+    _src_path,
+    cpu_seconds,
+    realistic_message,
+)
 
 
 class Receiver:
@@ -71,19 +82,44 @@ class Receiver:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
+@contextlib.contextmanager
+def _database(choice: str, tmp: str) -> Iterator[Optional[str]]:
+    """The ``--db`` location: a SQLite file, a fresh PostgreSQL database, or the URL given."""
+    if choice == "sqlite":
+        yield str(Path(tmp) / "events.db")
+    elif choice == "postgresql":
+        with _postgres() as server:
+            yield None if server is None else server.create_database("routing")
+    else:
+        yield choice
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark and print the routed rate."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch-size", type=int, default=100, help="webhook batch_size")
     parser.add_argument("--concurrency", type=int, default=4, help="webhook concurrency")
+    parser.add_argument(
+        "--db", default="sqlite", help="sqlite (default), postgresql, or a postgresql:// URL"
+    )
+    parser.add_argument(
+        "--collectors", type=int, default=1, help="collectors on the store (PostgreSQL only)"
+    )
     args = parser.parse_args(argv)
+    if args.collectors > 1 and args.db == "sqlite":
+        parser.error("--collectors above 1 needs --db postgresql")
 
     receiver = Receiver()
     receiver.expected = args.events
     rng = random.Random(3)
     now = _iso(datetime.now(timezone.utc))
-    with tempfile.TemporaryDirectory(prefix="tracklane-route-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="tracklane-route-") as tmp,
+        _database(args.db, tmp) as location,
+    ):
+        if location is None:
+            return 0  # PostgreSQL is not installed here (said above)
         config = Path(tmp) / "tracklane.toml"
         config.write_text(
             '[[sources]]\nname = "bench"\nwrite_keys = ["bench-key"]\n\n'
@@ -94,40 +130,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_src_path(), env.get("PYTHONPATH")]))
         command = [sys.executable, "-m", "tracklane.collector", "--port", "0"]
-        command += ["--db", str(Path(tmp) / "events.db"), "--config", str(config)]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        command += ["--db", location, "--config", str(config)]
+        procs = [
+            subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+            for _ in range(args.collectors)
+        ]
         try:
-            assert proc.stdout is not None
-            with selectors.DefaultSelector() as selector:
-                selector.register(proc.stdout, selectors.EVENT_READ)
-                if not selector.select(30):
-                    raise RuntimeError("the collector did not start within 30 s")
-            url = proc.stdout.readline().decode().strip()[len(URL_PREFIX) :]
+            urls = []
+            for proc in procs:
+                assert proc.stdout is not None
+                with selectors.DefaultSelector() as selector:
+                    selector.register(proc.stdout, selectors.EVENT_READ)
+                    if not selector.select(30):
+                        raise RuntimeError("the collector did not start within 30 s")
+                urls.append(proc.stdout.readline().decode().strip()[len(URL_PREFIX) :])
             template = [realistic_message(rng, now) for _ in range(500)]
-            with httpx.Client(base_url=url, auth=("bench-key", ""), timeout=60) as http:
-                for start in range(0, args.events, 500):
-                    batch = [{**m, "messageId": f"r-{start + i}"} for i, m in enumerate(template)][
-                        : args.events - start
-                    ]
-                    response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
-                    if response.status_code != 200 or response.json()["stored"] != len(batch):
-                        raise RuntimeError(f"ingest failed: {response.text[:300]}")
-            cpu_before = cpu_seconds(proc.pid)
+            clients = [
+                httpx.Client(base_url=url, auth=("bench-key", ""), timeout=60) for url in urls
+            ]
+            for number, start in enumerate(range(0, args.events, 500)):
+                batch = [{**m, "messageId": f"r-{start + i}"} for i, m in enumerate(template)][
+                    : args.events - start
+                ]
+                http = clients[number % len(clients)]
+                response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
+                if response.status_code != 200 or response.json()["stored"] != len(batch):
+                    raise RuntimeError(f"ingest failed: {response.text[:300]}")
+            for http in clients:
+                http.close()
+            cpu_before = [cpu_seconds(proc.pid) for proc in procs]
             began = time.monotonic()
             receiver.release.set()
             if not receiver.done.wait(600):
                 raise RuntimeError(f"only {len(receiver.ids)} of {args.events} delivered")
             elapsed = receiver.finished_at - began
-            cpu_after = cpu_seconds(proc.pid)
+            cpu_after = [cpu_seconds(proc.pid) for proc in procs]
         finally:
-            proc.terminate()
-            proc.wait(30)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for proc in procs:
+                proc.terminate()
+                proc.wait(30)
+                if proc.stdout is not None:
+                    proc.stdout.close()
             receiver.httpd.shutdown()
+    store = "SQLite" if args.db == "sqlite" else f"PostgreSQL, {args.collectors} collector(s)"
     ok = receiver.ids == {f"r-{i}" for i in range(args.events)}
     print(
-        f"collector routing to a webhook (batch_size {args.batch_size}, "
+        f"collector routing to a webhook from {store} (batch_size {args.batch_size}, "
         f"concurrency {args.concurrency})"
     )
     print(
@@ -135,8 +183,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"received: {receiver.received} in {elapsed:.2f} s"
     )
     print(f"  routed: {args.events / elapsed:,.0f} events/s")
-    if cpu_before is not None and cpu_after is not None:
-        per_event = (cpu_after - cpu_before) / args.events * 1e6
+    if None not in cpu_before and None not in cpu_after:
+        used = sum(a for a in cpu_after if a) - sum(b for b in cpu_before if b)
+        per_event = used / args.events * 1e6
         print(
             f"  collector CPU: {per_event:.1f} µs/event "
             f"({1e6 / per_event:,.0f} events/s per fully used core)"

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import httpx
 
@@ -47,6 +47,9 @@ class WebhookReceiver:
     # Answers for the next requests, in order: (status, headers); then the rules above.
     script: List[Tuple[int, Dict[str, str]]] = field(default_factory=list)
     attempts: List[float] = field(default_factory=list)  # monotonic time of every request
+    # Called with each request's (lower-cased) headers and body before it is answered; may
+    # block, and may return a status to answer instead of the rules above.
+    gate: Optional[Callable[[Dict[str, str], bytes], Optional[int]]] = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -78,7 +81,12 @@ class WebhookReceiver:
             self.attempts.append(time.monotonic())
             scripted = self.script.pop(0) if self.script else None
         status = self.status
-        if scripted is not None:
+        gated = None
+        if self.gate is not None:
+            gated = self.gate({k.lower(): v for k, v in handler.headers.items()}, body)
+        if gated is not None:
+            status = gated
+        elif scripted is not None:
             status, headers = scripted
         elif roll < self.hang_ratio:
             time.sleep(self.hang_seconds)

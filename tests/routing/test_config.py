@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -124,13 +123,23 @@ def test_serve_with_a_bad_config_exits_2_naming_file_and_key(tmp_path: Path) -> 
     assert not (tmp_path / "e.db").exists()
 
 
-def test_routing_on_the_postgresql_store_is_refused_saying_why(postgres: Any) -> None:
-    """--config with --db postgresql:// stops at start: the PostgreSQL outbox is not built."""
-    from tracklane.collector import CollectorStartError, serve_in_thread
-    from tracklane.collector.config import parse_config
-
-    config = parse_config(
-        {"destinations": [{"name": "Hooks", "type": "webhook", "url": "http://127.0.0.1:9/"}]}
-    )
-    with pytest.raises(CollectorStartError, match="outbox on PostgreSQL is not built yet"):
-        serve_in_thread(postgres.create_database("route"), config=config)
+@pytest.mark.parametrize(
+    ("outbox", "key", "problem"),
+    [
+        ("[outbox]\nlease_seconds = 0\n", "outbox.lease_seconds", "seconds above 0"),
+        ("[outbox]\nlease = 5\n", "outbox.lease", "unknown key"),
+        ('outbox = "x"\n', "outbox", "must be a table"),
+    ],
+)
+def test_a_bad_outbox_table_names_the_key(
+    tmp_path: Path, outbox: str, key: str, problem: str
+) -> None:
+    """[outbox] accepts lease_seconds (seconds, positive) and nothing else."""
+    path = tmp_path / "bad.toml"
+    path.write_text(outbox + GOOD)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: {key}: "), str(caught.value)
+    assert problem in str(caught.value)
+    path.write_text("[outbox]\nlease_seconds = 4.5\n" + GOOD)
+    assert load_config(path).lease_seconds == 4.5

@@ -1,16 +1,51 @@
-"""The SQLite outbox's contract: claims, leases, settlements, dead letters, restarts."""
+"""The outbox contract (SQLite and PostgreSQL): claims, leases, settlements, dead letters."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List
+from typing import Any, Callable, Iterator, List, Tuple
 
-from tracklane.collector.outbox import DeadLetter, Retry, Settlement, SQLiteOutbox
+import pytest
+
+from tracklane.collector.outbox import DeadLetter, Outbox, Retry, Settlement, SQLiteOutbox
 from tracklane.collector.storage import Storage, StoredMessage
+from tracklane.collector.stores import EventStore
+
+Opened = Tuple[EventStore, Callable[[], Outbox]]
 
 
-def _store(storage: Storage, count: int, start: int = 0) -> None:
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opened]:
+    """A store and a way to open outboxes on it (each test runs on both stores)."""
+    outboxes: List[Outbox] = []
+    store: EventStore
+    if request.param == "sqlite":
+        sqlite = Storage(tmp_path / "events.db")
+        store = sqlite
+
+        def make() -> Outbox:
+            outboxes.append(SQLiteOutbox(sqlite))
+            return outboxes[-1]
+
+    else:
+        from tracklane.collector.outbox_pg import PostgresOutbox
+        from tracklane.collector.storage_pg import PostgresStorage
+
+        dsn = request.getfixturevalue("postgres").create_database("outbox")
+        store = PostgresStorage(dsn)
+
+        def make() -> Outbox:
+            outboxes.append(PostgresOutbox(dsn, lease_seconds=60))
+            return outboxes[-1]
+
+    yield store, make
+    for outbox in outboxes:
+        outbox.close()
+    store.close()
+
+
+def _store(storage: Any, count: int, start: int = 0) -> None:
     rows: List[StoredMessage] = [
         StoredMessage(
             "key",
@@ -29,11 +64,11 @@ def _store(storage: Storage, count: int, start: int = 0) -> None:
     storage.insert(rows)
 
 
-def test_claims_advance_lease_and_settle(tmp_path: Path) -> None:
+def test_claims_advance_lease_and_settle(opened: Opened) -> None:
     """Claims take new events in order, never twice while leased; settled rows are gone."""
-    storage = Storage(tmp_path / "events.db")
+    storage, make = opened
     _store(storage, 3)  # before the destination exists: not sent to it
-    outbox = SQLiteOutbox(storage)
+    outbox = make()
     outbox.register(["D"])
     assert outbox.claim("D", 10) is None
     _store(storage, 25, start=3)
@@ -48,14 +83,12 @@ def test_claims_advance_lease_and_settle(tmp_path: Path) -> None:
     (status,) = outbox.status([("D", "webhook")])
     assert status.delivered == 10
     assert status.pending == 15  # the second claim (10) and 5 not yet claimed
-    outbox.close()
-    storage.close()
 
 
-def test_failures_come_back_when_due_and_dead_letters_replay(tmp_path: Path) -> None:
+def test_failures_come_back_when_due_and_dead_letters_replay(opened: Opened) -> None:
     """A retry is claimable only from its due time; a dead letter is listed and replayable."""
-    storage = Storage(tmp_path / "events.db")
-    outbox = SQLiteOutbox(storage)
+    storage, make = opened
+    outbox = make()
     outbox.register(["D"])
     _store(storage, 2)
     claim = outbox.claim("D", 10)
@@ -81,8 +114,8 @@ def test_failures_come_back_when_due_and_dead_letters_replay(tmp_path: Path) -> 
     replayed = outbox.claim("D", 10)
     assert replayed is not None
     assert [e.message["messageId"] for e in outbox.events(replayed)] == ["m-1"]
-    outbox.close()
-    storage.close()
+    (status,) = outbox.status([("D", "webhook")])
+    assert (status.failed, status.dead_lettered, status.last_error) == (1, 0, "HTTP 422: bad")
 
 
 def test_a_restart_releases_the_leases_of_the_dead_process(tmp_path: Path) -> None:
@@ -102,3 +135,58 @@ def test_a_restart_releases_the_leases_of_the_dead_process(tmp_path: Path) -> No
     assert len(again.events(claim)) == 4
     again.close()
     storage.close()
+
+
+def test_postgres_collectors_never_share_a_claim_and_take_over_expired_leases(
+    postgres: Any,
+) -> None:
+    """Two collectors claim disjoint rows; a dead one's rows are claimed once its lease ends."""
+    from tracklane.collector.outbox_pg import PostgresOutbox
+    from tracklane.collector.storage_pg import PostgresStorage
+
+    dsn = postgres.create_database("takeover")
+    storage = PostgresStorage(dsn)
+    alive = PostgresOutbox(dsn, lease_seconds=60)
+    dead = PostgresOutbox(dsn, lease_seconds=60)
+    try:
+        alive.register(["D"])
+        _store(storage, 30)
+        now = time.time()
+        held = dead.claim("D", 20, now=now)
+        mine = alive.claim("D", 20, now=now)
+        assert held is not None
+        assert mine is not None
+        held_ids = {row.first for row in held.rows}
+        assert (len(held_ids), len(mine.rows)) == (20, 10)
+        assert held_ids.isdisjoint(row.first for row in mine.rows)
+        alive.settle(mine, Settlement(delivered=10))
+        assert alive.claim("D", 50, now=now + 30) is None  # leased by the other collector
+        taken = alive.claim("D", 50, now=now + 61)  # its lease expired: taken over
+        assert taken is not None
+        assert {row.first for row in taken.rows} == held_ids
+        dead.settle(held, Settlement(delivered=20))  # too late: the rows are not its own
+        (status,) = alive.status([("D", "webhook")])
+        assert status.pending == 20
+        alive.settle(taken, Settlement(delivered=20))
+        (status,) = alive.status([("D", "webhook")])
+        assert status.pending == 0
+    finally:
+        dead.close()
+        alive.close()
+        storage.close()
+
+
+def test_a_due_retry_is_claimed_before_a_backlog_stored_after_it(opened: Opened) -> None:
+    """Retries that fell due are not starved by new events arriving faster than delivery."""
+    storage, make = opened
+    outbox = make()
+    outbox.register(["D"])
+    _store(storage, 1)
+    claim = outbox.claim("D", 10)
+    assert claim is not None
+    (event,) = outbox.events(claim)
+    outbox.settle(claim, Settlement(retries=[Retry(event.id, 1, time.time(), "HTTP 503")]))
+    _store(storage, 50, start=1)  # the backlog, stored after the retry fell due
+    first = outbox.claim("D", 1, now=time.time() + 1)
+    assert first is not None
+    assert [e.message["messageId"] for e in outbox.events(first)] == ["m-0"]

@@ -159,7 +159,7 @@ def serve_in_thread(
         raise
     try:
         if config is not None and config.destinations:
-            router = _build_router(storage, config)
+            router = _build_router(storage, config, db_path)
         server = CollectorServer(storage, keys, sock, router)
     except BaseException:
         sock.close()
@@ -172,17 +172,18 @@ def serve_in_thread(
     return server
 
 
-def _build_router(storage: EventStore, config: RoutingConfig) -> Router:
-    from tracklane.collector.outbox import SQLiteOutbox
+def _build_router(storage: EventStore, config: RoutingConfig, location: StrPath) -> Router:
+    from tracklane.collector.outbox import Outbox, SQLiteOutbox
     from tracklane.collector.router import Router
     from tracklane.collector.storage import Storage
 
-    if not isinstance(storage, Storage):
-        raise CollectorStartError(
-            "routing (--config) needs the SQLite store for now: the outbox on PostgreSQL"
-            " is not built yet (docs/routing.md describes it)"
-        )
-    outbox = SQLiteOutbox(storage)
+    outbox: Outbox
+    if isinstance(storage, Storage):
+        outbox = SQLiteOutbox(storage)
+    else:  # PostgreSQL: the outbox lives beside the events, shared by every collector
+        from tracklane.collector.outbox_pg import PostgresOutbox
+
+        outbox = PostgresOutbox(str(location), config.lease_seconds)
     try:
         return Router(outbox, config)
     except ImportError as exc:  # a destination type's extra is missing

@@ -37,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.9/3.10 only
     import tomli as _toml  # type: ignore[import-not-found,unused-ignore]
 
-_TOP_LEVEL = ("sources", "destinations", "filters")
+_TOP_LEVEL = ("sources", "destinations", "filters", "outbox")
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
 # Keys every destination takes besides its type's own settings.
 _COMMON: Dict[str, Setting] = {
@@ -45,6 +45,8 @@ _COMMON: Dict[str, Setting] = {
     "backoff_base": Setting(_seconds, default=1.0),
     "backoff_cap": Setting(_seconds, default=300.0),
 }
+# [outbox]: how the PostgreSQL outbox shares work between collectors (docs/routing.md).
+_OUTBOX: Dict[str, Setting] = {"lease_seconds": Setting(_seconds, default=30.0)}
 
 
 class ConfigError(ValueError):
@@ -107,6 +109,7 @@ class RoutingConfig:
     sources: Tuple[SourceConfig, ...] = ()
     destinations: Tuple[DestinationConfig, ...] = ()
     filters: Tuple[FilterConfig, ...] = ()
+    lease_seconds: float = 30.0  # [outbox]: a claim's lease, renewed while its holder lives
 
     def write_keys(self) -> Tuple[str, ...]:
         """Every write key of every source."""
@@ -164,7 +167,14 @@ def parse_config(table: Mapping[str, Any], path: str = "<config>") -> RoutingCon
         _filter(path, f"filters[{i}]", item, source_names, destination_names)
         for i, item in enumerate(_tables(path, table, "filters"))
     )
-    return RoutingConfig(path, sources, destinations, filters)
+    outbox = table.get("outbox", {})
+    if not isinstance(outbox, dict):
+        raise ConfigError(path, "outbox", "must be a table ([outbox])")
+    try:
+        limits = check_settings(_OUTBOX, outbox, "outbox")
+    except SettingError as exc:
+        raise ConfigError(path, exc.key, exc.problem) from None
+    return RoutingConfig(path, sources, destinations, filters, **limits)
 
 
 def _tables(path: str, table: Mapping[str, Any], key: str) -> List[Mapping[str, Any]]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
 from tracklane.collector._json import loads_stored
 from tracklane.collector.storage import Storage, StorageError
@@ -33,6 +33,7 @@ __all__ = [
     "Claim",
     "DeadLetter",
     "DestinationStatus",
+    "Outbox",
     "PendingRow",
     "Retry",
     "SQLiteOutbox",
@@ -182,6 +183,34 @@ class DestinationStatus:
             "lastDeliveredAt": self.last_delivered_at,
             "lagSeconds": round(self.lag_seconds, 3),
         }
+
+
+class Outbox(Protocol):
+    """What the router needs of an outbox (SQLite here, PostgreSQL in ``outbox_pg``)."""
+
+    def register(self, destinations: Iterable[str]) -> None:
+        """Start queueing stored events for each new destination."""
+
+    def claim(self, destination: str, limit: int, now: Optional[float] = None) -> Optional[Claim]:
+        """Lease up to ``limit`` events due for ``destination``; ``None`` when idle."""
+
+    def events(self, claim: Claim) -> List[StoredEvent]:
+        """The stored events a claim covers, oldest first."""
+
+    def settle(self, claim: Claim, outcome: Settlement) -> None:
+        """Record a claim's outcome in one transaction and release it."""
+
+    def status(self, destinations: Sequence[Tuple[str, str]]) -> List[DestinationStatus]:
+        """The status of each ``(name, type)``."""
+
+    def dead_letters(self, destination: str, limit: int = 100) -> List[DeadLetter]:
+        """The newest dead letters of ``destination``."""
+
+    def replay(self, destination: str, now: Optional[float] = None) -> int:
+        """Send every dead letter of ``destination`` again; return how many."""
+
+    def close(self) -> None:
+        """Release what the outbox holds."""
 
 
 def _iso_now() -> str:

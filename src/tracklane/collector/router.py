@@ -26,9 +26,9 @@ from tracklane.collector.outbox import (
     Claim,
     DeadLetter,
     DestinationStatus,
+    Outbox,
     Retry,
     Settlement,
-    SQLiteOutbox,
 )
 
 __all__ = ["DEFAULT_SOURCE", "Router"]
@@ -45,7 +45,7 @@ class Router:
 
     def __init__(
         self,
-        outbox: SQLiteOutbox,
+        outbox: Outbox,
         config: RoutingConfig,
         destinations: Optional[Mapping[str, Destination]] = None,
     ) -> None:

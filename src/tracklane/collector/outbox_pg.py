@@ -1,0 +1,435 @@
+"""The outbox in PostgreSQL (``--db postgresql://... --config ...``), shared by collectors.
+
+Outbox rows are written **at ingest, in the same transaction as the events**: a
+statement-level trigger on ``tracklane_events`` inserts one ``tracklane_outbox`` row per
+new event and registered destination, so an insert the collector acknowledges has its
+events stored and queued, and nothing depends on the order in which concurrent inserts'
+ids become visible. A collector **claims** due rows of one destination with ``FOR UPDATE
+SKIP LOCKED`` under a lease (``lease_owner`` = its collector id, ``lease_until``), so two
+collectors never hold the same row; a heartbeat thread extends the leases it holds while
+it delivers, so only a collector that stopped renewing (killed, hung, cut off) loses them,
+and once they expire any other collector claims the rows again. A **settlement** deletes
+delivered rows, puts failures back due at their retry time, moves dead letters to
+``tracklane_outbox_dead`` with the last error and adds to the counters, in one
+transaction and only for rows the collector still holds.
+
+Times are unix seconds from the collectors' clocks (keep them in sync, e.g. NTP).
+Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
+
+from tracklane.collector._json import loads_stored
+from tracklane.collector.outbox import (
+    Claim,
+    DeadLetter,
+    DestinationStatus,
+    PendingRow,
+    Settlement,
+    StoredEvent,
+)
+from tracklane.collector.storage import StorageError
+
+if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "PostgresOutbox", "collector_id"]
+
+logger = logging.getLogger("tracklane.collector.outbox")
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracklane_route_destinations (
+    destination TEXT PRIMARY KEY,
+    delivered BIGINT NOT NULL DEFAULT 0,
+    filtered BIGINT NOT NULL DEFAULT 0,
+    skipped BIGINT NOT NULL DEFAULT 0,
+    failures BIGINT NOT NULL DEFAULT 0,   -- failed attempts, retried or dead-lettered
+    last_error TEXT,
+    last_error_at TEXT,
+    last_delivered_at TEXT,
+    registered_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS tracklane_outbox (
+    destination TEXT NOT NULL,
+    event_id BIGINT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due_at DOUBLE PRECISION NOT NULL,            -- unix time from which it may be (re)tried
+    lease_until DOUBLE PRECISION,                -- held by lease_owner until then
+    lease_owner TEXT,
+    last_error TEXT,
+    PRIMARY KEY (destination, event_id)
+);
+CREATE INDEX IF NOT EXISTS tracklane_outbox_due ON tracklane_outbox (destination, due_at, event_id);
+CREATE INDEX IF NOT EXISTS tracklane_outbox_owner ON tracklane_outbox (lease_owner)
+    WHERE lease_owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tracklane_outbox_dead (
+    destination TEXT NOT NULL,
+    event_id BIGINT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    dead_at TEXT NOT NULL,
+    PRIMARY KEY (destination, event_id)
+);
+CREATE OR REPLACE FUNCTION tracklane_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO tracklane_outbox (destination, event_id, due_at)
+    SELECT d.destination, e.id, extract(epoch FROM now()) FROM tracklane_new_events e
+    CROSS JOIN tracklane_route_destinations d;
+    RETURN NULL;
+END
+$$;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'tracklane_events_enqueue'
+                   AND tgrelid = 'tracklane_events'::regclass) THEN
+        CREATE TRIGGER tracklane_events_enqueue AFTER INSERT ON tracklane_events
+        REFERENCING NEW TABLE AS tracklane_new_events
+        FOR EACH STATEMENT EXECUTE FUNCTION tracklane_enqueue();
+    END IF;
+END
+$$;
+"""
+# One statement (atomic in autocommit): lock due, unleased rows nobody else is claiming,
+# then lease them. Rows another collector leased meanwhile fail the re-checked WHERE. New
+# rows are due from their insert time and retries from their retry time, so ordering by
+# due_at (the index order) serves both first come, first served: a backlog of new events
+# does not starve retries that fell due.
+_CLAIM = """
+WITH picked AS (
+    SELECT event_id FROM tracklane_outbox
+    WHERE destination = %(d)s AND due_at <= %(now)s
+      AND (lease_until IS NULL OR lease_until < %(now)s)
+    ORDER BY due_at, event_id LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tracklane_outbox o SET lease_until = %(lease)s, lease_owner = %(owner)s
+FROM picked WHERE o.destination = %(d)s AND o.event_id = picked.event_id
+RETURNING o.event_id, o.attempts
+"""
+_COUNTERS = """
+UPDATE tracklane_route_destinations SET delivered = delivered + %s, filtered = filtered + %s,
+    skipped = skipped + %s, failures = failures + %s,
+    last_error = COALESCE(%s, last_error),
+    last_error_at = CASE WHEN %s::text IS NULL THEN last_error_at ELSE %s END,
+    last_delivered_at = CASE WHEN %s > 0 THEN %s ELSE last_delivered_at END
+WHERE destination = %s
+"""
+
+
+def collector_id() -> str:
+    """This process's collector id (host, pid and a random part): the owner of its leases."""
+    return f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class PostgresOutbox:
+    """The outbox in the PostgreSQL event store's database; several collectors share it."""
+
+    def __init__(
+        self,
+        dsn: str,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        *,
+        max_connections: int = 6,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        """Create the outbox tables and trigger if needed; start renewing this one's leases.
+
+        The events table must exist (open the :class:`PostgresStorage` first).
+        """
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool, PoolTimeout
+        except ImportError as exc:
+            raise StorageError(
+                f"the PostgreSQL outbox needs the postgres extra ({exc.name} is missing)"
+            ) from None
+        from tracklane.collector.storage_pg import _reason, _redacted
+
+        if lease_seconds <= 0:
+            raise ValueError("lease_seconds must be positive")
+        self.lease_seconds = float(lease_seconds)
+        self.owner = collector_id()
+        self.path = _redacted(dsn)
+        self._reason = _reason
+        self._errors: Tuple[Type[BaseException], ...] = (psycopg.Error, PoolTimeout)
+        self._closed = threading.Event()
+        timeout = max(1, round(connect_timeout))
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"autocommit": True, "connect_timeout": timeout},
+            timeout=connect_timeout,
+            open=False,
+            name="tracklane-outbox",
+        )
+        try:
+            with psycopg.connect(dsn, connect_timeout=timeout) as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('tracklane.collector.schema'))")
+                conn.execute(_SCHEMA)
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except self._errors as exc:
+            self._pool.close()
+            raise StorageError(f"cannot use {self.path} for the outbox: {_reason(exc)}") from exc
+        except BaseException:
+            self._pool.close()
+            raise
+        self._heartbeat = threading.Thread(
+            target=self._renew_leases, name="tracklane.outbox.heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+
+    def _run(self, sql: str, params: Any = None) -> List[Tuple[Any, ...]]:
+        if self._closed.is_set():
+            raise StorageError("the outbox is closed")
+        try:
+            with self._pool.connection() as conn:
+                cursor = conn.execute(sql, params)
+                return list(cursor) if cursor.description is not None else []
+        except self._errors as exc:
+            raise StorageError(f"outbox in {self.path}: {self._reason(exc)}") from exc
+
+    def register(self, destinations: Iterable[str]) -> None:
+        """Queue events stored from now on for each destination (new ones start empty)."""
+        names = list(destinations)
+        self._run(
+            "INSERT INTO tracklane_route_destinations (destination)"
+            " SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            [names],
+        )
+
+    def head(self) -> int:
+        """The id of the newest stored event (0 when none)."""
+        return int(self._run("SELECT COALESCE(MAX(id), 0) FROM tracklane_events")[0][0])
+
+    def claim(self, destination: str, limit: int, now: Optional[float] = None) -> Optional[Claim]:
+        """Lease up to ``limit`` due rows nobody holds, oldest due first; ``None`` when idle."""
+        now = time.time() if now is None else now
+        rows = self._run(
+            _CLAIM,
+            {
+                "d": destination,
+                "now": now,
+                "limit": limit,
+                "lease": now + self.lease_seconds,
+                "owner": self.owner,
+            },
+        )
+        if not rows:
+            return None
+        pending = tuple(PendingRow(int(e), int(e), int(e), int(a)) for e, a in sorted(rows))
+        return Claim(destination, pending, self.owner)
+
+    def events(self, claim: Claim) -> List[StoredEvent]:
+        """The stored events a claim covers, oldest first."""
+        attempts = {row.first: row.attempts for row in claim.rows}
+        records = self._run(
+            "SELECT id, write_key, received_at, timestamp, original_timestamp, body"
+            " FROM tracklane_events WHERE id = ANY(%s) ORDER BY id",
+            [list(attempts)],
+        )
+        found: List[StoredEvent] = []
+        for event_id, key, received_at, timestamp, original, body in records:
+            message: Dict[str, Any] = loads_stored(body)
+            message["receivedAt"] = received_at
+            message["timestamp"] = timestamp
+            message["originalTimestamp"] = original
+            found.append(StoredEvent(int(event_id), key, message, attempts[int(event_id)]))
+        return found
+
+    def settle(self, claim: Claim, outcome: Settlement) -> None:
+        """Record a claim's outcome in one transaction, for the rows this collector holds."""
+        now_text = _iso_now()
+        last_error = (outcome.dead or outcome.retries or [None])[-1]
+        retried = {retry.event_id for retry in outcome.retries}
+        done = [row.first for row in claim.rows if row.first not in retried]
+        if self._closed.is_set():
+            raise StorageError("the outbox is closed")
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                removed = conn.execute(
+                    "DELETE FROM tracklane_outbox WHERE destination = %s"
+                    " AND event_id = ANY(%s) AND lease_owner = %s",
+                    [claim.destination, done, self.owner],
+                ).rowcount
+                kept = 0
+                if outcome.retries:
+                    kept = conn.execute(
+                        "UPDATE tracklane_outbox o SET attempts = r.attempts, due_at = r.due_at,"
+                        " last_error = r.error, lease_until = NULL, lease_owner = NULL"
+                        " FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[])"
+                        " AS r(event_id, attempts, due_at, error)"
+                        " WHERE o.destination = %s AND o.event_id = r.event_id"
+                        " AND o.lease_owner = %s",
+                        [
+                            [r.event_id for r in outcome.retries],
+                            [r.attempts for r in outcome.retries],
+                            [r.due_at for r in outcome.retries],
+                            [r.error for r in outcome.retries],
+                            claim.destination,
+                            self.owner,
+                        ],
+                    ).rowcount
+                if outcome.dead:
+                    conn.execute(
+                        "INSERT INTO tracklane_outbox_dead"
+                        " (destination, event_id, attempts, last_error, dead_at)"
+                        " SELECT %s::text, u.e, u.a, u.m, %s::text"
+                        " FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS u(e, a, m)"
+                        " ON CONFLICT (destination, event_id) DO UPDATE SET"
+                        " attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,"
+                        " dead_at = EXCLUDED.dead_at",
+                        [
+                            claim.destination,
+                            now_text,
+                            [d.event_id for d in outcome.dead],
+                            [d.attempts for d in outcome.dead],
+                            [d.error for d in outcome.dead],
+                        ],
+                    )
+                error = None if last_error is None else last_error.error
+                conn.execute(
+                    _COUNTERS,
+                    [
+                        outcome.delivered,
+                        outcome.filtered,
+                        outcome.skipped,
+                        len(outcome.retries) + len(outcome.dead),
+                        error,
+                        error,
+                        now_text,
+                        outcome.delivered,
+                        now_text,
+                        claim.destination,
+                    ],
+                )
+        except self._errors as exc:
+            raise StorageError(f"outbox in {self.path}: {self._reason(exc)}") from exc
+        lost = len(claim.rows) - removed - kept
+        if lost:
+            logger.warning(
+                "%s: %d claimed row(s) were taken over by another collector after this"
+                " one's lease expired; they are delivered again (at least once)",
+                claim.destination,
+                lost,
+            )
+
+    def next_due(self, destination: str) -> Optional[float]:
+        """When the earliest unleased row of ``destination`` falls due."""
+        row = self._run(
+            "SELECT MIN(due_at) FROM tracklane_outbox WHERE destination = %s"
+            " AND lease_owner IS NULL",
+            [destination],
+        )[0]
+        return None if row[0] is None else float(row[0])
+
+    def status(self, destinations: Sequence[Tuple[str, str]]) -> List[DestinationStatus]:
+        """The status of each ``(name, type)``, summed over every collector."""
+        names = [name for name, _ in destinations]
+        rows = self._run(
+            "SELECT d.destination, d.delivered, d.filtered, d.skipped, d.last_error,"
+            " d.last_error_at, d.last_delivered_at,"
+            " (SELECT COUNT(*) FROM tracklane_outbox o WHERE o.destination = d.destination),"
+            " (SELECT COUNT(*) FROM tracklane_outbox o WHERE o.destination = d.destination"
+            "  AND o.attempts > 0),"
+            " (SELECT COUNT(*) FROM tracklane_outbox_dead x WHERE x.destination = d.destination),"
+            " (SELECT e.received_at FROM tracklane_events e WHERE e.id ="
+            "  (SELECT MIN(o.event_id) FROM tracklane_outbox o"
+            "   WHERE o.destination = d.destination))"
+            " FROM tracklane_route_destinations d WHERE d.destination = ANY(%s)",
+            [names],
+        )
+        found = {row[0]: row for row in rows}
+        now = time.time()
+        result: List[DestinationStatus] = []
+        for name, kind in destinations:
+            row = found.get(name, (name, 0, 0, 0, None, None, None, 0, 0, 0, None))
+            lag = 0.0
+            if row[10] is not None:
+                moment = datetime.fromisoformat(str(row[10]).replace("Z", "+00:00"))
+                lag = max(0.0, now - moment.timestamp())
+            result.append(
+                DestinationStatus(
+                    name=name,
+                    type=kind,
+                    delivered=int(row[1]),
+                    pending=int(row[7]),
+                    failed=int(row[8]),
+                    dead_lettered=int(row[9]),
+                    filtered=int(row[2]),
+                    skipped=int(row[3]),
+                    last_error=row[4],
+                    last_error_at=row[5],
+                    last_delivered_at=row[6],
+                    lag_seconds=lag,
+                )
+            )
+        return result
+
+    def dead_letters(self, destination: str, limit: int = 100) -> List[DeadLetter]:
+        """The newest dead letters of ``destination``, with each message's id and last error."""
+        rows = self._run(
+            "SELECT d.event_id, d.attempts, d.last_error, e.message_id, e.type, e.event,"
+            " d.dead_at FROM tracklane_outbox_dead d LEFT JOIN tracklane_events e"
+            " ON e.id = d.event_id WHERE d.destination = %s ORDER BY d.event_id DESC LIMIT %s",
+            [destination, limit],
+        )
+        return [DeadLetter(int(r[0]), int(r[1]), *r[2:]) for r in rows]
+
+    def replay(self, destination: str, now: Optional[float] = None) -> int:
+        """Send every dead letter of ``destination`` again (due now); return how many."""
+        now = time.time() if now is None else now
+        rows = self._run(
+            "WITH moved AS (DELETE FROM tracklane_outbox_dead WHERE destination = %s"
+            " RETURNING destination, event_id)"
+            " INSERT INTO tracklane_outbox (destination, event_id, due_at)"
+            " SELECT destination, event_id, %s FROM moved"
+            " ON CONFLICT (destination, event_id) DO NOTHING RETURNING event_id",
+            [destination, now],
+        )
+        return len(rows)
+
+    def _renew_leases(self) -> None:
+        """Extend this collector's leases every third of a lease until closed."""
+        while not self._closed.wait(self.lease_seconds / 3):
+            try:
+                self._run(
+                    "UPDATE tracklane_outbox SET lease_until = %s WHERE lease_owner = %s",
+                    [time.time() + self.lease_seconds, self.owner],
+                )
+            except StorageError as exc:
+                if not self._closed.is_set():
+                    logger.warning("renewing outbox leases failed: %s", exc)
+
+    def close(self) -> None:
+        """Release this collector's leases (others may claim the rows at once); idempotent."""
+        if self._closed.is_set():
+            return
+        try:
+            self._run(
+                "UPDATE tracklane_outbox SET lease_until = NULL, lease_owner = NULL"
+                " WHERE lease_owner = %s",
+                [self.owner],
+            )
+        except StorageError as exc:
+            logger.warning("releasing outbox leases failed (they expire): %s", exc)
+        self._closed.set()
+        self._heartbeat.join(5.0)
+        self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"<PostgresOutbox {self.path!r} owner={self.owner!r}>"
