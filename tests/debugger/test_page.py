@@ -241,6 +241,47 @@ def test_delivery_statuses_fill_their_slot(page: Any, client: tracklane.Client) 
     page.unroute_all(behavior="ignoreErrors")  # a poll may be in the handler as the page closes
 
 
+def test_payload_view_shows_each_destinations_delivery_status(browser: Any, tmp_path: Path) -> None:
+    """With routing, an event's payload view lists delivered and dead-lettered destinations."""
+    from routing.support import WebhookReceiver, config_of, destinations_status, wait_until
+
+    good, bad = WebhookReceiver(), WebhookReceiver(status=400)
+    config = config_of(
+        {
+            "destinations": [
+                {"name": "Good", "type": "webhook", "url": good.url},
+                {"name": "Bad", "type": "webhook", "url": bad.url},
+            ]
+        }
+    )
+    try:
+        with serve_in_thread(tmp_path / "routed.db", config=config) as server:
+            client = tracklane.Client(WRITE_KEY, host=server.url)
+            client.track("ada", "Routed")
+            client.flush()
+            client.shutdown(timeout=5)
+            assert good.wait_for_unique(1, 10) == 1
+            wait_until(
+                lambda: destinations_status(server.url)["Bad"]["deadLettered"] == 1, 10, "dead"
+            )
+            context = browser.new_context(base_url=server.url)
+            page = context.new_page()
+            errors: List[Any] = []
+            page.on("pageerror", lambda error: errors.append(error))
+            open_debugger(page)
+            expect(row(page, "Routed")).to_contain_text("1 delivered, 1 dead-lettered")
+            row(page, "Routed").click()
+            table = page.locator("#deliveries table")
+            expect(table.locator("tr", has_text="Good")).to_contain_text("delivered")
+            expect(table.locator("tr", has_text="Bad")).to_contain_text("dead-lettered")
+            expect(table.locator("tr", has_text="Bad")).to_contain_text("400")
+            context.close()
+            assert errors == [], f"JavaScript errors on the page: {errors}"
+    finally:
+        good.close()
+        bad.close()
+
+
 def test_rejected_messages_show_marked_with_their_reason(
     page: Any, collector: CollectorServer
 ) -> None:

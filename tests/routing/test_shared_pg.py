@@ -147,6 +147,13 @@ def test_two_collectors_share_one_store_and_survive_a_sigkill(
             "the outbox to drain",
         )
         status = destinations_status(survivor, "key-1")["Hooks"]
+        # The debugger reads the same PostgreSQL outbox: the newest events show delivered.
+        shown = httpx.get(
+            f"{survivor}/debugger/api/events", params={"limit": 5}, auth=("key-1", "")
+        ).json()["events"]
+        assert [item["deliveries"] for item in shown] == [
+            [{"destination": "Hooks", "attempts": None, "status": "delivered"}]
+        ] * 5
     finally:
         release.set()
         a.close()

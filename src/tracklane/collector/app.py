@@ -114,7 +114,7 @@ def create_app(
     app.state.storage = store
     # The debugger: its page at /, its API, and the recorder of refused messages.
     ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
-    install_debugger(app, store, collector.write_keys, ingest_paths)
+    install_debugger(app, store, collector.write_keys, ingest_paths, router)
     return app
 
 

@@ -32,6 +32,7 @@ from tracklane.collector.storage import Storage, StorageError
 __all__ = [
     "Claim",
     "DeadLetter",
+    "DeliveryTrace",
     "DestinationStatus",
     "Outbox",
     "PendingRow",
@@ -185,6 +186,35 @@ class DestinationStatus:
         }
 
 
+@dataclass(frozen=True)
+class DeliveryTrace:
+    """What the outbox still holds about some events for one destination (the debugger)."""
+
+    destination: str
+    position: int  # events with id <= position have been claimed
+    pending: Dict[int, Tuple[int, float, Optional[str]]]  # id -> (attempts, due_at, error)
+    dead: Dict[int, Tuple[int, str]]  # id -> (attempts, last error)
+
+
+def _traces(
+    cursors: Sequence[Tuple[Any, ...]],
+    pending: Sequence[Tuple[Any, ...]],
+    dead: Sequence[Tuple[Any, ...]],
+    wanted: Sequence[int],
+) -> List[DeliveryTrace]:
+    ids = set(wanted)
+    result = []
+    for name, position in cursors:
+        waiting: Dict[int, Tuple[int, float, Optional[str]]] = {}
+        for dest, first, last, attempts, due_at, error in pending:
+            if dest == name:
+                for event_id in ids.intersection(range(int(first), int(last) + 1)):
+                    waiting[event_id] = (int(attempts), float(due_at), error)
+        given_up = {int(r[1]): (int(r[2]), str(r[3])) for r in dead if r[0] == name}
+        result.append(DeliveryTrace(str(name), int(position), waiting, given_up))
+    return result
+
+
 class Outbox(Protocol):
     """What the router needs of an outbox (SQLite here, PostgreSQL in ``outbox_pg``)."""
 
@@ -208,6 +238,9 @@ class Outbox(Protocol):
 
     def replay(self, destination: str, now: Optional[float] = None) -> int:
         """Send every dead letter of ``destination`` again; return how many."""
+
+    def traces(self, event_ids: Sequence[int]) -> List[DeliveryTrace]:
+        """Each destination's cursor, pending rows and dead letters among ``event_ids``."""
 
     def close(self) -> None:
         """Release what the outbox holds."""
@@ -451,6 +484,28 @@ class SQLiteOutbox:
             ).rowcount
             db.execute("DELETE FROM route_dead WHERE destination = ?", (destination,))
         return int(moved)
+
+    def traces(self, event_ids: Sequence[int]) -> List[DeliveryTrace]:
+        """Each destination's cursor, pending rows and dead letters among ``event_ids``."""
+        if not event_ids:
+            return []
+        low, high = min(event_ids), max(event_ids)
+        with self._read_lock:
+            db = self._reader
+            cursors = db.execute(
+                "SELECT destination, position FROM route_cursor ORDER BY destination"
+            ).fetchall()
+            pending = db.execute(
+                "SELECT destination, first_event, last_event, attempts, due_at, last_error"
+                " FROM route_pending WHERE first_event <= ? AND last_event >= ?",
+                (high, low),
+            ).fetchall()
+            dead = db.execute(
+                "SELECT destination, event_id, attempts, last_error FROM route_dead"
+                " WHERE event_id BETWEEN ? AND ?",
+                (low, high),
+            ).fetchall()
+        return _traces(cursors, pending, dead, event_ids)
 
     def close(self) -> None:
         """Close the reader connection (the store owns the writer)."""

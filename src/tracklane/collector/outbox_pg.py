@@ -31,10 +31,12 @@ from tracklane.collector._json import loads_stored
 from tracklane.collector.outbox import (
     Claim,
     DeadLetter,
+    DeliveryTrace,
     DestinationStatus,
     PendingRow,
     Settlement,
     StoredEvent,
+    _traces,
 )
 from tracklane.collector.storage import StorageError
 
@@ -402,6 +404,31 @@ class PostgresOutbox:
             [destination, now],
         )
         return len(rows)
+
+    def traces(self, event_ids: Sequence[int]) -> List[DeliveryTrace]:
+        """Each destination's pending rows and dead letters among ``event_ids``.
+
+        Rows are made by the insert trigger, so every stored event counts as claimed
+        (``position`` is the largest id): an event without a row has been handled.
+        """
+        if not event_ids:
+            return []
+        wanted = list(event_ids)
+        names = self._run(
+            "SELECT destination FROM tracklane_route_destinations ORDER BY destination"
+        )
+        pending = self._run(
+            "SELECT destination, event_id, event_id, attempts, due_at, last_error"
+            " FROM tracklane_outbox WHERE event_id = ANY(%s)",
+            [wanted],
+        )
+        dead = self._run(
+            "SELECT destination, event_id, attempts, last_error FROM tracklane_outbox_dead"
+            " WHERE event_id = ANY(%s)",
+            [wanted],
+        )
+        cursors = [(row[0], 2**63 - 1) for row in names]
+        return _traces(cursors, pending, dead, wanted)
 
     def _renew_leases(self) -> None:
         """Extend this collector's leases every third of a lease until closed."""

@@ -1,7 +1,10 @@
 """The debugger's page and JSON API.
 
 - ``GET /``: the page (static HTML; its script and styles under ``/debugger/static/``).
-- ``GET /debugger/api/events``: ``{"events": [{"seq", "source", "event"}]}``.
+- ``GET /debugger/api/events``: ``{"events": [{"seq", "source", "event"}]}``; with
+  routing each item also has ``deliveries`` (see ``_deliveries``).
+- ``GET /debugger/api/events/<seq>/deliveries``: ``{"seq", "deliveries"}``, fresh, for the
+  payload view (404 when the event is not stored or not the reader's).
 - ``GET /debugger/api/rejected``: ``{"rejected": [...], "log"}`` (see ``_rejects``); a new
   ``log`` means the collector restarted and refusal seqs start again from 1.
 
@@ -26,7 +29,7 @@ does not know (so a mistyped key shows up), never those of another configured ke
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -36,8 +39,12 @@ from tracklane.collector._auth import basic_user
 from tracklane.collector._ingest import MESSAGE_TYPES
 from tracklane.collector._json import dumps
 from tracklane.collector._rejects import RejectedMessage, RejectLog, source_label
+from tracklane.collector.debugger._deliveries import deliveries_of
 from tracklane.collector.storage import EventFilter, StorageError
 from tracklane.collector.stores import EventStore
+
+if TYPE_CHECKING:
+    from tracklane.collector.router import Router
 
 __all__ = ["MAX_LIMIT", "DebuggerAPI", "Query", "parse_debugger_query"]
 
@@ -161,9 +168,16 @@ def parse_debugger_query(items: Iterable[Tuple[str, str]]) -> Query:
 class DebuggerAPI:
     """The debugger's request handlers, reading one store and one RejectLog."""
 
-    def __init__(self, storage: EventStore, rejects: RejectLog, write_keys: Iterable[str]) -> None:
+    def __init__(
+        self,
+        storage: EventStore,
+        rejects: RejectLog,
+        write_keys: Iterable[str],
+        router: Optional[Router] = None,
+    ) -> None:
         """Serve ``storage`` and ``rejects`` to readers holding one of ``write_keys``."""
         self.storage = storage
+        self.router = router
         self.rejects = rejects
         self.write_keys: FrozenSet[str] = frozenset(write_keys)
         self._page: Optional[bytes] = None
@@ -201,6 +215,36 @@ class DebuggerAPI:
         """Serve refused messages under the cursor and filters."""
         return await self._answer(request, self._rejected)
 
+    async def deliveries(self, request: Request) -> Response:
+        """Serve one event's delivery status per destination, read now."""
+        key, refused = self._reader(request)
+        if refused is not None:
+            return _json(401, {"success": False, "error": refused}, _REALM)
+        if self.router is None:
+            return _json(404, {"success": False, "error": "routing is not configured"})
+        router = self.router
+        text = request.path_params["seq"]
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_SEQ:
+            return _json(400, {"success": False, "error": "'seq' must be a sequence number"})
+        seq = int(text)
+
+        def read() -> Dict[str, Any]:
+            where = EventFilter(write_key=key, after=seq - 1)
+            rows = [row for row in self.storage.rows(where, 1) if row.seq == seq]
+            if not rows:
+                return {}
+            return {"seq": seq, "deliveries": deliveries_of(router, rows).get(seq, [])}
+
+        try:
+            body = await run_in_threadpool(read)
+        except Exception as exc:
+            if not isinstance(exc, StorageError) and type(exc).__module__ != "sqlite3":
+                raise
+            return _json(503, {"success": False, "error": f"storage unavailable: {exc}"})
+        if not body:
+            return _json(404, {"success": False, "error": f"no stored event with seq {seq}"})
+        return _json(200, body)
+
     async def _answer(
         self, request: Request, read: Callable[[Query, Optional[str]], Dict[str, Any]]
     ) -> Response:
@@ -222,11 +266,15 @@ class DebuggerAPI:
     def _events(self, query: Query, key: Optional[str]) -> Dict[str, Any]:
         where = query.event_filter(key)
         rows = [] if where is None else self.storage.rows(where, query.limit)
+        found = deliveries_of(self.router, rows) if self.router is not None and rows else {}
         events = []
         for row in rows:
             event = row.to_event()
             del event["seq"]
-            events.append({"seq": row.seq, "source": source_label(row.write_key), "event": event})
+            item = {"seq": row.seq, "source": source_label(row.write_key), "event": event}
+            if self.router is not None:
+                item["deliveries"] = found.get(row.seq, [])
+            events.append(item)
         return {"events": events}
 
     def _rejected(self, query: Query, key: Optional[str]) -> Dict[str, Any]:

@@ -538,6 +538,7 @@ function showDetail(key) {
     timeRow("Source", item.source);
   }
   showDeliveries(item);
+  refreshDeliveries(item, key);
   const target = copyTarget(item);
   const payload = $("payload");
   payload.replaceChildren(typeof target === "string" ? target : highlighted(target));
@@ -545,6 +546,19 @@ function showDetail(key) {
   const sendable = target && typeof target === "object" && typeof target.type === "string";
   command.textContent = sendable ? sendCommand(target) : "(not a message that can be sent)";
   $("copy-send").disabled = !sendable;
+  render();
+}
+
+// With routing, the statuses the list carried may be old: ask for them again on opening.
+async function refreshDeliveries(item, key) {
+  if (item.kind !== "event" || !item.entry.deliveries) return;
+  try {
+    const body = await api(`events/${item.entry.seq}/deliveries`, {});
+    item.entry.deliveries = body.deliveries;
+  } catch {
+    return; // the list's statuses stay shown
+  }
+  if (state.selected === key) showDeliveries(item);
   render();
 }
 
@@ -568,7 +582,8 @@ function showDeliveries(item) {
   }
   for (const d of deliveries) {
     const row = table.insertRow();
-    for (const value of [d.destination, d.status, d.attempts, d.lastError ?? d.error]) {
+    const status = d.nextAttempt ? `${d.status} (next attempt ${d.nextAttempt})` : d.status;
+    for (const value of [d.destination, status, d.attempts, d.lastError ?? d.error]) {
       row.insertCell().textContent = text(value);
     }
   }
