@@ -28,14 +28,14 @@ from .exceptions import MessageTooLargeError
 from .messages import (
     LIBRARY,
     Message,
-    build_alias,
-    build_group,
-    build_identify,
-    build_page,
-    build_screen,
-    build_track,
+    alias_fields,
+    group_fields,
+    identify_fields,
     new_message_id,
     now_timestamp,
+    prepare_common,
+    track_fields,
+    view_fields,
 )
 
 __all__ = ["BaseClient", "Result"]
@@ -72,9 +72,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Say who a user is and what they are like (``traits``)."""
+        message = identify_fields(traits)
         return self._enqueue(
-            build_identify(
-                user_id, traits, context, timestamp, anonymous_id, integrations, message_id
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -103,8 +104,8 @@ class Calls(Generic[R]):
             and message_id is None
             and current_scope() is None
         ):
-            # The common call, built inline: the same message build_track makes, with two
-            # Python frames fewer (they are what a call costs between requests, caches cold).
+            # The common call, built inline: the same message as below, with two Python
+            # frames fewer (they are what a call costs between requests, caches cold).
             return self._enqueue(
                 {
                     "type": "track",
@@ -118,16 +119,10 @@ class Calls(Generic[R]):
                     "messageId": new_message_id(),
                 }
             )
+        message = track_fields(event, properties)
         return self._enqueue(
-            build_track(
-                user_id,
-                event,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -144,17 +139,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Record a web page view."""
+        message = view_fields("page", category, name, properties)
         return self._enqueue(
-            build_page(
-                user_id,
-                category,
-                name,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -171,17 +159,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Record a mobile or desktop screen view."""
+        message = view_fields("screen", category, name, properties)
         return self._enqueue(
-            build_screen(
-                user_id,
-                category,
-                name,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -197,16 +178,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Tie a user to a group (a company, an account), with the group's ``traits``."""
+        message = group_fields(group_id, traits)
         return self._enqueue(
-            build_group(
-                user_id,
-                group_id,
-                traits,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -220,8 +195,9 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Merge two identities: ``previous_id`` is now known as ``user_id``."""
+        message = alias_fields(previous_id, user_id)
         return self._enqueue(
-            build_alias(previous_id, user_id, context, timestamp, integrations, message_id)
+            prepare_common(message, user_id, None, context, timestamp, integrations, message_id)
         )
 
 
