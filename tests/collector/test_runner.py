@@ -71,10 +71,10 @@ def test_fixed_port_is_used(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
 
 
-def test_port_in_use_raises_oserror(tmp_path: Path, open_server: CollectorServer) -> None:
+def test_port_in_use_raises_oserror(tmp_path: Path, collector: CollectorServer) -> None:
     """Binding a port that is already served raises OSError at once."""
     with pytest.raises(OSError, match="in use"):
-        serve_in_thread(tmp_path / "events.db", port=open_server.port)
+        serve_in_thread(tmp_path / "events.db", port=collector.port)
 
 
 def test_bad_database_raises_and_releases_the_port(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Shared parts of the integration tests: the collector, server processes, default settings."""
+"""Shared parts of the integration tests: server processes, default settings (the collector
+and ``write_key`` come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -16,22 +17,9 @@ import httpx
 import pytest
 
 import tracklane
-from tracklane.collector import CollectorServer, serve_in_thread
+from tracklane.collector import CollectorServer
 
 SRC = str(Path(tracklane.__file__).resolve().parent.parent)
-
-
-@pytest.fixture(scope="session")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
-    """A collector on 127.0.0.1 accepting any write key, shared by the integration tests."""
-    with serve_in_thread(tmp_path_factory.mktemp("integrations") / "events.db") as server:
-        yield server
-
-
-@pytest.fixture
-def write_key() -> str:
-    """A write key no other test uses, so reads with it see only this test's events."""
-    return f"wk-{uuid.uuid4().hex}"
 
 
 def stored(
