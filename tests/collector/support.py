@@ -6,6 +6,8 @@ from typing import Any, Callable, Dict, List
 
 import httpx
 
+from tracklane.collector.storage import StoredMessage
+
 KEYS = ("key-alpha", "key-beta")  # the write keys of the ``keyed_server`` fixture
 Message = Dict[str, Any]
 MakeMessage = Callable[..., Message]
@@ -27,3 +29,21 @@ def count_events(http: httpx.Client, **params: Any) -> int:
     count = response.json()["count"]
     assert isinstance(count, int)
     return count
+
+
+def row(message_id: str, **fields: Any) -> StoredMessage:
+    """A stored-message row with sensible defaults."""
+    values: dict[str, Any] = {
+        "write_key": "k",
+        "message_id": message_id,
+        "type": "track",
+        "user_id": "ann",
+        "anonymous_id": None,
+        "event": "Clicked",
+        "received_at": "2024-05-01T10:00:00.000Z",
+        "timestamp": "2024-05-01T09:59:59.000Z",
+        "original_timestamp": None,
+        "body": f'{{"type":"track","messageId":"{message_id}"}}',
+    }
+    values.update(fields)
+    return StoredMessage(**values)
