@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 import tracklane
+from helpers import wait_for_port
 from tracklane.collector import CollectorServer
 
 SRC = str(Path(tracklane.__file__).resolve().parent.parent)
@@ -33,13 +33,6 @@ def stored(
             if len(events) >= count or time.monotonic() >= deadline:
                 return list(events)
             time.sleep(0.05)  # polling the store, bounded by the deadline
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -62,18 +55,7 @@ class ServerProcess:
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
         """Poll until the server accepts connections on ``port``; fail if it died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited early:\n{self.output()}")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no server on port {port}:\n{self.output()}")
-            time.sleep(0.05)  # polling the port, bounded by the deadline
+        wait_for_port(port, timeout, alive=self.proc, output=self.output)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, as a process manager stops it; the exit status."""
