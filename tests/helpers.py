@@ -1,5 +1,5 @@
-"""A small scriptable HTTP server on 127.0.0.1 that records what clients send; free ports
-and waiting for a server process to listen."""
+"""A small scriptable HTTP server on 127.0.0.1 that records what clients send; free ports,
+waiting for a server process to listen, and running a script in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import gzip
 import json
 import socket
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -232,3 +235,14 @@ def wait_for_port(
         )
         # A failed connect to 127.0.0.1 returns at once: poll at a modest rate.
         threading.Event().wait(0.05)
+
+
+def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh Python process; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
