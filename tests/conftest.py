@@ -1,4 +1,5 @@
-"""Shared fixtures: a recording HTTP server on 127.0.0.1, clients pointed at it, PostgreSQL.
+"""Shared fixtures: a recording HTTP server on 127.0.0.1, clients pointed at it, PostgreSQL,
+and one collector for the session (each test reads it with its own ``write_key``).
 
 Tests in modules marked ``both_clients`` run twice: with ``tracklane.Client`` and with
 ``tracklane.AsyncClient`` (driven on a real loop through ``loop_client.LoopClient``).
@@ -7,7 +8,8 @@ A test that only applies to the threaded client is marked ``thread_only``.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List
+import uuid
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List
 
 import pytest
 
@@ -15,6 +17,9 @@ import tracklane
 from helpers import RecordingServer
 from loop_client import LoopClient
 from pg import PostgresServer, PostgresUnavailable
+
+if TYPE_CHECKING:
+    from tracklane.collector import CollectorServer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -86,3 +91,21 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(str(exc))
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
+    """A collector on 127.0.0.1 accepting any write key, shared by the session's tests.
+
+    Tests keep to their own events by reading with their own ``write_key``.
+    """
+    from tracklane.collector import serve_in_thread  # the collector extra, only where used
+
+    with serve_in_thread(tmp_path_factory.mktemp("collector") / "events.db") as server:
+        yield server
+
+
+@pytest.fixture
+def write_key() -> str:
+    """A write key no other test uses, so reads with it see only this test's events."""
+    return f"wk-{uuid.uuid4().hex}"

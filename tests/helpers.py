@@ -1,4 +1,5 @@
-"""A small scriptable HTTP server on 127.0.0.1 that records what clients send."""
+"""A small scriptable HTTP server on 127.0.0.1 that records what clients send; free ports,
+waiting for a server process to listen, and running a script in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import gzip
 import json
 import socket
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -197,3 +201,48 @@ class RecordingServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (nothing listens on it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int,
+    timeout: float,
+    alive: Optional[Any] = None,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll until something accepts connections on ``port``, or fail at the deadline.
+
+    ``alive`` (a ``Popen``) stops the wait early if the process serving the port died;
+    ``output()`` (the process's log) is added to the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            pass
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"the server process exited with {alive.returncode}\n{output()}")
+        assert time.monotonic() < deadline, (
+            f"nothing listens on port {port} after {timeout}s\n{output()}"
+        )
+        # A failed connect to 127.0.0.1 returns at once: poll at a modest rate.
+        threading.Event().wait(0.05)
+
+
+def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh Python process; its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -18,13 +18,14 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from helpers import free_port
 
 __all__ = ["PostgresServer", "PostgresUnavailable", "find_bin_dir"]
 
@@ -54,13 +55,6 @@ def find_bin_dir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or in "
         "/usr/lib/postgresql/*/bin; install them with `apt-get install postgresql`"
     )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class PostgresServer:
@@ -147,7 +141,7 @@ class PostgresServer:
             settings += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         last_error: Optional[Exception] = None
         for _ in range(3):  # another process may take the free port before the server binds it
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._run(
                     "pg_ctl",

@@ -11,7 +11,6 @@ import inspect
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from typing import Any, List
@@ -19,7 +18,7 @@ from typing import Any, List
 import pytest
 
 import tracklane
-from helpers import Action, RecordingServer
+from helpers import Action, RecordingServer, run_script
 from tracklane.exceptions import ConfigurationError, RetriesExhaustedError, ShutdownError
 
 CALLS = ("track", "identify", "page", "screen", "group", "alias")
@@ -280,15 +279,6 @@ async def test_on_error_may_track_again(server):
     assert await client.flush(5)
     assert [m["event"] for m in server.accepted()] == ["Reported"]
     await client.shutdown(1)
-
-
-def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_script_that_never_shuts_down_still_delivers_at_exit(server):

@@ -352,6 +352,41 @@ def test_constructor_positional_order_matches_segment(server):
     assert client.options.stub
 
 
+@pytest.mark.parametrize("cls", [tracklane.Client, tracklane.AsyncClient])
+def test_every_positional_option_reaches_the_options(cls):
+    """Each of segment's 15 positional parameters, given by position, sets its option."""
+    logger = logging.getLogger("tracklane")
+    level = logger.level
+    handler = logging.NullHandler()
+
+    def on_error(_exc: BaseException, _batch: List[Dict[str, Any]]) -> None:
+        pass
+
+    client = cls(
+        "k", "http://127.0.0.1:9", True, 77, False, on_error, True,
+        4, False, 3.5, "http://127.0.0.1:8", 2, 11, 0.25, handler,
+    )  # fmt: skip
+    try:
+        opts = client.options
+        assert opts.write_key == "k"
+        assert opts.host == "http://127.0.0.1:9"
+        assert opts.debug
+        assert opts.max_queue_size == 77
+        assert opts.stub
+        assert opts.on_error is on_error
+        assert opts.gzip
+        assert opts.max_retries == 4
+        assert not opts.sync_mode
+        assert opts.timeout == 3.5
+        assert opts.proxies == "http://127.0.0.1:8"
+        assert opts.batch_size == 11
+        assert opts.flush_interval == 0.25
+        assert opts.log_handler is handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 @pytest.mark.parametrize("name", ["flush", "join", "shutdown"])
 def test_lifecycle_methods_callable_like_segment(make_client, name):
     """flush(), join() and shutdown() work with no arguments, as segment's do."""

@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
 import tracklane
-from helpers import Action
+from helpers import Action, run_script
 from tracklane.exceptions import RetriesExhaustedError, ShutdownError
 
 pytestmark = pytest.mark.both_clients
-
-
-def run_script(code: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_script_that_never_flushes_still_delivers_at_exit(server):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import inspect
 import json
 import re
 import socket
@@ -26,59 +27,10 @@ from tracklane._encode import encode
 # Timestamps on the wire: three fractional digits and an offset of Z or +HH:MM.
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
 
+# Each call's parameters, read from Client itself (test_compat checks them against segment's).
 SIGNATURES: Dict[str, Tuple[str, ...]] = {
-    "identify": (
-        "user_id",
-        "traits",
-        "context",
-        "timestamp",
-        "anonymous_id",
-        "integrations",
-        "message_id",
-    ),
-    "track": (
-        "user_id",
-        "event",
-        "properties",
-        "context",
-        "timestamp",
-        "anonymous_id",
-        "integrations",
-        "message_id",
-    ),
-    "page": (
-        "user_id",
-        "category",
-        "name",
-        "properties",
-        "context",
-        "timestamp",
-        "anonymous_id",
-        "integrations",
-        "message_id",
-    ),
-    "screen": (
-        "user_id",
-        "category",
-        "name",
-        "properties",
-        "context",
-        "timestamp",
-        "anonymous_id",
-        "integrations",
-        "message_id",
-    ),
-    "group": (
-        "user_id",
-        "group_id",
-        "traits",
-        "context",
-        "timestamp",
-        "anonymous_id",
-        "integrations",
-        "message_id",
-    ),
-    "alias": ("previous_id", "user_id", "context", "timestamp", "integrations", "message_id"),
+    method: tuple(inspect.signature(getattr(tracklane.Client, method)).parameters)[1:]
+    for method in ("alias", "group", "identify", "page", "screen", "track")
 }
 
 MAPPING_ARGS = ("traits", "properties", "context", "integrations")

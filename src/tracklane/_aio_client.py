@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import os
-import sys
 import time
-import weakref
 from typing import Any, Awaitable, Callable, Mapping, Optional, Union
 
 from ._aio_http import AsyncHTTPTransport
 from ._aio_worker import AsyncPipeline
-from ._base_client import UNSET, BaseClient, Calls, Result
-from ._core.retry import RetryPolicy
+from ._base_client import UNSET, BaseClient, Calls, Result, register_exit_hooks
 from ._delivery import Sender
 from ._stats import DropReason, FlushResult, Stats
 from ._transport import HTTPTransport
@@ -62,23 +58,7 @@ class AsyncClient(BaseClient):
         transport: Optional[AsyncTransport] = None,
         **options: Any,
     ) -> None:
-        given = {
-            "host": host,
-            "debug": debug,
-            "max_queue_size": max_queue_size,
-            "send": send,
-            "on_error": on_error,
-            "gzip": gzip,
-            "max_retries": max_retries,
-            "sync_mode": sync_mode,
-            "timeout": timeout,
-            "proxies": proxies,
-            "thread": thread,
-            "upload_size": upload_size,
-            "upload_interval": upload_interval,
-            "log_handler": log_handler,
-        }
-        self._setup(write_key, given, options)
+        self._setup(locals())  # reads the parameters above by name (SEGMENT_PARAMETERS)
         opts = self.options
         if opts.sync_mode:
             raise ConfigurationError(
@@ -94,13 +74,6 @@ class AsyncClient(BaseClient):
             AsyncHTTPTransport(opts) if transport is None else transport
         )
         self._inline_transport: Optional[AsyncTransport] = None
-        self._policy = RetryPolicy(
-            max_retries=opts.max_retries,
-            base=opts.backoff_base,
-            cap=opts.backoff_cap,
-            max_total=opts.max_total_backoff,
-            max_retry_after=opts.max_retry_after,
-        )
         self._pipeline = AsyncPipeline(opts, self._transport, self._policy, self._report)
         self._refuse = self._pipeline.refuse
         self._put = self._pipeline.stubbed if self._stub else self._pipeline.put
@@ -108,10 +81,7 @@ class AsyncClient(BaseClient):
         """The six calls, each delivering its message inside the call (awaitable)."""
         self._atexit: Optional[Callable[[], None]] = None
         if not self._stub:
-            self._atexit = _exit_hook(self)
-            atexit.register(self._atexit)
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=_fork_hook(self))
+            self._atexit = register_exit_hooks(self, _shutdown_at_exit)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -265,38 +235,10 @@ def _no_op() -> None:
     pass
 
 
-def _exit_hook(client: AsyncClient) -> Callable[[], None]:
-    return _exit_hook_from_ref(weakref.ref(client))
-
-
-def _exit_hook_from_ref(ref: weakref.ref[AsyncClient]) -> Callable[[], None]:
-    """At exit: deliver what is queued within ``shutdown_timeout``, without keeping the client."""
-
-    def shutdown_at_exit() -> None:
-        alive = ref()
-        if alive is not None and not alive._pipeline.stopped():
-            try:
-                alive.shutdown_now()
-            except Exception:  # pragma: no cover - never raise at exit
-                logger.exception("tracklane: shutting down at exit failed")
-
-    return shutdown_at_exit
-
-
-def _fork_hook(client: AsyncClient) -> Callable[[], None]:
-    """In a forked child: deliver at the child's end, also where atexit does not run."""
-    ref = weakref.ref(client)
-
-    def in_child() -> None:
-        mp_util = sys.modules.get("multiprocessing.util")
-        alive = ref()
-        if mp_util is None or alive is None:
-            return
-
-        def add_finalizer(_: AsyncClient) -> None:
-            mp_util.Finalize(None, _exit_hook_from_ref(ref), exitpriority=100)
-
-        add_finalizer(alive)
-        mp_util.register_after_fork(alive, add_finalizer)
-
-    return in_child
+def _shutdown_at_exit(client: AsyncClient) -> None:
+    """At exit, or at a forked child's end: deliver what is queued within ``shutdown_timeout``."""
+    if not client._pipeline.stopped():
+        try:
+            client.shutdown_now()
+        except Exception:  # pragma: no cover - never raise at exit
+            logger.exception("tracklane: shutting down at exit failed")

@@ -10,9 +10,13 @@ whether they were accepted (a bound method, so a call costs no more frames than 
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
+import sys
 import time
+import weakref
 from decimal import Decimal
 from typing import Any, Callable, Dict, Generic, List, Mapping, Optional, Tuple, TypeVar
 
@@ -20,6 +24,7 @@ import orjson
 
 from ._context import current_scope
 from ._core.delivery import Drop
+from ._core.retry import RetryPolicy
 from ._encode import ORJSON_OPTIONS, default_for, encode_slowly
 from ._segment_attrs import SegmentAttributes
 from ._stats import DropReason
@@ -28,23 +33,44 @@ from .exceptions import MessageTooLargeError
 from .messages import (
     LIBRARY,
     Message,
-    build_alias,
-    build_group,
-    build_identify,
-    build_page,
-    build_screen,
-    build_track,
+    alias_fields,
+    group_fields,
+    identify_fields,
     new_message_id,
     now_timestamp,
+    prepare_common,
+    track_fields,
+    view_fields,
 )
 
-__all__ = ["BaseClient", "Result"]
+__all__ = ["SEGMENT_PARAMETERS", "BaseClient", "Result", "register_exit_hooks"]
 
 logger = logging.getLogger("tracklane")
 Result = Tuple[bool, Message]
 R = TypeVar("R")
+C = TypeVar("C", bound="BaseClient")
 UNSET: Any = object()
 _LOG_INTERVAL = 10.0
+
+SEGMENT_PARAMETERS = (
+    "host",
+    "debug",
+    "max_queue_size",
+    "send",
+    "on_error",
+    "gzip",
+    "max_retries",
+    "sync_mode",
+    "timeout",
+    "proxies",
+    "thread",
+    "upload_size",
+    "upload_interval",
+    "log_handler",
+)
+"""segment-analytics-python's parameters after ``write_key``, in its positional order: the
+constructors of ``Client`` and ``AsyncClient`` spell them out (for signatures and editors)
+and hand their ``locals()`` to ``_setup``, which reads them by these names."""
 
 
 def gather_options(write_key: Optional[str], given: Dict[str, Any], options: Any) -> Options:
@@ -72,9 +98,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Say who a user is and what they are like (``traits``)."""
+        message = identify_fields(traits)
         return self._enqueue(
-            build_identify(
-                user_id, traits, context, timestamp, anonymous_id, integrations, message_id
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -103,8 +130,8 @@ class Calls(Generic[R]):
             and message_id is None
             and current_scope() is None
         ):
-            # The common call, built inline: the same message build_track makes, with two
-            # Python frames fewer (they are what a call costs between requests, caches cold).
+            # The common call, built inline: the same message as below, with two Python
+            # frames fewer (they are what a call costs between requests, caches cold).
             return self._enqueue(
                 {
                     "type": "track",
@@ -118,16 +145,10 @@ class Calls(Generic[R]):
                     "messageId": new_message_id(),
                 }
             )
+        message = track_fields(event, properties)
         return self._enqueue(
-            build_track(
-                user_id,
-                event,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -144,17 +165,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Record a web page view."""
+        message = view_fields("page", category, name, properties)
         return self._enqueue(
-            build_page(
-                user_id,
-                category,
-                name,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -171,17 +185,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Record a mobile or desktop screen view."""
+        message = view_fields("screen", category, name, properties)
         return self._enqueue(
-            build_screen(
-                user_id,
-                category,
-                name,
-                properties,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -197,16 +204,10 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Tie a user to a group (a company, an account), with the group's ``traits``."""
+        message = group_fields(group_id, traits)
         return self._enqueue(
-            build_group(
-                user_id,
-                group_id,
-                traits,
-                context,
-                timestamp,
-                anonymous_id,
-                integrations,
-                message_id,
+            prepare_common(
+                message, user_id, anonymous_id, context, timestamp, integrations, message_id
             )
         )
 
@@ -220,8 +221,9 @@ class Calls(Generic[R]):
         message_id: Any = None,
     ) -> R:
         """Merge two identities: ``previous_id`` is now known as ``user_id``."""
+        message = alias_fields(previous_id, user_id)
         return self._enqueue(
-            build_alias(previous_id, user_id, context, timestamp, integrations, message_id)
+            prepare_common(message, user_id, None, context, timestamp, integrations, message_id)
         )
 
 
@@ -239,8 +241,12 @@ class BaseClient(Calls[Result], SegmentAttributes):
     _put: Callable[[bytes], bool]
     _refuse: Callable[[DropReason], None]
 
-    def _setup(self, write_key: Optional[str], given: Dict[str, Any], options: Any) -> None:
-        self.options = opts = gather_options(write_key, given, options)
+    def _setup(self, arguments: Mapping[str, Any]) -> None:
+        """Options from a constructor's ``locals()``: ``write_key``, the parameters named in
+        ``SEGMENT_PARAMETERS`` and the keyword ``options``; plus what both clients derive."""
+        given = {name: arguments[name] for name in SEGMENT_PARAMETERS}
+        options = arguments["options"]
+        self.options = opts = gather_options(arguments["write_key"], given, options)
         self._given = {"host": given.get("host"), "on_error": options.get("on_error")}
         if opts.debug:
             logger.setLevel(logging.DEBUG)
@@ -251,6 +257,13 @@ class BaseClient(Calls[Result], SegmentAttributes):
         self._stub = opts.stub
         self._sync = opts.sync_mode
         self._last_logged: Dict[DropReason, float] = {}
+        self._policy = RetryPolicy(
+            max_retries=opts.max_retries,
+            base=opts.backoff_base,
+            cap=opts.backoff_cap,
+            max_total=opts.max_total_backoff,
+            max_retry_after=opts.max_retry_after,
+        )
 
     def _enqueue(self, message: Message) -> Result:
         try:
@@ -307,6 +320,47 @@ class BaseClient(Calls[Result], SegmentAttributes):
             callback(drop.error, batch)
         except Exception:
             logger.exception("tracklane: on_error raised; ignoring it")
+
+
+def register_exit_hooks(client: C, finish: Callable[[C], None]) -> Callable[[], None]:
+    """Run ``finish(client)`` at interpreter exit and at the end of a forked child, without
+    keeping the client alive; returns the exit function (for ``atexit.unregister``).
+
+    ``multiprocessing`` children leave through ``os._exit`` after running its own
+    finalizers, never ``atexit``; so a child of such a pool also gets a finalizer.
+    """
+    ref = weakref.ref(client)
+    at_exit = _finish_if_alive(ref, finish)
+    atexit.register(at_exit)
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_in_child(ref, finish))
+    return at_exit
+
+
+def _finish_if_alive(ref: weakref.ref[C], finish: Callable[[C], None]) -> Callable[[], None]:
+    def finish_at_exit() -> None:
+        alive = ref()
+        if alive is not None:
+            finish(alive)
+
+    return finish_at_exit
+
+
+def _in_child(ref: weakref.ref[C], finish: Callable[[C], None]) -> Callable[[], None]:
+    def in_child() -> None:
+        mp_util = sys.modules.get("multiprocessing.util")
+        alive = ref()
+        if mp_util is None or alive is None:
+            return
+
+        def add_finalizer(_: object) -> None:
+            mp_util.Finalize(None, _finish_if_alive(ref, finish), exitpriority=100)
+
+        # A multiprocessing child clears its finalizers after fork, then runs these hooks.
+        add_finalizer(alive)
+        mp_util.register_after_fork(alive, add_finalizer)
+
+    return in_child
 
 
 def decode_all(messages: List[bytes]) -> List[Dict[str, Any]]:

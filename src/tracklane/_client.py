@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
-import sys
 import threading
 import time
-import weakref
 from typing import Any, Callable, Mapping, Optional, Union
 
-from ._base_client import UNSET, BaseClient
-from ._core.retry import RetryPolicy
+from ._base_client import UNSET, BaseClient, register_exit_hooks
 from ._delivery import Sender
 from ._stats import DropReason, FlushResult, Stats
 from ._transport import HTTPTransport
@@ -56,33 +52,10 @@ class Client(BaseClient):
         transport: Optional[Transport] = None,
         **options: Any,
     ) -> None:
-        given = {
-            "host": host,
-            "debug": debug,
-            "max_queue_size": max_queue_size,
-            "send": send,
-            "on_error": on_error,
-            "gzip": gzip,
-            "max_retries": max_retries,
-            "sync_mode": sync_mode,
-            "timeout": timeout,
-            "proxies": proxies,
-            "thread": thread,
-            "upload_size": upload_size,
-            "upload_interval": upload_interval,
-            "log_handler": log_handler,
-        }
-        self._setup(write_key, given, options)
+        self._setup(locals())  # reads the parameters above by name (SEGMENT_PARAMETERS)
         opts = self.options
         self._transport: Transport = transport if transport is not None else HTTPTransport(opts)
-        policy = RetryPolicy(
-            max_retries=opts.max_retries,
-            base=opts.backoff_base,
-            cap=opts.backoff_cap,
-            max_total=opts.max_total_backoff,
-            max_retry_after=opts.max_retry_after,
-        )
-        self._sender = Sender(self._transport, policy, opts.timeout, self._count_retry)
+        self._sender = Sender(self._transport, self._policy, opts.timeout, self._count_retry)
         self._pipeline = Pipeline(opts, self._sender, self._report)
         self._never = threading.Event()
         self._refuse = self._pipeline.count_refused
@@ -95,10 +68,7 @@ class Client(BaseClient):
             self._put = self._pipeline.put
         self._atexit: Optional[Callable[[], None]] = None
         if not self._stub and not self._sync:
-            self._atexit = _exit_hook(self)
-            atexit.register(self._atexit)
-            if hasattr(os, "register_at_fork"):
-                os.register_at_fork(after_in_child=_fork_hook(self))
+            self._atexit = register_exit_hooks(self, _flush_at_exit)
 
     # -- queueing and delivery --------------------------------------------------------
 
@@ -162,40 +132,7 @@ class Client(BaseClient):
         return f"<tracklane.Client host={self.options.host!r}>"
 
 
-def _fork_hook(client: Client) -> Callable[[], None]:
-    """In a forked child: flush when the child ends, also where atexit does not run.
-
-    ``multiprocessing`` children leave through ``os._exit`` after running its own
-    finalizers, never ``atexit``; so a child of such a pool also gets a finalizer.
-    """
-    ref = weakref.ref(client)
-
-    def in_child() -> None:
-        mp_util = sys.modules.get("multiprocessing.util")
-        alive = ref()
-        if mp_util is None or alive is None:
-            return
-
-        def add_finalizer(_: Client) -> None:
-            mp_util.Finalize(None, _exit_hook_from_ref(ref), exitpriority=100)
-
-        # A multiprocessing child clears its finalizers after fork, then runs these hooks.
-        add_finalizer(alive)
-        mp_util.register_after_fork(alive, add_finalizer)
-
-    return in_child
-
-
-def _exit_hook(client: Client) -> Callable[[], None]:
-    return _exit_hook_from_ref(weakref.ref(client))
-
-
-def _exit_hook_from_ref(ref: weakref.ref[Client]) -> Callable[[], None]:
-    """An exit function that flushes the client if it is still alive, without keeping it so."""
-
-    def flush_at_exit() -> None:
-        alive = ref()
-        if alive is not None and not alive._pipeline.stopped():
-            alive.shutdown()
-
-    return flush_at_exit
+def _flush_at_exit(client: Client) -> None:
+    """At exit, or at a forked child's end: flush within ``shutdown_timeout``, then stop."""
+    if not client._pipeline.stopped():
+        client.shutdown()

@@ -6,7 +6,7 @@ import enum
 import ipaddress
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
@@ -156,12 +156,6 @@ class Options:
         return (
             frozenset(cls.__dataclass_fields__) | frozenset(ALIASES) | IGNORED | {"stub", "region"}
         )
-
-    def with_changes(self, **changes: Any) -> Options:
-        """A copy with some fields changed, validated again."""
-        options = replace(self, **changes)
-        options._validate()
-        return options
 
     def _validate(self) -> None:
         _positive_int("max_queue_size", self.max_queue_size)

@@ -27,17 +27,16 @@ __all__ = [
     "MESSAGE_TYPES",
     "REQUIRED_WIRE_FIELD",
     "Message",
-    "build_alias",
-    "build_group",
-    "build_identify",
-    "build_page",
-    "build_screen",
-    "build_track",
+    "alias_fields",
     "check_wire_message",
     "format_timestamp",
+    "group_fields",
+    "identify_fields",
     "new_message_id",
     "now_timestamp",
     "prepare_common",
+    "track_fields",
+    "view_fields",
     "wire_id",
 ]
 
@@ -251,165 +250,58 @@ def prepare_common(
     return message
 
 
-def build_identify(
-    user_id: Any = None,
-    traits: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    anonymous_id: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """An ``identify`` message: who the user is (``traits``)."""
-    message: Message = {
-        "type": "identify",
-        "anonymousId": None,
-        "traits": mapping("traits", traits),
-    }
-    return prepare_common(
-        message, user_id, anonymous_id, context, timestamp, integrations, message_id
-    )
+# The fields of each type besides the common ones (see ``prepare_common``), validated, in
+# wire order. ``Calls`` (``_base_client``) makes a message as
+# ``prepare_common(<type>_fields(...), user_id, anonymous_id, ...)``.
 
 
-def build_track(
-    user_id: Any = None,
-    event: Any = None,
-    properties: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    anonymous_id: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """A ``track`` message: what the user did (``event`` and ``properties``)."""
-    message: Message = {
+def identify_fields(traits: Any) -> Message:
+    """An ``identify`` message's own fields: who the user is (``traits``)."""
+    return {"type": "identify", "anonymousId": None, "traits": mapping("traits", traits)}
+
+
+def track_fields(event: Any, properties: Any) -> Message:
+    """A ``track`` message's own fields: what the user did (``event`` and ``properties``)."""
+    return {
         "type": "track",
         "event": event if type(event) is str and event else text("event", event, True),
         "anonymousId": None,
         "properties": properties if type(properties) is dict else mapping("properties", properties),
     }
-    return prepare_common(
-        message, user_id, anonymous_id, context, timestamp, integrations, message_id
-    )
 
 
-def _build_view(
-    kind: str,
-    user_id: Any,
-    category: Any,
-    name: Any,
-    properties: Any,
-    context: Any,
-    timestamp: Any,
-    anonymous_id: Any,
-    integrations: Any,
-    message_id: Any,
-) -> Message:
-    message: Message = {
+def view_fields(kind: str, category: Any, name: Any, properties: Any) -> Message:
+    """A ``page`` (web page) or ``screen`` (app screen) message's own fields."""
+    return {
         "type": kind,
         "name": text("name", name, required=False),
         "category": text("category", category, required=False),
         "anonymousId": None,
         "properties": mapping("properties", properties),
     }
-    return prepare_common(
-        message, user_id, anonymous_id, context, timestamp, integrations, message_id
-    )
 
 
-def build_page(
-    user_id: Any = None,
-    category: Any = None,
-    name: Any = None,
-    properties: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    anonymous_id: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """A ``page`` message: a web page the user saw."""
-    return _build_view(
-        "page",
-        user_id,
-        category,
-        name,
-        properties,
-        context,
-        timestamp,
-        anonymous_id,
-        integrations,
-        message_id,
-    )
-
-
-def build_screen(
-    user_id: Any = None,
-    category: Any = None,
-    name: Any = None,
-    properties: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    anonymous_id: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """A ``screen`` message: an app screen the user saw."""
-    return _build_view(
-        "screen",
-        user_id,
-        category,
-        name,
-        properties,
-        context,
-        timestamp,
-        anonymous_id,
-        integrations,
-        message_id,
-    )
-
-
-def build_group(
-    user_id: Any = None,
-    group_id: Any = None,
-    traits: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    anonymous_id: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """A ``group`` message: the user belongs to a group (``group_id``, ``traits``)."""
+def group_fields(group_id: Any, traits: Any) -> Message:
+    """A ``group`` message's own fields: the group (``group_id``) and its ``traits``."""
     group = coerce_id("group_id", group_id)
     if group is None:
         raise ValidationError("group_id", "is required")
-    message: Message = {
+    return {
         "type": "group",
         "groupId": group,
         "anonymousId": None,
         "traits": mapping("traits", traits),
     }
-    return prepare_common(
-        message, user_id, anonymous_id, context, timestamp, integrations, message_id
-    )
 
 
-def build_alias(
-    previous_id: Any = None,
-    user_id: Any = None,
-    context: Any = None,
-    timestamp: Any = None,
-    integrations: Any = None,
-    message_id: Any = None,
-) -> Message:
-    """An ``alias`` message: ``previous_id`` and ``user_id`` are the same person."""
+def alias_fields(previous_id: Any, user_id: Any) -> Message:
+    """An ``alias`` message's own fields: ``previous_id`` (``user_id`` is required too)."""
     previous = coerce_id("previous_id", previous_id)
     if previous is None:
         raise ValidationError("previous_id", "is required")
     if coerce_id("user_id", user_id) is None:
         raise ValidationError("user_id", "is required for alias")
-    message: Message = {"type": "alias", "previousId": previous, "anonymousId": None}
-    return prepare_common(message, user_id, None, context, timestamp, integrations, message_id)
+    return {"type": "alias", "previousId": previous, "anonymousId": None}
 
 
 # -- messages received in wire form (the collector) ------------------------------------

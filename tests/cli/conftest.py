@@ -1,12 +1,12 @@
 """Fixtures for the ``tracklane`` command tests: the installed entry point run as a
-subprocess against collectors served on 127.0.0.1 in this process."""
+subprocess against collectors served on 127.0.0.1 in this process (``collector``, any
+write key, and ``write_key`` come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
@@ -54,23 +54,10 @@ def run_cli(
 
 
 @pytest.fixture(scope="session")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
-    """A collector accepting any write key, shared by the CLI tests."""
-    with serve_in_thread(tmp_path_factory.mktemp("cli-open") / "events.db") as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def keyed_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
     """A collector accepting only the keys in ``KEYED``."""
     with serve_in_thread(tmp_path_factory.mktemp("cli-keyed") / "events.db", KEYED) as server:
         yield server
-
-
-@pytest.fixture
-def write_key() -> str:
-    """A key no other test uses, so reading with it sees only this test's events."""
-    return f"wk-{uuid.uuid4().hex}"
 
 
 def stored(server: CollectorServer, key: str, **params: Any) -> List[Dict[str, Any]]:

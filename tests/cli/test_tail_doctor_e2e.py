@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import subprocess
 import threading
@@ -14,7 +13,7 @@ import pytest
 import trustme
 
 import tracklane
-from helpers import RecordingServer
+from helpers import RecordingServer, free_port
 from tracklane.collector import CollectorServer
 
 from .conftest import KEYED, cli_env, run_cli, stored, tracklane_command
@@ -100,12 +99,6 @@ def test_tail_needs_a_key_on_a_keyed_collector(keyed_collector: CollectorServer)
     assert "--writeKey" in result.stderr
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _doctor(*args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("doctor", "--timeout=3", *args)
 
@@ -148,9 +141,9 @@ def test_doctor_host_that_does_not_resolve() -> None:
     assert "[skip] test event" in result.stdout
 
 
-def test_doctor_closed_port() -> None:
+def test_doctorfree_port() -> None:
     """Nothing listening: the connection check fails and suggests starting the collector."""
-    port = _closed_port()
+    port = free_port()
     result = _doctor("--writeKey=k", f"--host=http://127.0.0.1:{port}")
     assert result.returncode == 1
     assert f"[FAIL] connection  nothing listens on 127.0.0.1:{port} (refused)" in result.stdout

@@ -1,4 +1,7 @@
-"""Fixtures for the collector tests: real servers on 127.0.0.1 and clients aimed at them."""
+"""Fixtures for the collector tests: real servers on 127.0.0.1 and clients aimed at them.
+
+``collector`` (any write key) and ``write_key`` come from ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +17,6 @@ from .support import KEYS, Message
 
 
 @pytest.fixture(scope="session")
-def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
-    """A collector with no write keys configured, shared by the session."""
-    with serve_in_thread(tmp_path_factory.mktemp("open") / "events.db") as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
     """A collector accepting only the write keys in ``KEYS``, shared by the session."""
     with serve_in_thread(tmp_path_factory.mktemp("keyed") / "events.db", KEYS) as server:
@@ -28,15 +24,9 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector
 
 
 @pytest.fixture
-def write_key() -> str:
-    """A write key no other test uses, so reads with it see only this test's events."""
-    return f"wk-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-def client(open_server: CollectorServer, write_key: str) -> Iterator[httpx.Client]:
-    """An HTTP client for ``open_server`` that authenticates with this test's ``write_key``."""
-    with httpx.Client(base_url=open_server.url, auth=(write_key, ""), timeout=10) as http:
+def client(collector: CollectorServer, write_key: str) -> Iterator[httpx.Client]:
+    """An HTTP client for ``collector`` that authenticates with this test's ``write_key``."""
+    with httpx.Client(base_url=collector.url, auth=(write_key, ""), timeout=10) as http:
         yield http
 
 

@@ -7,30 +7,14 @@ import json
 import time
 import uuid
 import zlib
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import httpx
 import pytest
 
 from tracklane.collector import CollectorServer
 
-from .support import KEYS, MakeMessage, Message
-
-
-def _count(http: httpx.Client, **params: str) -> int:
-    response = http.get("/v1/events/count", params=params)
-    assert response.status_code == 200, response.text
-    count = response.json()["count"]
-    assert isinstance(count, int)
-    return count
-
-
-def _events(http: httpx.Client, **params: str) -> List[Dict[str, Any]]:
-    response = http.get("/v1/events", params=params)
-    assert response.status_code == 200, response.text
-    events = response.json()["events"]
-    assert isinstance(events, list)
-    return events
+from .support import KEYS, MakeMessage, Message, count_events, list_events
 
 
 def _compact(value: Any) -> bytes:
@@ -55,7 +39,7 @@ class TestEndpoints:
         response = client.post(path, json={"batch": batch})
         assert response.status_code == 200
         assert response.json() == {"success": True, "stored": 3, "duplicates": 0, "rejected": []}
-        assert _count(client) == 3
+        assert count_events(client) == 3
 
     @pytest.mark.parametrize("kind", ["track", "identify", "page", "screen", "group", "alias"])
     def test_single_message_endpoints_store_one_message_typed_by_path(
@@ -66,7 +50,7 @@ class TestEndpoints:
         response = client.post(f"/v1/{kind}", json=message)
         assert response.status_code == 200, response.text
         assert response.json()["stored"] == 1
-        [event] = _events(client)
+        [event] = list_events(client)
         assert event["type"] == kind
         assert event["messageId"] == message["messageId"]
 
@@ -77,7 +61,7 @@ class TestEndpoints:
         response = client.post("/v1/track", json=make_message(event=...))
         assert response.status_code == 400
         assert response.json() == {"success": False, "error": "track requires 'event'"}
-        assert _count(client) == 0
+        assert count_events(client) == 0
 
     def test_unknown_paths_and_methods_get_json_errors(self, client: httpx.Client) -> None:
         """Routing errors are JSON like the others (404 for paths, 405 for methods)."""
@@ -158,16 +142,16 @@ class TestWriteKeys:
         assert response.status_code == 401
 
     def test_without_configured_keys_any_key_or_none_is_accepted(
-        self, open_server: CollectorServer, make_message: MakeMessage
+        self, collector: CollectorServer, make_message: MakeMessage
     ) -> None:
         """With no keys configured, any key, or none at all, is accepted."""
         user = f"u-{uuid.uuid4()}"
-        with httpx.Client(base_url=open_server.url, timeout=10) as http:
+        with httpx.Client(base_url=collector.url, timeout=10) as http:
             batch = {"batch": [make_message(userId=user)]}
             assert http.post("/v1/batch", json=batch, auth=("anything", "")).status_code == 200
             batch = {"batch": [make_message(userId=user)]}
             assert http.post("/v1/batch", json=batch).status_code == 200
-            assert _count(http, userId=user) == 2
+            assert count_events(http, userId=user) == 2
 
 
 class TestPartialBatches:
@@ -205,7 +189,7 @@ class TestPartialBatches:
         expected_id = batch[3].get("messageId")
         assert rejection["messageId"] == (expected_id if isinstance(expected_id, str) else None)
         assert reason in rejection["reason"]
-        assert _count(client) == 9
+        assert count_events(client) == 9
 
     def test_non_object_message_is_rejected(
         self, client: httpx.Client, make_message: MakeMessage
@@ -260,7 +244,7 @@ class TestDeduplication:
         again = client.post("/v1/batch", json=batch)
         assert again.status_code == 200
         assert again.json() == {"success": True, "stored": 0, "duplicates": 5, "rejected": []}
-        assert _count(client) == 5
+        assert count_events(client) == 5
 
     def test_duplicates_inside_one_batch_are_stored_once(
         self, client: httpx.Client, make_message: MakeMessage
@@ -271,15 +255,15 @@ class TestDeduplication:
         assert (body["stored"], body["duplicates"]) == (1, 1)
 
     def test_same_message_id_under_another_key_is_a_different_event(
-        self, open_server: CollectorServer, make_message: MakeMessage
+        self, collector: CollectorServer, make_message: MakeMessage
     ) -> None:
         """Deduplication is per write key: two keys may use the same messageId."""
         message = make_message(userId=f"u-{uuid.uuid4()}")
-        with httpx.Client(base_url=open_server.url, timeout=10) as http:
+        with httpx.Client(base_url=collector.url, timeout=10) as http:
             for key in (f"a-{uuid.uuid4()}", f"b-{uuid.uuid4()}"):
                 stored = http.post("/v1/batch", json={"batch": [message]}, auth=(key, ""))
                 assert stored.json()["stored"] == 1
-            assert _count(http, userId=message["userId"]) == 2
+            assert count_events(http, userId=message["userId"]) == 2
 
     def test_message_without_message_id_gets_one(
         self, client: httpx.Client, make_message: MakeMessage
@@ -288,7 +272,7 @@ class TestDeduplication:
         message = make_message(messageId=...)
         for _ in range(2):
             assert client.post("/v1/batch", json={"batch": [message]}).json()["stored"] == 1
-        ids = [event["messageId"] for event in _events(client)]
+        ids = [event["messageId"] for event in list_events(client)]
         assert len(set(ids)) == 2
         assert all(uuid.UUID(message_id) for message_id in ids)
 
@@ -304,7 +288,7 @@ class TestStoredEvents:
             integrations={"All": False},
         )
         client.post("/v1/batch", content=_compact({"batch": [message]}))
-        [event] = _events(client)
+        [event] = list_events(client)
         server_fields = {"receivedAt", "timestamp", "originalTimestamp", "seq"}
         assert {k: v for k, v in event.items() if k not in server_fields} == message
         assert event["properties"]["big"] == 3**50

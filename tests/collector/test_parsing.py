@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracklane._iso import format_iso, parse_iso
+from tracklane.collector._auth import basic_user
 from tracklane.collector._body import GzipInflater
 from tracklane.collector._ingest import RequestError, parse_body
 from tracklane.collector._json import dumps, loads, loads_stored
-from tracklane.collector.app import _basic_user
 
 
 class TestTimes:
@@ -136,7 +136,7 @@ class TestBasicAuth:
     )
     def test_user_name_is_the_write_key(self, header: str, user: str) -> None:
         """The Basic user name is the key; an empty one counts as none."""
-        assert _basic_user(header) == user
+        assert basic_user(header) == user
 
     @pytest.mark.parametrize(
         ("header", "error"),
@@ -149,4 +149,4 @@ class TestBasicAuth:
     def test_unusable_headers_raise(self, header: str, error: str) -> None:
         """Other schemes, bad base64 and non-UTF-8 credentials raise ValueError."""
         with pytest.raises(ValueError, match=error):
-            _basic_user(header)
+            basic_user(header)

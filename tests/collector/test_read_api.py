@@ -10,7 +10,7 @@ import pytest
 
 from tracklane.collector import CollectorServer, serve_in_thread
 
-from .support import KEYS, MakeMessage, Message
+from .support import KEYS, MakeMessage, Message, count_events, list_events
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -26,7 +26,7 @@ def _location(request: pytest.FixtureRequest, store: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def open_server(request: pytest.FixtureRequest, store: str) -> Iterator[CollectorServer]:
+def collector(request: pytest.FixtureRequest, store: str) -> Iterator[CollectorServer]:
     """A collector with no write keys configured, on this module's kind of store."""
     with serve_in_thread(_location(request, store, "open")) as server:
         yield server
@@ -37,22 +37,6 @@ def keyed_server(request: pytest.FixtureRequest, store: str) -> Iterator[Collect
     """A collector accepting only the write keys in ``KEYS``, on this module's kind of store."""
     with serve_in_thread(_location(request, store, "keyed"), KEYS) as server:
         yield server
-
-
-def _events(http: httpx.Client, **params: Any) -> List[Dict[str, Any]]:
-    response = http.get("/v1/events", params=params)
-    assert response.status_code == 200, response.text
-    events = response.json()["events"]
-    assert isinstance(events, list)
-    return events
-
-
-def _count(http: httpx.Client, **params: Any) -> int:
-    response = http.get("/v1/events/count", params=params)
-    assert response.status_code == 200, response.text
-    count = response.json()["count"]
-    assert isinstance(count, int)
-    return count
 
 
 @pytest.fixture
@@ -74,10 +58,10 @@ def mixed(client: httpx.Client, make_message: MakeMessage) -> List[Message]:
 
 def test_events_are_newest_first(client: httpx.Client, mixed: List[Message]) -> None:
     """Without filters every event comes back, newest first, each with its growing seq."""
-    events = _events(client)
+    events = list_events(client)
     ids = [event["messageId"] for event in events]
     assert ids == [message["messageId"] for message in reversed(mixed)]
-    assert _count(client) == 7
+    assert count_events(client) == 7
     seqs = [event["seq"] for event in events]
     assert all(isinstance(seq, int) for seq in seqs)
     assert seqs == sorted(seqs, reverse=True)
@@ -99,25 +83,25 @@ def test_filters_select_matching_events(
     client: httpx.Client, mixed: List[Message], params: Dict[str, str], expected: List[int]
 ) -> None:
     """type, userId, anonymousId and event filter the list and the count alike."""
-    ids = [event["messageId"] for event in _events(client, **params)]
+    ids = [event["messageId"] for event in list_events(client, **params)]
     assert ids == [mixed[index]["messageId"] for index in expected]
-    assert _count(client, **params) == len(expected)
+    assert count_events(client, **params) == len(expected)
 
 
 def test_since_filters_on_received_at(client: httpx.Client, mixed: List[Message]) -> None:
     """since keeps events received at or after the given time (any ISO-8601 offset)."""
-    events = _events(client)
+    events = list_events(client)
     cutoff = events[2]["receivedAt"]  # the third newest
-    newer = _events(client, since=cutoff)
+    newer = list_events(client, since=cutoff)
     assert all(event["receivedAt"] >= cutoff for event in newer)
     assert len(newer) >= 3
-    assert _events(client, since="2999-01-01T00:00:00+01:00") == []
-    assert _count(client, since="2000-01-01") == 7
+    assert list_events(client, since="2999-01-01T00:00:00+01:00") == []
+    assert count_events(client, since="2000-01-01") == 7
 
 
 def test_limit_caps_the_newest_events(client: httpx.Client, mixed: List[Message]) -> None:
     """limit returns that many of the newest events."""
-    ids = [event["messageId"] for event in _events(client, limit=2)]
+    ids = [event["messageId"] for event in list_events(client, limit=2)]
     assert ids == [mixed[6]["messageId"], mixed[5]["messageId"]]
 
 
@@ -125,9 +109,9 @@ def test_default_limit_is_100(client: httpx.Client, make_message: MakeMessage) -
     """Without limit at most 100 events come back, while the count covers them all."""
     batch = [make_message() for _ in range(105)]
     assert client.post("/v1/batch", json={"batch": batch}).json()["stored"] == 105
-    assert len(_events(client)) == 100
-    assert len(_events(client, limit=10_000)) == 105
-    assert _count(client) == 105
+    assert len(list_events(client)) == 100
+    assert len(list_events(client, limit=10_000)) == 105
+    assert count_events(client) == 105
 
 
 @pytest.mark.parametrize(
@@ -192,37 +176,37 @@ def test_reading_without_a_configured_key_gets_401(
 
 
 def test_without_configured_keys_reads_see_every_key_unless_one_is_given(
-    open_server: CollectorServer, make_message: MakeMessage
+    collector: CollectorServer, make_message: MakeMessage
 ) -> None:
     """With no keys configured, an anonymous read sees all keys; a Basic key narrows it."""
     user = f"u-{uuid.uuid4()}"
     keys = [f"k-{uuid.uuid4()}" for _ in range(2)]
-    with httpx.Client(base_url=open_server.url, timeout=10) as http:
+    with httpx.Client(base_url=collector.url, timeout=10) as http:
         for key in keys:
             http.post("/v1/identify", json=make_message("identify", userId=user), auth=(key, ""))
-        assert _count(http, userId=user) == 2
+        assert count_events(http, userId=user) == 2
         counted = http.get("/v1/events/count", params={"userId": user}, auth=(keys[0], ""))
         assert counted.json() == {"count": 1}
 
 
-def test_health(open_server: CollectorServer) -> None:
+def test_health(collector: CollectorServer) -> None:
     """GET /health answers {"ok": true}."""
-    response = httpx.get(f"{open_server.url}/health", timeout=10)
+    response = httpx.get(f"{collector.url}/health", timeout=10)
     assert response.status_code == 200
     assert response.json() == {"ok": True}
 
 
 def test_after_follows_new_events_oldest_first(client: httpx.Client, mixed: List[Message]) -> None:
     """``after=<seq>`` returns only later events, oldest first, each with its ``seq``."""
-    newest_first = _events(client)
+    newest_first = list_events(client)
     seqs = [event["seq"] for event in newest_first]
     assert seqs == sorted(seqs, reverse=True)
     third = newest_first[-3]["seq"]  # the third oldest
-    later = _events(client, after=third)
+    later = list_events(client, after=third)
     assert [e["messageId"] for e in later] == [m["messageId"] for m in mixed[3:]]
     assert [e["seq"] for e in later] == sorted(seqs)[3:]
-    assert _events(client, after=third, limit=2, type="identify") == [later[0]]
-    assert _events(client, after=max(seqs)) == []
+    assert list_events(client, after=third, limit=2, type="identify") == [later[0]]
+    assert list_events(client, after=max(seqs)) == []
 
 
 @pytest.mark.parametrize("value", ["-1", "x", "1.5", "9" * 19])

@@ -11,14 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from helpers import free_port
 from tracklane.collector import CollectorServer, EventFilter, StorageError, serve_in_thread
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _refuses_connections(port: int) -> bool:
@@ -65,21 +59,21 @@ def test_stop_is_idempotent_and_frees_the_port(tmp_path: Path) -> None:
 
 def test_fixed_port_is_used(tmp_path: Path) -> None:
     """A given port is the one served."""
-    port = _free_port()
+    port = free_port()
     with serve_in_thread(tmp_path / "events.db", port=port) as server:
         assert server.port == port
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
 
 
-def test_port_in_use_raises_oserror(tmp_path: Path, open_server: CollectorServer) -> None:
+def test_port_in_use_raises_oserror(tmp_path: Path, collector: CollectorServer) -> None:
     """Binding a port that is already served raises OSError at once."""
     with pytest.raises(OSError, match="in use"):
-        serve_in_thread(tmp_path / "events.db", port=open_server.port)
+        serve_in_thread(tmp_path / "events.db", port=collector.port)
 
 
 def test_bad_database_raises_and_releases_the_port(tmp_path: Path) -> None:
     """An unusable database raises StorageError and leaves the port free."""
-    port = _free_port()
+    port = free_port()
     with pytest.raises(StorageError):
         serve_in_thread(tmp_path / "missing" / "events.db", port=port)
     assert _refuses_connections(port)

@@ -1,11 +1,12 @@
-"""The PostgreSQL event store (``--db postgresql://``) against Debian's PostgreSQL."""
+"""The PostgreSQL event store (``--db postgresql://``) against Debian's PostgreSQL.
+
+What both stores do (dedupe, ordering, concurrency, close) is in ``test_store_rows.py``.
+"""
 
 from __future__ import annotations
 
 import signal
-import threading
 from pathlib import Path
-from typing import Iterator, List
 
 import httpx
 import pytest
@@ -16,8 +17,8 @@ from tracklane.collector.storage import EventFilter, StorageError
 from tracklane.collector.storage_pg import PostgresStorage
 from tracklane.collector.stores import is_postgres_url, open_store
 
+from .support import row
 from .test_cli import Running, _tracklane
-from .test_storage import row
 
 pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
@@ -26,14 +27,6 @@ pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not insta
 def dsn(postgres: PostgresServer) -> str:
     """A fresh database on the session's PostgreSQL."""
     return postgres.create_database("events")
-
-
-@pytest.fixture
-def storage(dsn: str) -> Iterator[PostgresStorage]:
-    """An open store on a fresh database."""
-    store = PostgresStorage(dsn)
-    yield store
-    store.close()
 
 
 @pytest.mark.parametrize(
@@ -62,32 +55,6 @@ def test_open_store_gives_postgres_for_a_url(dsn: str) -> None:
         store.close()
 
 
-def test_insert_returns_new_rows_and_ignores_duplicates(storage: PostgresStorage) -> None:
-    """A (write key, messageId) already stored is ignored; insert counts only new rows."""
-    assert storage.insert([row("a"), row("b")]) == 2
-    assert storage.insert([row("b"), row("c"), row("c")]) == 1
-    assert storage.insert([row("a", write_key="other")]) == 1
-    assert storage.insert([]) == 0
-    assert storage.count(EventFilter()) == 4
-    assert storage.count(EventFilter(write_key="k")) == 3
-
-
-def test_query_is_newest_first_with_server_fields(storage: PostgresStorage) -> None:
-    """query returns bodies plus receivedAt/timestamp/originalTimestamp and seq, newest first."""
-    storage.insert([row("old"), row("new", original_timestamp="2024-05-01T09:00:00Z")])
-    new, old = storage.query(EventFilter(), limit=10)
-    assert new.pop("seq") == old.pop("seq") + 1
-    assert new == {
-        "type": "track",
-        "messageId": "new",
-        "receivedAt": "2024-05-01T10:00:00.000Z",
-        "timestamp": "2024-05-01T09:59:59.000Z",
-        "originalTimestamp": "2024-05-01T09:00:00Z",
-    }
-    assert old["messageId"] == "old"
-    assert [e["messageId"] for e in storage.query(EventFilter(), limit=1)] == ["new"]
-
-
 def test_rows_are_shared_by_stores_on_one_database(dsn: str) -> None:
     """Two stores (two collectors) on one database see each other's rows and dedupe together."""
     first, second = PostgresStorage(dsn), PostgresStorage(dsn)
@@ -98,36 +65,6 @@ def test_rows_are_shared_by_stores_on_one_database(dsn: str) -> None:
     finally:
         first.close()
         second.close()
-
-
-def test_concurrent_inserts_of_the_same_rows_count_each_row_once(storage: PostgresStorage) -> None:
-    """When threads race to insert the same rows, their returned counts add up to one each."""
-    rows = [row(f"same-{n}") for n in range(50)]
-    counts: List[int] = []
-    start = threading.Barrier(6)
-
-    def insert() -> None:
-        start.wait(10)
-        for chunk in (rows[:25], rows, rows[25:]):
-            counts.append(storage.insert(chunk))
-
-    threads = [threading.Thread(target=insert) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert sum(counts) == 50
-    assert storage.count(EventFilter()) == 50
-
-
-def test_close_is_idempotent_and_final(storage: PostgresStorage) -> None:
-    """close() may be called twice; any later use raises StorageError."""
-    storage.close()
-    storage.close()
-    with pytest.raises(StorageError, match="closed"):
-        storage.insert([row("a")])
-    with pytest.raises(StorageError, match="closed"):
-        storage.count(EventFilter())
 
 
 def test_unreachable_database_is_refused_with_its_url(postgres: PostgresServer) -> None:

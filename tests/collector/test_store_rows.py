@@ -1,6 +1,10 @@
-"""The row cursor and the debugger's filters, the same on SQLite and PostgreSQL; and on
-PostgreSQL, a reader following ``after=<seq>`` while several collectors write never skips
-a row."""
+"""What every event store does, the same on SQLite and PostgreSQL: dedupe, ordering and
+the row cursor, the debugger's filters, concurrent inserts, close; and on PostgreSQL, a
+reader following ``after=<seq>`` while several collectors write never skips a row.
+
+Each store's own matters (files, URLs, restarts) are in ``test_storage.py`` and
+``test_storage_pg.py``.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,10 @@ import pytest
 
 from pg import PostgresServer
 from tracklane.collector import serve_in_thread
-from tracklane.collector.storage import EventFilter
+from tracklane.collector.storage import EventFilter, StorageError
 from tracklane.collector.stores import EventStore, open_store
 
-from .support import MakeMessage
-from .test_storage import row
+from .support import MakeMessage, row
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -50,6 +53,7 @@ def test_cursor_orders_and_seq(store: EventStore) -> None:
     assert [found.seq for found in store.rows(EventFilter(after=middle), 3)] == seqs[4:1:-1]
     assert [found.seq for found in store.rows(EventFilter(before=middle), 3)] == seqs[6:9]
     assert store.rows(EventFilter(after=seqs[0]), 10) == []
+    assert [event["seq"] for event in store.query(EventFilter(after=middle), 3)] == seqs[4:1:-1]
     assert [event["seq"] for event in store.query(EventFilter(before=middle), 2)] == seqs[6:8]
     assert store.count(EventFilter(after=middle)) == 5
     assert store.count(EventFilter(before=middle)) == 5
@@ -82,6 +86,77 @@ def test_user_text_and_key_prefix_filters(store: EventStore) -> None:
     assert store.count(EventFilter(text="off", user="bob")) == 2
     for nul in (EventFilter(text="a\x00"), EventFilter(user="\x00"), EventFilter(event="\x00")):
         assert store.rows(nul, 10) == []  # matches nothing, on PostgreSQL too (no error)
+
+
+def test_insert_returns_new_rows_and_ignores_duplicates(store: EventStore) -> None:
+    """A (write key, messageId) already stored is ignored; insert counts only new rows."""
+    assert store.insert([row("a"), row("b")]) == 2
+    assert store.insert([row("b"), row("c"), row("c")]) == 1
+    assert store.insert([row("a", write_key="other")]) == 1
+    assert store.insert([]) == 0
+    assert store.count(EventFilter()) == 4
+    assert store.count(EventFilter(write_key="k")) == 3
+
+
+def test_query_is_newest_first_with_server_fields(store: EventStore) -> None:
+    """query returns bodies plus receivedAt/timestamp/originalTimestamp and seq, newest first."""
+    store.insert([row("old"), row("new", original_timestamp="2024-05-01T09:00:00Z")])
+    new, old = store.query(EventFilter(), limit=10)
+    assert (old.pop("seq"), new.pop("seq")) == (1, 2)
+    assert new == {
+        "type": "track",
+        "messageId": "new",
+        "receivedAt": "2024-05-01T10:00:00.000Z",
+        "timestamp": "2024-05-01T09:59:59.000Z",
+        "originalTimestamp": "2024-05-01T09:00:00Z",
+    }
+    assert old["messageId"] == "old"
+    assert [e["messageId"] for e in store.query(EventFilter(), limit=1)] == ["new"]
+
+
+def test_concurrent_inserts_are_all_stored(store: EventStore) -> None:
+    """Inserts from many threads at once are serialized without losing rows."""
+
+    def insert(worker: int) -> None:
+        for batch in range(10):
+            store.insert([row(f"{worker}-{batch}-{n}") for n in range(20)])
+
+    threads = [threading.Thread(target=insert, args=(worker,)) for worker in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert store.count(EventFilter()) == 6 * 10 * 20
+
+
+def test_concurrent_inserts_of_the_same_rows_count_each_row_once(store: EventStore) -> None:
+    """When threads race to insert the same rows, their returned counts add up to one each."""
+    rows = [row(f"same-{n}") for n in range(50)]
+    counts: List[int] = []
+    start = threading.Barrier(6)
+
+    def insert() -> None:
+        start.wait(10)
+        for chunk in (rows[:25], rows, rows[25:]):
+            counts.append(store.insert(chunk))
+
+    threads = [threading.Thread(target=insert) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(counts) == 50
+    assert store.count(EventFilter()) == 50
+
+
+def test_close_is_idempotent_and_final(store: EventStore) -> None:
+    """close() may be called twice; any later use raises StorageError."""
+    store.close()
+    store.close()
+    with pytest.raises(StorageError, match="closed"):
+        store.insert([row("a")])
+    with pytest.raises(StorageError, match="closed"):
+        store.count(EventFilter())
 
 
 # -- PostgreSQL: several collectors writing one database ---------------------------------------

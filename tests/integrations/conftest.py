@@ -1,10 +1,10 @@
-"""Shared parts of the integration tests: the collector, server processes, default settings."""
+"""Shared parts of the integration tests: server processes, default settings (the collector
+and ``write_key`` come from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,22 +16,10 @@ import httpx
 import pytest
 
 import tracklane
-from tracklane.collector import CollectorServer, serve_in_thread
+from helpers import wait_for_port
+from tracklane.collector import CollectorServer
 
 SRC = str(Path(tracklane.__file__).resolve().parent.parent)
-
-
-@pytest.fixture(scope="session")
-def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CollectorServer]:
-    """A collector on 127.0.0.1 accepting any write key, shared by the integration tests."""
-    with serve_in_thread(tmp_path_factory.mktemp("integrations") / "events.db") as server:
-        yield server
-
-
-@pytest.fixture
-def write_key() -> str:
-    """A write key no other test uses, so reads with it see only this test's events."""
-    return f"wk-{uuid.uuid4().hex}"
 
 
 def stored(
@@ -45,13 +33,6 @@ def stored(
             if len(events) >= count or time.monotonic() >= deadline:
                 return list(events)
             time.sleep(0.05)  # polling the store, bounded by the deadline
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ServerProcess:
@@ -74,18 +55,7 @@ class ServerProcess:
 
     def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
         """Poll until the server accepts connections on ``port``; fail if it died."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited early:\n{self.output()}")
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no server on port {port}:\n{self.output()}")
-            time.sleep(0.05)  # polling the port, bounded by the deadline
+        wait_for_port(port, timeout, alive=self.proc, output=self.output)
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM, as a process manager stops it; the exit status."""

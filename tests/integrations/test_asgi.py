@@ -8,9 +8,10 @@ from typing import List
 
 import pytest
 
+from helpers import free_port
 from tracklane.collector import CollectorServer
 
-from .conftest import ServerProcess, free_port, python, stored
+from .conftest import ServerProcess, python, stored
 from .web import check_events, send_requests
 
 pytest.importorskip("fastapi", reason="the ASGI integration is tested with FastAPI installed")

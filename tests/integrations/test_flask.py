@@ -8,9 +8,10 @@ from typing import List
 import pytest
 
 import tracklane
+from helpers import free_port
 from tracklane.collector import CollectorServer
 
-from .conftest import ServerProcess, free_port, python, stored
+from .conftest import ServerProcess, python, stored
 from .web import check_events, send_requests
 
 flask = pytest.importorskip("flask", reason="the Flask integration is tested with Flask installed")

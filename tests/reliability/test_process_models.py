@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 import tracklane
+from helpers import free_port, wait_for_port
 
-from .conftest import ErrorLog, free_port, record, wait_for_port, wait_until_quiet
+from .conftest import ErrorLog, record, wait_until_quiet
 
 pytestmark = [
     pytest.mark.slow,

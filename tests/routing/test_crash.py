@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
-import selectors
-import signal
 import sqlite3
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,47 +11,10 @@ from typing import Dict, List, Optional, Set
 import httpx
 import pytest
 
-import tracklane.collector
-
+from .processes import CollectorProcess
 from .support import WebhookReceiver, destinations_status, wait_until
 
-SRC = Path(tracklane.collector.__file__).resolve().parents[2]
-URL_LINE = re.compile(r"tracklane collector listening on (http://127\.0\.0\.1:\d+)\n")
 EVENTS = 20_000
-
-
-class Collector:
-    """``python -m tracklane.collector`` in a subprocess."""
-
-    def __init__(self, db: Path, config: Path) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "tracklane.collector", "--db", str(db)]
-        self.proc = subprocess.Popen(
-            [*command, "--config", str(config), "--port", "0"],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            assert selector.select(30), "the collector did not start within 30 s"
-        match = URL_LINE.fullmatch(self.proc.stdout.readline().decode())
-        assert match, "the collector did not print its URL"
-        self.url = match[1]
-
-    def kill(self) -> None:
-        """SIGKILL, and reap."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def _warehouse_ids(dsn: str) -> List[str]:
@@ -119,7 +76,7 @@ backoff_cap = 0.2
 {warehouse if dsn else ""}"""
     )
     db = tmp_path / "events.db"
-    collector = Collector(db, config)
+    collector = CollectorProcess(["tracklane.collector", "--db", str(db)], config)
     sent: List[str] = []
     try:
         with httpx.Client(base_url=collector.url, auth=("key-1", ""), timeout=30) as http:
@@ -137,7 +94,7 @@ backoff_cap = 0.2
             assert reached >= threshold, f"only {reached} delivered before the kill"
             collector.kill()
             in_flight_at_kill.append(_pending_message_ids(db))
-            collector = Collector(db, config)
+            collector = CollectorProcess(["tracklane.collector", "--db", str(db)], config)
         assert hook.wait_for_unique(EVENTS, 90) == EVENTS
         wait_until(
             lambda: all(

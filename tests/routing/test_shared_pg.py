@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
-import selectors
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -19,49 +13,19 @@ from typing import Dict, List, Optional, Set, Tuple
 import httpx
 import pytest
 
-import tracklane.collector
 from pg import PostgresServer
 
+from .processes import CollectorProcess
 from .support import WebhookReceiver, destinations_status, wait_until
 
-SRC = Path(tracklane.collector.__file__).resolve().parents[2]
-URL_LINE = re.compile(r"tracklane collector listening on (http://127\.0\.0\.1:\d+)\n")
 EVENTS = 5_000
 LEASE = 2.0
 HOLD_AFTER = 300  # messages collector "a" delivers before its requests are held
 
 
-class ServeProcess:
+def _serve(dsn: str, config: Path) -> CollectorProcess:
     """``tracklane serve --db <dsn> --config <file>`` in a subprocess."""
-
-    def __init__(self, dsn: str, config: Path) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-        command = [sys.executable, "-m", "tracklane.cli", "serve", "--db", dsn]
-        self.proc = subprocess.Popen(
-            [*command, "--config", str(config), "--port", "0"],
-            stdout=subprocess.PIPE,
-            env=env,
-        )
-        assert self.proc.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            assert selector.select(30), "the collector did not start within 30 s"
-        match = URL_LINE.fullmatch(self.proc.stdout.readline().decode())
-        assert match, "the collector did not print its URL"
-        self.url = match[1]
-
-    def kill(self) -> None:
-        """SIGKILL, and reap."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+    return CollectorProcess(["tracklane.cli", "serve", "--db", dsn], config)
 
 
 def _config(path: Path, hook: str, collector: str) -> Path:
@@ -117,11 +81,11 @@ def test_two_collectors_share_one_store_and_survive_a_sigkill(
         return 503  # its sender is dead by now: nothing counts as accepted
 
     hook = WebhookReceiver(fail_ratio=0.1, gate=gate)
-    a = ServeProcess(dsn, _config(tmp_path / "a.toml", hook.url, "a"))
-    b: Optional[ServeProcess] = None
+    a = _serve(dsn, _config(tmp_path / "a.toml", hook.url, "a"))
+    b: Optional[CollectorProcess] = None
     sent: List[str] = []
     try:
-        b = ServeProcess(dsn, _config(tmp_path / "b.toml", hook.url, "b"))
+        b = _serve(dsn, _config(tmp_path / "b.toml", hook.url, "b"))
         for index in range(EVENTS // 100):
             batch = [
                 {"type": "track", "userId": "u", "event": "E", "messageId": str(uuid.uuid4())}

@@ -13,7 +13,6 @@ def basic_user(header: Optional[str]) -> Optional[str]:
     """Return the user name of an HTTP Basic ``Authorization`` header (``None`` if absent).
 
     Raises ValueError when the header is present but not usable Basic credentials.
-    (The same rule as ``app._basic_user``, which can import this once the branches merge.)
     """
     if header is None:
         return None

@@ -11,8 +11,6 @@ With write keys configured, each route needs one of them as HTTP Basic user name
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Dict, FrozenSet, List, Optional
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from tracklane.collector._auth import basic_user
 from tracklane.collector._json import dumps
 from tracklane.collector.router import Router
 
@@ -80,16 +79,11 @@ def destination_routes(router: Router, write_keys: FrozenSet[str]) -> List[Route
 
 
 def _basic_user(header: Optional[str]) -> Optional[str]:
-    if header is None:
-        return None
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
+    """The write key of usable Basic credentials; None for none or unusable ones."""
     try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        return basic_user(header)
+    except ValueError:
         return None
-    return decoded.partition(":")[0] or None
 
 
 def _json(status: int, body: object, headers: Optional[Dict[str, str]] = None) -> Response:

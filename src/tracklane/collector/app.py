@@ -12,8 +12,6 @@ Routes:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import sqlite3
 from contextlib import asynccontextmanager
@@ -39,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tracklane._iso import utc_now
+from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
@@ -139,7 +138,7 @@ class _Collector:
 
     async def _ingest(self, request: Request, message_type: Optional[str]) -> Response:
         try:
-            header_key = _basic_user(request.headers.get("authorization"))
+            header_key = basic_user(request.headers.get("authorization"))
         except ValueError as exc:
             if self.write_keys:
                 return _unauthorized(str(exc))
@@ -208,7 +207,7 @@ class _Collector:
 
     async def _read(self, request: Request, *, counting: bool) -> Response:
         try:
-            key = _basic_user(request.headers.get("authorization"))
+            key = basic_user(request.headers.get("authorization"))
         except ValueError as exc:
             if self.write_keys:
                 return _unauthorized(str(exc))
@@ -238,23 +237,6 @@ class _Collector:
     async def health(self, _request: Request) -> Response:
         """Serve ``GET /health``."""
         return _json_response(200, {"ok": True})
-
-
-def _basic_user(header: Optional[str]) -> Optional[str]:
-    """Return the user name of an HTTP Basic ``Authorization`` header (``None`` if absent).
-
-    Raises ValueError when the header is present but not usable Basic credentials.
-    """
-    if header is None:
-        return None
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        raise ValueError("only HTTP Basic auth is supported (write key as the user name)")
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ValueError("malformed HTTP Basic credentials") from None
-    return decoded.partition(":")[0] or None
 
 
 def _json_response(
