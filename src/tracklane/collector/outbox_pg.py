@@ -36,7 +36,9 @@ from tracklane.collector.outbox import (
     PendingRow,
     Settlement,
     StoredEvent,
+    WireEvent,
     _traces,
+    wire_events,
 )
 from tracklane.collector.storage import StorageError
 
@@ -252,6 +254,10 @@ class PostgresOutbox:
             message["originalTimestamp"] = original
             found.append(StoredEvent(int(event_id), key, message, attempts[int(event_id)]))
         return found
+
+    def wire_events(self, claim: Claim) -> List[WireEvent]:
+        """The stored events a claim covers, oldest first, encoded as they are sent."""
+        return wire_events(self.events(claim))
 
     def settle(self, claim: Claim, outcome: Settlement) -> None:
         """Record a claim's outcome in one transaction, for the rows this collector holds."""
