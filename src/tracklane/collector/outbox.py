@@ -345,7 +345,7 @@ class SQLiteOutbox:
         """Lease due retries, or else up to ``limit`` new events; ``None`` when idle."""
         now = time.time() if now is None else now
         lease = now + self.lease_seconds
-        with self.storage.write_transaction() as db:
+        with self.storage.write_transaction(durable=False) as db:
             due = db.execute(
                 "SELECT id, first_event, last_event, attempts FROM route_pending"
                 " WHERE destination = ? AND due_at <= ?"
@@ -434,7 +434,7 @@ class SQLiteOutbox:
         """Record a claim's outcome in one transaction and release it."""
         now_text = _iso_now()
         last_error = (outcome.dead or outcome.retries or [None])[-1]
-        with self.storage.write_transaction() as db:
+        with self.storage.write_transaction(durable=False) as db:
             db.executemany(
                 "DELETE FROM route_pending WHERE id = ?", [(row.id,) for row in claim.rows]
             )
