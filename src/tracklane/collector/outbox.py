@@ -47,6 +47,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS route_cursor (
     destination TEXT PRIMARY KEY,
     position INTEGER NOT NULL,             -- events with id <= position have been claimed
+    start INTEGER NOT NULL DEFAULT 0,      -- events with id <= start predate the destination
     delivered INTEGER NOT NULL DEFAULT 0,
     filtered INTEGER NOT NULL DEFAULT 0,
     skipped INTEGER NOT NULL DEFAULT 0,
@@ -173,13 +174,21 @@ class DeadLetter:
 
 @dataclass
 class Settlement:
-    """What became of a claim."""
+    """What became of a claim.
+
+    Every event of the claim not listed as filtered, skipped, retried or dead was
+    delivered. ``filtered_ids`` and ``skipped_ids`` name the events counted in
+    ``filtered`` and ``skipped``: an outbox shared by collectors counts only the rows the
+    settling collector still held (another may have taken them over and counted them).
+    """
 
     delivered: int = 0
     filtered: int = 0
     skipped: int = 0
     retries: List[Retry] = field(default_factory=list)
     dead: List[DeadLetter] = field(default_factory=list)
+    filtered_ids: List[int] = field(default_factory=list)
+    skipped_ids: List[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -223,6 +232,7 @@ class DeliveryTrace:
 
     destination: str
     position: int  # events with id <= position have been claimed
+    start: int  # events with id <= start were stored before the destination was added
     pending: Dict[int, Tuple[int, float, Optional[str]]]  # id -> (attempts, due_at, error)
     dead: Dict[int, Tuple[int, str]]  # id -> (attempts, last error)
 
@@ -235,14 +245,14 @@ def _traces(
 ) -> List[DeliveryTrace]:
     ids = set(wanted)
     result = []
-    for name, position in cursors:
+    for name, position, start in cursors:
         waiting: Dict[int, Tuple[int, float, Optional[str]]] = {}
         for dest, first, last, attempts, due_at, error in pending:
             if dest == name:
                 for event_id in ids.intersection(range(int(first), int(last) + 1)):
                     waiting[event_id] = (int(attempts), float(due_at), error)
         given_up = {int(r[1]): (int(r[2]), str(r[3])) for r in dead if r[0] == name}
-        result.append(DeliveryTrace(str(name), int(position), waiting, given_up))
+        result.append(DeliveryTrace(str(name), int(position), int(start), waiting, given_up))
     return result
 
 
@@ -318,6 +328,11 @@ class SQLiteOutbox:
                     if statement.strip():
                         db.execute(statement)
                 db.execute("UPDATE route_pending SET lease_until = NULL, lease_owner = NULL")
+                columns = {row[1] for row in db.execute("PRAGMA table_info(route_cursor)")}
+                if "start" not in columns:  # made by a version that did not record it
+                    db.execute(
+                        "ALTER TABLE route_cursor ADD COLUMN start INTEGER NOT NULL DEFAULT 0"
+                    )
             self._reader = sqlite3.connect(
                 str(storage.path), timeout=10.0, isolation_level=None, check_same_thread=False
             )
@@ -326,12 +341,17 @@ class SQLiteOutbox:
             raise StorageError(f"cannot use {storage.path} for the outbox: {exc}") from exc
 
     def register(self, destinations: Iterable[str]) -> None:
-        """Start a cursor for each new destination at the newest stored event."""
+        """Start a cursor for each new destination at the newest stored event.
+
+        Where it started is kept: older events were never meant for it (the debugger says
+        so instead of deriving a status).
+        """
         with self.storage.write_transaction() as db:
             head = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             db.executemany(
-                "INSERT OR IGNORE INTO route_cursor (destination, position) VALUES (?, ?)",
-                [(name, head) for name in destinations],
+                "INSERT OR IGNORE INTO route_cursor (destination, position, start)"
+                " VALUES (?, ?, ?)",
+                [(name, head, head) for name in destinations],
             )
 
     def head(self) -> int:
@@ -571,7 +591,7 @@ class SQLiteOutbox:
         with self._read_lock:
             db = self._reader
             cursors = db.execute(
-                "SELECT destination, position FROM route_cursor ORDER BY destination"
+                "SELECT destination, position, start FROM route_cursor ORDER BY destination"
             ).fetchall()
             pending = db.execute(
                 "SELECT destination, first_event, last_event, attempts, due_at, last_error"

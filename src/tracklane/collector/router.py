@@ -206,8 +206,10 @@ class Router:
             decision = route(event.message, source, item, rules)
             if decision.verdict is Verdict.SKIPPED:
                 settlement.skipped += 1
+                settlement.skipped_ids.append(event.id)
             elif decision.verdict is Verdict.FILTERED:
                 settlement.filtered += 1
+                settlement.filtered_ids.append(event.id)
             else:
                 assert decision.message is not None
                 batch.envelopes.append(Envelope(decision.message, source, decision.options))
@@ -230,8 +232,10 @@ class Router:
                 decision = route(message, source, item, rules)
                 if decision.verdict is Verdict.SKIPPED:
                     settlement.skipped += 1
+                    settlement.skipped_ids.append(event.id)
                 elif decision.verdict is Verdict.FILTERED:
                     settlement.filtered += 1
+                    settlement.filtered_ids.append(event.id)
                 elif decision.message is message:  # nothing removed: send the bytes as read
                     envelopes.append(
                         Envelope(
@@ -247,12 +251,14 @@ class Router:
             # The common case, without route(): the sources and integrations alone decide.
             if item.sources is not None and source not in item.sources:
                 settlement.skipped += 1
+                settlement.skipped_ids.append(event.id)
                 continue
             options = None
             if event.integrations is not None:
                 enabled, options = integration_choice(event.integrations, name)
                 if not enabled:
                     settlement.skipped += 1
+                    settlement.skipped_ids.append(event.id)
                     continue
             envelopes.append(Envelope({"messageId": event.message_id}, source, options, event.wire))
             kept.append(event)
