@@ -7,8 +7,12 @@ work under a lease (``lease_until``), delivers it, then **settles** the claim in
 transaction: delivered rows go, failures come back as rows due at their retry time (or as
 dead letters), counters move. Claims and settlements are committed before and after
 delivery, so a ``kill -9`` at any point loses nothing; what was in flight is delivered
-again (at least once). docs/routing.md describes the interface a PostgreSQL outbox follows
-(the same tables, claims taken with ``FOR UPDATE SKIP LOCKED`` and expired leases taken
+again (at least once). They commit without an fsync (``synchronous=NORMAL`` for their
+transactions; ingest keeps ``FULL``): the OS keeps what a killed process wrote, and a power
+cut can only undo recent outbox progress, which redelivers (still at least once). Each
+destination's cursor also records where it **started**: events stored before a destination
+was added were never meant for it. docs/routing.md describes the interface a PostgreSQL
+outbox follows (the same tables, claims taken with ``FOR UPDATE SKIP LOCKED`` and expired leases taken
 over).
 
 This SQLite outbox serves one collector process per database file: at open it releases

@@ -8,6 +8,11 @@ jitter (``Retry-After`` honoured) until the destination's ``max_attempts``, then
 dead-lettered with their last error. A permanent failure (a 4xx) is dead-lettered at once.
 When nothing of a claim got through, the destination waits for its first retry before
 claiming more, so an endpoint that is down is not sent the whole backlog once each.
+
+A destination with ``claims_in_flight`` above 1 (the webhook: 2) has its next claim read
+and routed while earlier ones are delivered and settled in finisher threads. A destination
+that ``accepts_wire`` gets each message as the JSON the outbox built (SQLite's ``json_set``)
+unless a filter has to look inside it: the common case (no filters) decodes nothing.
 """
 
 from __future__ import annotations
