@@ -11,9 +11,9 @@ again (at least once). They commit without an fsync (``synchronous=NORMAL`` for 
 transactions; ingest keeps ``FULL``): the OS keeps what a killed process wrote, and a power
 cut can only undo recent outbox progress, which redelivers (still at least once). Each
 destination's cursor also records where it **started**: events stored before a destination
-was added were never meant for it. docs/routing.md describes the interface a PostgreSQL
-outbox follows (the same tables, claims taken with ``FOR UPDATE SKIP LOCKED`` and expired leases taken
-over).
+was added were never meant for it. docs/routing.md describes the interface a
+PostgreSQL outbox follows (the same tables, claims taken with ``FOR UPDATE SKIP LOCKED``
+and expired leases taken over).
 
 This SQLite outbox serves one collector process per database file: at open it releases
 every lease, since the process that held them is gone.
