@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
@@ -241,3 +242,53 @@ def test_traces_say_where_a_destination_added_later_starts(opened: Opened) -> No
     assert traces["Late"].start == 3
     (status,) = outbox.status([("Late", "webhook")])
     assert (status.pending, status.delivered) == (2, 0)  # only what came after it
+
+
+def test_wire_events_match_decoding_and_ingest_stays_fsynced(tmp_path: Path) -> None:
+    """SQLite's JSON wire form equals the decoded one; outbox commits leave ingest on FULL."""
+    import orjson
+
+    storage = Storage(tmp_path / "events.db")
+    outbox = SQLiteOutbox(storage)
+    try:
+        outbox.register(["D"])
+        rows = [
+            StoredMessage(
+                "key",
+                f"m-{i}",
+                "track",
+                "u",
+                None,
+                "E",
+                "2026-01-01T00:00:01.000Z",
+                "2026-01-01T00:00:00.500Z",
+                None if i else "2025-12-31T23:59:59Z",
+                '{"type":"track","messageId":"m-' + str(i) + '","timestamp":"2025-12-31T23:59:59Z",'
+                '"properties":{"n":123456789012345678901234567890,"s":"\\u00e9"},'
+                '"integrations":{"All":false,"D":{"x":' + str(i) + "}}}",
+            )
+            for i in range(3)
+        ]
+        storage.insert(rows)
+        claim = outbox.claim("D", 10)
+        assert claim is not None
+        built = outbox.wire_events(claim)
+        outbox._sql_json = False  # as on a SQLite without the JSON functions
+        encoded = outbox.wire_events(claim)
+        assert [(e.id, e.message_id, e.integrations) for e in built] == [
+            (e.id, e.message_id, e.integrations) for e in encoded
+        ]
+        for ours, theirs in zip(built, encoded):
+            assert json.loads(ours.wire) == json.loads(theirs.wire)
+        first = orjson.loads(built[0].wire)
+        assert (first["timestamp"], first["originalTimestamp"]) == (
+            "2026-01-01T00:00:00.500Z",
+            "2025-12-31T23:59:59Z",
+        )
+        assert b"123456789012345678901234567890" in built[0].wire
+        outbox.settle(claim, Settlement(delivered=3))
+        with storage.write_transaction() as db:
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        outbox.close()
+        storage.close()
