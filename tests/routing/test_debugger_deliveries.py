@@ -110,3 +110,38 @@ def test_without_routing_events_carry_no_deliveries(tmp_path: Path) -> None:
         assert "deliveries" not in item
         one = httpx.get(f"{server.url}/debugger/api/events/{item['seq']}/deliveries")
         assert one.status_code == 404
+
+
+def test_a_destination_added_later_shows_older_events_as_not_routed(tmp_path: Path) -> None:
+    """Events stored before a destination existed are "not-routed" there, never "delivered"."""
+    old, new = WebhookReceiver(), WebhookReceiver()
+    source = {"name": "backend", "write_keys": [KEY]}
+    first = {"name": "Old", "type": "webhook", "url": old.url}
+    second = {"name": "New", "type": "webhook", "url": new.url}
+    try:
+        with serve_in_thread(
+            tmp_path / "events.db", config=config_of({"sources": [source], "destinations": [first]})
+        ) as server:
+            post_batch(server.url, KEY, [track("ada", "Before")])
+            assert old.wait_for_unique(1, 10) == 1
+        config = config_of({"sources": [source], "destinations": [first, second]})
+        with serve_in_thread(tmp_path / "events.db", config=config) as server:
+            post_batch(server.url, KEY, [track("bob", "After")])
+            assert new.wait_for_unique(1, 10) == 1
+            wait_until(
+                lambda: destinations_status(server.url, KEY)["New"]["delivered"] == 1, 10, "count"
+            )
+            listed = httpx.get(f"{server.url}/debugger/api/events", auth=(KEY, "")).json()
+            by_event = {item["event"]["event"]: item for item in listed["events"]}
+            before = _by_destination(by_event["Before"]["deliveries"])
+            assert before["Old"]["status"] == "delivered"
+            assert before["New"]["status"] == "not-routed"
+            assert "added after" in before["New"]["reason"]
+            after = _by_destination(by_event["After"]["deliveries"])
+            assert after["New"]["status"] == "delivered"
+            status = destinations_status(server.url, KEY)["New"]
+            assert (status["delivered"], status["pending"], status["lagSeconds"]) == (1, 0, 0)
+        assert [m["event"] for r in new.receipts for m in r.messages] == ["After"]
+    finally:
+        old.close()
+        new.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
@@ -170,6 +171,7 @@ def test_postgres_collectors_never_share_a_claim_and_take_over_expired_leases(
         alive.settle(taken, Settlement(delivered=20))
         (status,) = alive.status([("D", "webhook")])
         assert status.pending == 0
+        assert status.delivered == 30  # each row once, however many collectors held it
     finally:
         dead.close()
         alive.close()
@@ -190,3 +192,103 @@ def test_a_due_retry_is_claimed_before_a_backlog_stored_after_it(opened: Opened)
     first = outbox.claim("D", 1, now=time.time() + 1)
     assert first is not None
     assert [e.message["messageId"] for e in outbox.events(first)] == ["m-0"]
+
+
+def test_a_late_settlement_after_a_takeover_counts_nothing_twice(postgres: Any) -> None:
+    """The collector that took rows over counts them; the late owner's settle adds nothing."""
+    from tracklane.collector.outbox_pg import PostgresOutbox
+    from tracklane.collector.storage_pg import PostgresStorage
+
+    dsn = postgres.create_database("late_settle")
+    storage = PostgresStorage(dsn)
+    first = PostgresOutbox(dsn, lease_seconds=60)
+    second = PostgresOutbox(dsn, lease_seconds=60)
+    try:
+        first.register(["D"])
+        _store(storage, 6)
+        now = time.time()
+        slow = first.claim("D", 10, now=now)
+        assert slow is not None
+        taken = second.claim("D", 10, now=now + 61)  # the first one's lease expired
+        assert taken is not None
+        ids = [row.first for row in taken.rows]
+        second.settle(
+            taken,
+            Settlement(
+                delivered=4, filtered=1, filtered_ids=ids[:1], skipped=1, skipped_ids=ids[1:2]
+            ),
+        )
+        late_dead = [DeadLetter(event_id, 3, "HTTP 400") for event_id in ids[2:4]]
+        first.settle(slow, Settlement(delivered=4, dead=late_dead))  # it woke up too late
+        (status,) = second.status([("D", "webhook")])
+        assert (status.delivered, status.filtered, status.skipped) == (4, 1, 1)
+        assert (status.pending, status.dead_lettered, status.last_error) == (0, 0, None)
+    finally:
+        first.close()
+        second.close()
+        storage.close()
+
+
+def test_traces_say_where_a_destination_added_later_starts(opened: Opened) -> None:
+    """A destination registered after events were stored records that it starts after them."""
+    store, make = opened
+    outbox = make()
+    outbox.register(["Early"])
+    _store(store, 3)
+    outbox.register(["Late"])
+    _store(store, 2, start=3)
+    traces = {t.destination: t for t in outbox.traces([1, 2, 3, 4, 5])}
+    assert traces["Early"].start == 0
+    assert traces["Late"].start == 3
+    (status,) = outbox.status([("Late", "webhook")])
+    assert (status.pending, status.delivered) == (2, 0)  # only what came after it
+
+
+def test_wire_events_match_decoding_and_ingest_stays_fsynced(tmp_path: Path) -> None:
+    """SQLite's JSON wire form equals the decoded one; outbox commits leave ingest on FULL."""
+    import orjson
+
+    storage = Storage(tmp_path / "events.db")
+    outbox = SQLiteOutbox(storage)
+    try:
+        outbox.register(["D"])
+        rows = [
+            StoredMessage(
+                "key",
+                f"m-{i}",
+                "track",
+                "u",
+                None,
+                "E",
+                "2026-01-01T00:00:01.000Z",
+                "2026-01-01T00:00:00.500Z",
+                None if i else "2025-12-31T23:59:59Z",
+                '{"type":"track","messageId":"m-' + str(i) + '","timestamp":"2025-12-31T23:59:59Z",'
+                '"properties":{"n":123456789012345678901234567890,"s":"\\u00e9"},'
+                '"integrations":{"All":false,"D":{"x":' + str(i) + "}}}",
+            )
+            for i in range(3)
+        ]
+        storage.insert(rows)
+        claim = outbox.claim("D", 10)
+        assert claim is not None
+        built = outbox.wire_events(claim)
+        outbox._sql_json = False  # as on a SQLite without the JSON functions
+        encoded = outbox.wire_events(claim)
+        assert [(e.id, e.message_id, e.integrations) for e in built] == [
+            (e.id, e.message_id, e.integrations) for e in encoded
+        ]
+        for ours, theirs in zip(built, encoded):
+            assert json.loads(ours.wire) == json.loads(theirs.wire)
+        first = orjson.loads(built[0].wire)
+        assert (first["timestamp"], first["originalTimestamp"]) == (
+            "2026-01-01T00:00:00.500Z",
+            "2025-12-31T23:59:59Z",
+        )
+        assert b"123456789012345678901234567890" in built[0].wire
+        outbox.settle(claim, Settlement(delivered=3))
+        with storage.write_transaction() as db:
+            assert db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        outbox.close()
+        storage.close()

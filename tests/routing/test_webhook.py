@@ -229,3 +229,50 @@ def test_a_dead_endpoint_costs_one_timeout_per_claim(tmp_path: Path) -> None:
             assert "timed out" in status["lastError"]
     finally:
         hook.close()
+
+
+def test_sent_json_is_the_stored_event_whether_or_not_a_filter_edited_it(
+    receiver: WebhookReceiver, tmp_path: Path
+) -> None:
+    """Unedited messages (sent as SQLite encodes them) and filtered ones match the read API."""
+    from tracklane.collector.storage import EventFilter
+
+    config = config_of(
+        {
+            "sources": [
+                {"name": "backend", "write_keys": ["key-1"]},
+                {"name": "web", "write_keys": ["key-2"]},
+            ],
+            "destinations": [
+                {"name": "Hooks", "type": "webhook", "url": receiver.url, "batch_size": 10}
+            ],
+            "filters": [{"source": "backend", "drop_properties": ["email"]}],
+        }
+    )
+    wide = 2**70
+    plain = [
+        track("ada", properties={"big": wide, "name": "Zoë", "timestamp": "not the top one"}),
+        track("bob", integrations={"All": False, "Hooks": {"tier": 2}}),
+        track("cy", integrations={"Hooks": False}),  # skipped
+        {"type": "identify", "userId": "dee", "traits": {"plan": "pro"}},
+    ]
+    edited = [track("eve", properties={"email": "e@example.com", "kept": 1})]
+    with serve_in_thread(tmp_path / "events.db", config=config) as server:
+        post_batch(server.url, "key-2", plain)
+        post_batch(server.url, "key-1", edited)
+        assert receiver.wait_for_unique(4, 10) == 4
+        wait_until(
+            lambda: destinations_status(server.url, "key-1")["Hooks"]["skipped"] == 1, 10, "skip"
+        )
+        stored = {e["messageId"]: e for e in server.storage.query(EventFilter(), 100)}
+    got = {m["messageId"]: m for r in receiver.receipts for m in r.messages}
+    assert len(got) == 4
+    for message_id, message in got.items():
+        expected = {k: v for k, v in stored[message_id].items() if k != "seq"}
+        if message["userId"] == "eve":
+            del expected["properties"]["email"]
+        assert message == expected
+        assert message["timestamp"] == expected["timestamp"]
+        assert "originalTimestamp" in message
+        assert message["receivedAt"].endswith("Z")
+    assert str(wide).encode() in b"".join(r.body for r in receiver.receipts)

@@ -7,9 +7,13 @@ work under a lease (``lease_until``), delivers it, then **settles** the claim in
 transaction: delivered rows go, failures come back as rows due at their retry time (or as
 dead letters), counters move. Claims and settlements are committed before and after
 delivery, so a ``kill -9`` at any point loses nothing; what was in flight is delivered
-again (at least once). docs/routing.md describes the interface a PostgreSQL outbox follows
-(the same tables, claims taken with ``FOR UPDATE SKIP LOCKED`` and expired leases taken
-over).
+again (at least once). They commit without an fsync (``synchronous=NORMAL`` for their
+transactions; ingest keeps ``FULL``): the OS keeps what a killed process wrote, and a power
+cut can only undo recent outbox progress, which redelivers (still at least once). Each
+destination's cursor also records where it **started**: events stored before a destination
+was added were never meant for it. docs/routing.md describes the interface a
+PostgreSQL outbox follows (the same tables, claims taken with ``FOR UPDATE SKIP LOCKED``
+and expired leases taken over).
 
 This SQLite outbox serves one collector process per database file: at open it releases
 every lease, since the process that held them is gone.
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
 
-from tracklane.collector._json import loads_stored
+from tracklane.collector._json import dumps, loads_stored
 from tracklane.collector.storage import Storage, StorageError
 
 __all__ = [
@@ -40,12 +44,14 @@ __all__ = [
     "SQLiteOutbox",
     "Settlement",
     "StoredEvent",
+    "WireEvent",
 ]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS route_cursor (
     destination TEXT PRIMARY KEY,
     position INTEGER NOT NULL,             -- events with id <= position have been claimed
+    start INTEGER NOT NULL DEFAULT 0,      -- events with id <= start predate the destination
     delivered INTEGER NOT NULL DEFAULT 0,
     filtered INTEGER NOT NULL DEFAULT 0,
     skipped INTEGER NOT NULL DEFAULT 0,
@@ -105,6 +111,36 @@ class StoredEvent(NamedTuple):
     attempts: int  # failed attempts so far for this destination
 
 
+class WireEvent(NamedTuple):
+    """A stored event as bytes ready to send: its wire-form JSON, and what routing reads."""
+
+    id: int
+    write_key: str
+    message_id: str
+    wire: bytes  # the wire form (receivedAt, timestamp, originalTimestamp set) as JSON
+    integrations: Optional[Dict[str, Any]]  # the message's integrations object, if it has one
+    attempts: int
+
+
+def wire_events(events: Sequence[StoredEvent]) -> List[WireEvent]:
+    """Encode decoded events (for an outbox that cannot build the wire form itself)."""
+    result = []
+    for event in events:
+        message = event.message
+        integrations = message.get("integrations")
+        result.append(
+            WireEvent(
+                event.id,
+                event.write_key,
+                str(message.get("messageId", "")),
+                dumps(message),
+                integrations if isinstance(integrations, dict) else None,
+                event.attempts,
+            )
+        )
+    return result
+
+
 @dataclass(frozen=True)
 class Retry:
     """An event to try again at ``due_at`` (unix time)."""
@@ -142,13 +178,21 @@ class DeadLetter:
 
 @dataclass
 class Settlement:
-    """What became of a claim."""
+    """What became of a claim.
+
+    Every event of the claim not listed as filtered, skipped, retried or dead was
+    delivered. ``filtered_ids`` and ``skipped_ids`` name the events counted in
+    ``filtered`` and ``skipped``: an outbox shared by collectors counts only the rows the
+    settling collector still held (another may have taken them over and counted them).
+    """
 
     delivered: int = 0
     filtered: int = 0
     skipped: int = 0
     retries: List[Retry] = field(default_factory=list)
     dead: List[DeadLetter] = field(default_factory=list)
+    filtered_ids: List[int] = field(default_factory=list)
+    skipped_ids: List[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -192,6 +236,7 @@ class DeliveryTrace:
 
     destination: str
     position: int  # events with id <= position have been claimed
+    start: int  # events with id <= start were stored before the destination was added
     pending: Dict[int, Tuple[int, float, Optional[str]]]  # id -> (attempts, due_at, error)
     dead: Dict[int, Tuple[int, str]]  # id -> (attempts, last error)
 
@@ -204,14 +249,14 @@ def _traces(
 ) -> List[DeliveryTrace]:
     ids = set(wanted)
     result = []
-    for name, position in cursors:
+    for name, position, start in cursors:
         waiting: Dict[int, Tuple[int, float, Optional[str]]] = {}
         for dest, first, last, attempts, due_at, error in pending:
             if dest == name:
                 for event_id in ids.intersection(range(int(first), int(last) + 1)):
                     waiting[event_id] = (int(attempts), float(due_at), error)
         given_up = {int(r[1]): (int(r[2]), str(r[3])) for r in dead if r[0] == name}
-        result.append(DeliveryTrace(str(name), int(position), waiting, given_up))
+        result.append(DeliveryTrace(str(name), int(position), int(start), waiting, given_up))
     return result
 
 
@@ -226,6 +271,9 @@ class Outbox(Protocol):
 
     def events(self, claim: Claim) -> List[StoredEvent]:
         """The stored events a claim covers, oldest first."""
+
+    def wire_events(self, claim: Claim) -> List[WireEvent]:
+        """The stored events a claim covers, oldest first, encoded as they are sent."""
 
     def settle(self, claim: Claim, outcome: Settlement) -> None:
         """Record a claim's outcome in one transaction and release it."""
@@ -250,6 +298,25 @@ def _iso_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The wire form built by SQLite; the integrations object as JSON text, when it is one.
+_WIRE_SELECT = (
+    "SELECT id, write_key, message_id, CAST(json_set(body, '$.receivedAt', received_at,"
+    " '$.timestamp', timestamp, '$.originalTimestamp', original_timestamp) AS BLOB),"
+    " CASE WHEN json_type(body, '$.integrations') = 'object'"
+    " THEN json_extract(body, '$.integrations') END"
+    " FROM events WHERE id BETWEEN ? AND ? ORDER BY id"
+)
+
+
+def _has_sql_json(db: sqlite3.Connection) -> bool:
+    """Whether this SQLite has the JSON functions (built in since 3.38, often before)."""
+    try:
+        db.execute("SELECT json_set('{}', '$.a', 1), json_type('{}', '$.a')").fetchone()
+    except sqlite3.Error:
+        return False
+    return True
+
+
 class SQLiteOutbox:
     """The outbox in the collector's SQLite file, writing through the store's writer."""
 
@@ -265,19 +332,30 @@ class SQLiteOutbox:
                     if statement.strip():
                         db.execute(statement)
                 db.execute("UPDATE route_pending SET lease_until = NULL, lease_owner = NULL")
+                columns = {row[1] for row in db.execute("PRAGMA table_info(route_cursor)")}
+                if "start" not in columns:  # made by a version that did not record it
+                    db.execute(
+                        "ALTER TABLE route_cursor ADD COLUMN start INTEGER NOT NULL DEFAULT 0"
+                    )
             self._reader = sqlite3.connect(
                 str(storage.path), timeout=10.0, isolation_level=None, check_same_thread=False
             )
+            self._sql_json = _has_sql_json(self._reader)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot use {storage.path} for the outbox: {exc}") from exc
 
     def register(self, destinations: Iterable[str]) -> None:
-        """Start a cursor for each new destination at the newest stored event."""
+        """Start a cursor for each new destination at the newest stored event.
+
+        Where it started is kept: older events were never meant for it (the debugger says
+        so instead of deriving a status).
+        """
         with self.storage.write_transaction() as db:
             head = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
             db.executemany(
-                "INSERT OR IGNORE INTO route_cursor (destination, position) VALUES (?, ?)",
-                [(name, head) for name in destinations],
+                "INSERT OR IGNORE INTO route_cursor (destination, position, start)"
+                " VALUES (?, ?, ?)",
+                [(name, head, head) for name in destinations],
             )
 
     def head(self) -> int:
@@ -291,7 +369,7 @@ class SQLiteOutbox:
         """Lease due retries, or else up to ``limit`` new events; ``None`` when idle."""
         now = time.time() if now is None else now
         lease = now + self.lease_seconds
-        with self.storage.write_transaction() as db:
+        with self.storage.write_transaction(durable=False) as db:
             due = db.execute(
                 "SELECT id, first_event, last_event, attempts FROM route_pending"
                 " WHERE destination = ? AND due_at <= ?"
@@ -352,11 +430,35 @@ class SQLiteOutbox:
                     found.append(StoredEvent(event_id, key, message, row.attempts))
         return found
 
+    def wire_events(self, claim: Claim) -> List[WireEvent]:
+        """The stored events a claim covers, oldest first, encoded as they are sent.
+
+        SQLite's JSON functions set the three times in the stored text (a key present is
+        replaced where it stands, others are appended: what decoding, setting and encoding
+        would give) in C with the GIL released, so the router decodes no message.
+        """
+        if not self._sql_json:
+            return wire_events(self.events(claim))
+        found: List[WireEvent] = []
+        parsed: Dict[str, Dict[str, Any]] = {}
+        with self._read_lock:
+            for row in claim.rows:
+                records = self._reader.execute(_WIRE_SELECT, (row.first, row.last)).fetchall()
+                attempts = row.attempts
+                for event_id, key, message_id, wire, integrations in records:
+                    options = None
+                    if integrations is not None:
+                        options = parsed.get(integrations)
+                        if options is None:
+                            options = parsed[integrations] = loads_stored(integrations)
+                    found.append(WireEvent(event_id, key, message_id, wire, options, attempts))
+        return found
+
     def settle(self, claim: Claim, outcome: Settlement) -> None:
         """Record a claim's outcome in one transaction and release it."""
         now_text = _iso_now()
         last_error = (outcome.dead or outcome.retries or [None])[-1]
-        with self.storage.write_transaction() as db:
+        with self.storage.write_transaction(durable=False) as db:
             db.executemany(
                 "DELETE FROM route_pending WHERE id = ?", [(row.id,) for row in claim.rows]
             )
@@ -493,7 +595,7 @@ class SQLiteOutbox:
         with self._read_lock:
             db = self._reader
             cursors = db.execute(
-                "SELECT destination, position FROM route_cursor ORDER BY destination"
+                "SELECT destination, position, start FROM route_cursor ORDER BY destination"
             ).fetchall()
             pending = db.execute(
                 "SELECT destination, first_event, last_event, attempts, due_at, last_error"

@@ -36,7 +36,9 @@ from tracklane.collector.outbox import (
     PendingRow,
     Settlement,
     StoredEvent,
+    WireEvent,
     _traces,
+    wire_events,
 )
 from tracklane.collector.storage import StorageError
 
@@ -61,6 +63,9 @@ CREATE TABLE IF NOT EXISTS tracklane_route_destinations (
     last_delivered_at TEXT,
     registered_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- events with id <= start_event were stored before the destination was added
+ALTER TABLE tracklane_route_destinations ADD COLUMN IF NOT EXISTS start_event BIGINT NOT NULL
+    DEFAULT 0;
 CREATE TABLE IF NOT EXISTS tracklane_outbox (
     destination TEXT NOT NULL,
     event_id BIGINT NOT NULL,
@@ -206,11 +211,15 @@ class PostgresOutbox:
             raise StorageError(f"outbox in {self.path}: {self._reason(exc)}") from exc
 
     def register(self, destinations: Iterable[str]) -> None:
-        """Queue events stored from now on for each destination (new ones start empty)."""
+        """Queue events stored from now on for each destination (new ones start empty).
+
+        The newest event id at that moment is kept as where the destination starts.
+        """
         names = list(destinations)
         self._run(
-            "INSERT INTO tracklane_route_destinations (destination)"
-            " SELECT unnest(%s::text[]) ON CONFLICT DO NOTHING",
+            "INSERT INTO tracklane_route_destinations (destination, start_event)"
+            " SELECT unnest(%s::text[]), (SELECT COALESCE(MAX(id), 0) FROM tracklane_events)"
+            " ON CONFLICT DO NOTHING",
             [names],
         )
 
@@ -253,23 +262,34 @@ class PostgresOutbox:
             found.append(StoredEvent(int(event_id), key, message, attempts[int(event_id)]))
         return found
 
+    def wire_events(self, claim: Claim) -> List[WireEvent]:
+        """The stored events a claim covers, oldest first, encoded as they are sent."""
+        return wire_events(self.events(claim))
+
     def settle(self, claim: Claim, outcome: Settlement) -> None:
-        """Record a claim's outcome in one transaction, for the rows this collector holds."""
+        """Record a claim's outcome in one transaction, for the rows this collector holds.
+
+        Rows another collector took over (this one's lease expired) are left to it, and
+        so are their counts: each outbox row is counted once, by whoever settles it.
+        """
         now_text = _iso_now()
-        last_error = (outcome.dead or outcome.retries or [None])[-1]
         retried = {retry.event_id for retry in outcome.retries}
         done = [row.first for row in claim.rows if row.first not in retried]
         if self._closed.is_set():
             raise StorageError("the outbox is closed")
         try:
             with self._pool.connection() as conn, conn.transaction():
-                removed = conn.execute(
-                    "DELETE FROM tracklane_outbox WHERE destination = %s"
-                    " AND event_id = ANY(%s) AND lease_owner = %s",
-                    [claim.destination, done, self.owner],
-                ).rowcount
+                held = {
+                    int(row[0])
+                    for row in conn.execute(
+                        "DELETE FROM tracklane_outbox WHERE destination = %s"
+                        " AND event_id = ANY(%s) AND lease_owner = %s RETURNING event_id",
+                        [claim.destination, done, self.owner],
+                    )
+                }
+                retries = outcome.retries
                 kept = 0
-                if outcome.retries:
+                if retries:
                     kept = conn.execute(
                         "UPDATE tracklane_outbox o SET attempts = r.attempts, due_at = r.due_at,"
                         " last_error = r.error, lease_until = NULL, lease_owner = NULL"
@@ -278,15 +298,16 @@ class PostgresOutbox:
                         " WHERE o.destination = %s AND o.event_id = r.event_id"
                         " AND o.lease_owner = %s",
                         [
-                            [r.event_id for r in outcome.retries],
-                            [r.attempts for r in outcome.retries],
-                            [r.due_at for r in outcome.retries],
-                            [r.error for r in outcome.retries],
+                            [r.event_id for r in retries],
+                            [r.attempts for r in retries],
+                            [r.due_at for r in retries],
+                            [r.error for r in retries],
                             claim.destination,
                             self.owner,
                         ],
                     ).rowcount
-                if outcome.dead:
+                dead = [d for d in outcome.dead if d.event_id in held]
+                if dead:
                     conn.execute(
                         "INSERT INTO tracklane_outbox_dead"
                         " (destination, event_id, attempts, last_error, dead_at)"
@@ -298,30 +319,34 @@ class PostgresOutbox:
                         [
                             claim.destination,
                             now_text,
-                            [d.event_id for d in outcome.dead],
-                            [d.attempts for d in outcome.dead],
-                            [d.error for d in outcome.dead],
+                            [d.event_id for d in dead],
+                            [d.attempts for d in dead],
+                            [d.error for d in dead],
                         ],
                     )
+                filtered = sum(1 for event_id in outcome.filtered_ids if event_id in held)
+                skipped = sum(1 for event_id in outcome.skipped_ids if event_id in held)
+                delivered = len(held) - len(dead) - filtered - skipped
+                last_error = (dead or (retries if kept else []) or [None])[-1]
                 error = None if last_error is None else last_error.error
                 conn.execute(
                     _COUNTERS,
                     [
-                        outcome.delivered,
-                        outcome.filtered,
-                        outcome.skipped,
-                        len(outcome.retries) + len(outcome.dead),
+                        delivered,
+                        filtered,
+                        skipped,
+                        kept + len(dead),
                         error,
                         error,
                         now_text,
-                        outcome.delivered,
+                        delivered,
                         now_text,
                         claim.destination,
                     ],
                 )
         except self._errors as exc:
             raise StorageError(f"outbox in {self.path}: {self._reason(exc)}") from exc
-        lost = len(claim.rows) - removed - kept
+        lost = len(claim.rows) - len(held) - kept
         if lost:
             logger.warning(
                 "%s: %d claimed row(s) were taken over by another collector after this"
@@ -415,7 +440,7 @@ class PostgresOutbox:
             return []
         wanted = list(event_ids)
         names = self._run(
-            "SELECT destination FROM tracklane_route_destinations ORDER BY destination"
+            "SELECT destination, start_event FROM tracklane_route_destinations ORDER BY destination"
         )
         pending = self._run(
             "SELECT destination, event_id, event_id, attempts, due_at, last_error"
@@ -427,7 +452,7 @@ class PostgresOutbox:
             " WHERE event_id = ANY(%s)",
             [wanted],
         )
-        cursors = [(row[0], 2**63 - 1) for row in names]
+        cursors = [(row[0], 2**63 - 1, row[1]) for row in names]
         return _traces(cursors, pending, dead, wanted)
 
     def _renew_leases(self) -> None:

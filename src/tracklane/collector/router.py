@@ -8,6 +8,11 @@ jitter (``Retry-After`` honoured) until the destination's ``max_attempts``, then
 dead-lettered with their last error. A permanent failure (a 4xx) is dead-lettered at once.
 When nothing of a claim got through, the destination waits for its first retry before
 claiming more, so an endpoint that is down is not sent the whole backlog once each.
+
+A destination with ``claims_in_flight`` above 1 (the webhook: 2) has its next claim read
+and routed while earlier ones are delivered and settled in finisher threads. A destination
+that ``accepts_wire`` gets each message as the JSON the outbox built (SQLite's ``json_set``)
+unless a filter has to look inside it: the common case (no filters) decodes nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ import logging
 import random
 import threading
 import time
-from typing import Dict, List, Mapping, Optional, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-from tracklane.collector._routing import Verdict, filters_for, route
+from tracklane.collector._json import loads_stored
+from tracklane.collector._routing import Verdict, filters_for, integration_choice, route
 from tracklane.collector.config import DestinationConfig, FilterConfig, RoutingConfig
 from tracklane.collector.destinations import Destination, destination_class
 from tracklane.collector.destinations.base import Envelope, Failure, Outcome
@@ -29,6 +37,8 @@ from tracklane.collector.outbox import (
     Outbox,
     Retry,
     Settlement,
+    StoredEvent,
+    WireEvent,
 )
 
 __all__ = ["DEFAULT_SOURCE", "Router"]
@@ -38,6 +48,28 @@ logger = logging.getLogger("tracklane.collector.router")
 DEFAULT_SOURCE = "default"  # the source of a write key no [[sources]] table lists
 _IDLE_POLL = 0.05  # seconds between looks for new events when a destination is idle
 _ERROR_PAUSE = 1.0
+
+
+class _Lane:
+    """One destination's routing state, shared by its claim loop and its finishers."""
+
+    def __init__(
+        self, item: DestinationConfig, destination: Destination, slots: threading.Semaphore
+    ) -> None:
+        self.item = item
+        self.destination = destination
+        self.slots = slots  # one per claim in flight
+        self.filters: Dict[str, Tuple[FilterConfig, ...]] = {}
+        self.resume_at = 0.0  # no claims before this unix time (nothing got through)
+
+
+@dataclass
+class _Batch:
+    """A claim read and routed: what to deliver, and the tally so far."""
+
+    settlement: Settlement = field(default_factory=Settlement)
+    envelopes: List[Envelope] = field(default_factory=list)
+    kept: List[Union[StoredEvent, WireEvent]] = field(default_factory=list)  # of each envelope
 
 
 class Router:
@@ -104,39 +136,54 @@ class Router:
 
     def _run(self, item: DestinationConfig) -> None:
         destination = self.destinations[item.name]
-        filters: Dict[str, Tuple[FilterConfig, ...]] = {}
-        while not self._stop.is_set():
-            try:
-                claim = self.outbox.claim(item.name, destination.claim_size)
-            except Exception:
-                logger.exception("claiming work for %s failed", item.name)
-                self._stop.wait(_ERROR_PAUSE)
-                continue
-            if claim is None:
-                self._stop.wait(_IDLE_POLL)
-                continue
-            settlement = self._deliver(item, destination, claim, filters)
-            self._settle(claim, settlement)
-            if settlement.retries and not settlement.delivered:
-                # Nothing got through: wait for the first retry instead of pushing the
-                # whole backlog through one failing attempt each.
-                first_due = min(retry.due_at for retry in settlement.retries)
-                self._stop.wait(max(0.0, first_due - time.time()))
-
-    def _deliver(
-        self,
-        item: DestinationConfig,
-        destination: Destination,
-        claim: Claim,
-        filters: Dict[str, Tuple[FilterConfig, ...]],
-    ) -> Settlement:
-        settlement = Settlement()
+        depth = max(1, destination.claims_in_flight)
+        lane = _Lane(item, destination, threading.BoundedSemaphore(depth))
+        finisher: Optional[ThreadPoolExecutor] = None
+        if depth > 1:
+            finisher = ThreadPoolExecutor(depth, thread_name_prefix=f"tracklane.route.{item.name}")
         try:
-            events = self.outbox.events(claim)
+            while not self._stop.is_set():
+                pause = lane.resume_at - time.time()
+                if pause > 0:
+                    self._stop.wait(pause)
+                    continue
+                if not lane.slots.acquire(timeout=_IDLE_POLL):
+                    continue  # every slot is delivering: look at the stop flag, wait again
+                try:
+                    claim = self.outbox.claim(item.name, destination.claim_size)
+                except Exception:
+                    lane.slots.release()
+                    logger.exception("claiming work for %s failed", item.name)
+                    self._stop.wait(_ERROR_PAUSE)
+                    continue
+                if claim is None:
+                    lane.slots.release()
+                    self._stop.wait(_IDLE_POLL)
+                    continue
+                batch = self._prepare(lane, claim)
+                if finisher is None:
+                    self._finish(lane, claim, batch)
+                else:  # the next claim is read and routed while this one is delivered
+                    finisher.submit(self._finish, lane, claim, batch)
+        finally:
+            if finisher is not None:
+                finisher.shutdown(wait=True)  # what is in flight is delivered and settled
+
+    def _prepare(self, lane: _Lane, claim: Claim) -> _Batch:
+        """Read a claim's events and decide each one's fate (no delivery yet)."""
+        item = lane.item
+        batch = _Batch()
+        events: List[StoredEvent] = []
+        wire: List[WireEvent] = []
+        try:
+            if lane.destination.accepts_wire:
+                wire = self.outbox.wire_events(claim)
+            else:
+                events = self.outbox.events(claim)
         except Exception as exc:
             logger.exception("reading claimed events for %s failed", item.name)
             failure = Failure(f"reading stored events failed: {exc}")
-            settlement.retries = [
+            batch.settlement.retries = [
                 Retry(
                     event_id,
                     row.attempts + 1,
@@ -146,36 +193,115 @@ class Router:
                 for row in claim.rows
                 for event_id in range(row.first, row.last + 1)
             ]
-            return settlement
-        envelopes: List[Envelope] = []
-        kept = []
+            return batch
+        if lane.destination.accepts_wire:
+            self._route_wire(lane, wire, batch)
+        else:
+            self._route_decoded(lane, events, batch)
+        return batch
+
+    def _route_decoded(self, lane: _Lane, events: List[StoredEvent], batch: _Batch) -> None:
+        item = lane.item
+        settlement = batch.settlement
         for event in events:
             source = self._source_of.get(event.write_key, DEFAULT_SOURCE)
-            rules = filters.get(source)
+            rules = lane.filters.get(source)
             if rules is None:
-                rules = filters[source] = filters_for(self.config.filters, source, item.name)
+                rules = lane.filters[source] = filters_for(self.config.filters, source, item.name)
             decision = route(event.message, source, item, rules)
             if decision.verdict is Verdict.SKIPPED:
                 settlement.skipped += 1
+                settlement.skipped_ids.append(event.id)
             elif decision.verdict is Verdict.FILTERED:
                 settlement.filtered += 1
+                settlement.filtered_ids.append(event.id)
             else:
                 assert decision.message is not None
-                envelopes.append(Envelope(decision.message, source, decision.options))
-                kept.append(event)
+                batch.envelopes.append(Envelope(decision.message, source, decision.options))
+                batch.kept.append(event)
+
+    def _route_wire(self, lane: _Lane, events: List[WireEvent], batch: _Batch) -> None:
+        """Route encoded events; only those a filter applies to are decoded."""
+        item = lane.item
+        name = item.name
+        settlement = batch.settlement
+        envelopes = batch.envelopes
+        kept = batch.kept
+        for event in events:
+            source = self._source_of.get(event.write_key, DEFAULT_SOURCE)
+            rules = lane.filters.get(source)
+            if rules is None:
+                rules = lane.filters[source] = filters_for(self.config.filters, source, name)
+            if rules:
+                message = loads_stored(event.wire.decode("utf-8"))
+                decision = route(message, source, item, rules)
+                if decision.verdict is Verdict.SKIPPED:
+                    settlement.skipped += 1
+                    settlement.skipped_ids.append(event.id)
+                elif decision.verdict is Verdict.FILTERED:
+                    settlement.filtered += 1
+                    settlement.filtered_ids.append(event.id)
+                elif decision.message is message:  # nothing removed: send the bytes as read
+                    envelopes.append(
+                        Envelope(
+                            {"messageId": event.message_id}, source, decision.options, event.wire
+                        )
+                    )
+                    kept.append(event)
+                else:
+                    assert decision.message is not None
+                    envelopes.append(Envelope(decision.message, source, decision.options))
+                    kept.append(event)
+                continue
+            # The common case, without route(): the sources and integrations alone decide.
+            if item.sources is not None and source not in item.sources:
+                settlement.skipped += 1
+                settlement.skipped_ids.append(event.id)
+                continue
+            options = None
+            if event.integrations is not None:
+                enabled, options = integration_choice(event.integrations, name)
+                if not enabled:
+                    settlement.skipped += 1
+                    settlement.skipped_ids.append(event.id)
+                    continue
+            envelopes.append(Envelope({"messageId": event.message_id}, source, options, event.wire))
+            kept.append(event)
+
+    def _finish(self, lane: _Lane, claim: Claim, batch: _Batch) -> None:
+        """Deliver a prepared claim, settle it and free its slot (never raises)."""
+        try:
+            settlement = self._deliver(lane, batch)
+            self._settle(claim, settlement)
+            if settlement.retries and not settlement.delivered:
+                # Nothing got through: wait for the first retry instead of pushing the
+                # whole backlog through one failing attempt each.
+                first_due = min(retry.due_at for retry in settlement.retries)
+                lane.resume_at = max(lane.resume_at, first_due)
+        except Exception:  # a bug: leave the claim leased (delivered again after a restart)
+            logger.exception("finishing a claim for %s failed", lane.item.name)
+        finally:
+            lane.slots.release()
+
+    def _deliver(self, lane: _Lane, batch: _Batch) -> Settlement:
+        item = lane.item
+        settlement = batch.settlement
+        envelopes = batch.envelopes
         if not envelopes:
             return settlement
         try:
-            outcome = destination.deliver(envelopes)
+            outcome = lane.destination.deliver(envelopes)
         except Exception as exc:
             logger.exception("destination %s raised while delivering", item.name)
             outcome = Outcome.all_failed(len(envelopes), Failure(f"{type(exc).__name__}: {exc}"))
-        for index, event in enumerate(kept):
-            failed = outcome.failed.get(index)
-            if failed is None:
+        if not outcome.failed:
+            settlement.delivered += len(envelopes)
+            return settlement
+        for index, event in enumerate(batch.kept):
+            failure = outcome.failed.get(index)
+            if failure is None:
                 settlement.delivered += 1
                 continue
-            failure = failed
             attempts = event.attempts + 1
             if failure.permanent or attempts >= item.max_attempts:
                 settlement.dead.append(DeadLetter(event.id, attempts, failure.error))

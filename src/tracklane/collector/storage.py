@@ -290,21 +290,29 @@ class Storage:
                 ticket.done = True
 
     @contextmanager
-    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+    def write_transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """Run writes of another table (the outbox) in one transaction on the writer.
 
         Holds the write lock, so it never waits on SQLite's busy handler behind an insert.
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL``): a kill -9
+        loses nothing, a power cut may undo it (never what a later durable commit wrote).
         """
         with self._write_lock:
             self._check_open()
-            self._writer.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._writer.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield self._writer
-            except BaseException:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise
-            self._writer.execute("COMMIT")
+                self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._writer
+                except BaseException:
+                    if self._writer.in_transaction:
+                        self._writer.execute("ROLLBACK")
+                    raise
+                self._writer.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._writer.execute("PRAGMA synchronous=FULL")
 
     def query(self, where: EventFilter, limit: int) -> List[Dict[str, Any]]:
         """Return up to ``limit`` matching events as served by the read API.

@@ -6,6 +6,8 @@ then decided per event and destination, first match wins:
 - a dead letter: ``dead-lettered`` (attempts, last error);
 - a pending row: ``pending`` (attempts so far, next attempt, last error);
 - not yet claimed (id above the destination's cursor): ``pending`` with 0 attempts;
+- stored before the destination was added (id at or below where its outbox started):
+  ``not-routed``, with the reason;
 - otherwise the outbox has let the event go, and the routing rules (pure, the same the
   router applies) say why: ``skipped`` (integrations or the destination's sources),
   ``filtered`` (a filter), else ``delivered`` (delivered rows are deleted on success).
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from tracklane.collector.storage import EventRow
 
 __all__ = ["deliveries_of"]
+
+_ADDED_LATER = "the destination was added after this event was stored"
 
 
 def deliveries_of(router: Router, rows: Sequence[EventRow]) -> Dict[int, List[Dict[str, Any]]]:
@@ -54,6 +58,8 @@ def deliveries_of(router: Router, rows: Sequence[EventRow]) -> Dict[int, List[Di
                 )
             elif row.seq > trace.position:
                 entry["status"] = "pending"
+            elif row.seq <= trace.start:
+                entry.update(status="not-routed", reason=_ADDED_LATER)
             else:
                 rules = filters_for(router.config.filters, source, item.name)
                 verdict = route(message, source, item, rules).verdict

@@ -70,6 +70,9 @@ class Envelope(NamedTuple):
     message: Message  # wire form, with receivedAt
     source: str  # the source's name (its write key when no config names it)
     options: Optional[Dict[str, Any]] = None  # ``integrations[<destination>]`` if an object
+    # The message's JSON as it is to be sent, for a destination that ``accepts_wire``; its
+    # ``message`` then holds only the messageId (decoding it was saved).
+    wire: Optional[bytes] = None
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,18 @@ class Destination:
 
     ``claim_size`` is how many messages the router hands over at once (a webhook with
     ``batch_size`` 1 still gets a claim of many, and sends them in parallel).
+    A destination that sets ``accepts_wire`` gets, for each message no filter had to
+    edit, the encoded JSON in ``Envelope.wire`` and a ``message`` holding only its
+    ``messageId``. ``claims_in_flight`` above 1 lets the router read and route the next claims while
+    earlier ones are delivered: ``deliver`` is then called from that many threads at once
+    and must be thread-safe.
     """
 
     type_name: ClassVar[str] = ""
     settings: ClassVar[Mapping[str, Setting]] = {}
     claim_size: int = 500
+    claims_in_flight: int = 1
+    accepts_wire: ClassVar[bool] = False
 
     def __init__(self, name: str, config: Mapping[str, Any]) -> None:
         """Keep the destination's name and its checked settings."""
