@@ -12,8 +12,6 @@ Routes:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import sqlite3
 from contextlib import asynccontextmanager
@@ -39,6 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tracklane._iso import utc_now
+from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
@@ -51,6 +50,7 @@ from tracklane.collector._ingest import (
     prepare_batch,
     prepare_single,
 )
+from tracklane.collector._ingest_route import CHALLENGE, Answer, IngestRoute
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector.debugger import install_debugger
@@ -112,6 +112,11 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
+    # POSTs to the ingest paths skip Starlette's router (added first: the debugger's refusal
+    # recorder, added next, wraps it).
+    ingest_types: Dict[str, Optional[str]] = dict.fromkeys(BATCH_PATHS)
+    ingest_types.update({f"/v1/{kind}": kind for kind in MESSAGE_TYPES})
+    app.add_middleware(IngestRoute, ingest=collector.ingest, paths=ingest_types)
     # The debugger: its page at /, its API, and the recorder of refused messages.
     ingest_paths = [*BATCH_PATHS, *(f"/v1/{kind}" for kind in MESSAGE_TYPES)]
     install_debugger(app, store, collector.write_keys, ingest_paths, router)
@@ -127,19 +132,29 @@ class _Collector:
 
     async def batch(self, request: Request) -> Response:
         """Store a batch, keeping its valid messages and reporting the others."""
-        return await self._ingest(request, None)
+        return _response(await self.ingest(request.headers.get, request.stream(), None))
 
     def single_endpoint(self, message_type: str) -> Endpoint:
         """Return the handler of ``POST /v1/<message_type>``."""
 
         async def endpoint(request: Request) -> Response:
-            return await self._ingest(request, message_type)
+            answer = await self.ingest(request.headers.get, request.stream(), message_type)
+            return _response(answer)
 
         return endpoint
 
-    async def _ingest(self, request: Request, message_type: Optional[str]) -> Response:
+    async def ingest(
+        self,
+        header: Callable[[str], Optional[str]],
+        chunks: AsyncIterator[bytes],
+        message_type: Optional[str],
+    ) -> Answer:
+        """Read, check and store one ingest request; return the answer to send.
+
+        Shared by the Starlette routes and the plain ASGI route (``_ingest_route``).
+        """
         try:
-            header_key = _basic_user(request.headers.get("authorization"))
+            header_key = basic_user(header("authorization"))
         except ValueError as exc:
             if self.write_keys:
                 return _unauthorized(str(exc))
@@ -148,9 +163,9 @@ class _Collector:
             return _unauthorized("unknown write key")
         try:
             raw = await read_limited(
-                request.stream(),
-                content_encoding=request.headers.get("content-encoding"),
-                content_length=request.headers.get("content-length"),
+                chunks,
+                content_encoding=header("content-encoding"),
+                content_length=header("content-length"),
                 limit=MAX_REQUEST_BYTES if message_type is None else MAX_MESSAGE_BYTES,
                 what="request body" if message_type is None else "message",
             )
@@ -164,7 +179,7 @@ class _Collector:
         header_key: Optional[str],
         message_type: Optional[str],
         received_at: datetime,
-    ) -> Response:
+    ) -> Answer:
         """Parse, authorize, validate and store one request (blocking; runs in a thread)."""
         try:
             payload = parse_body(raw)
@@ -195,8 +210,8 @@ class _Collector:
         if prepared.rejected and not prepared.messages:
             body["success"] = False
             body["error"] = f"all {len(prepared.rejected)} messages were rejected"
-            return _json_response(400, body)
-        return _json_response(200, body)
+            return Answer(400, dumps(body))
+        return Answer(200, dumps(body))
 
     async def events(self, request: Request) -> Response:
         """Serve ``GET /v1/events``: ``{"events": [...]}``, newest first."""
@@ -208,15 +223,15 @@ class _Collector:
 
     async def _read(self, request: Request, *, counting: bool) -> Response:
         try:
-            key = _basic_user(request.headers.get("authorization"))
+            key = basic_user(request.headers.get("authorization"))
         except ValueError as exc:
             if self.write_keys:
-                return _unauthorized(str(exc))
+                return _response(_unauthorized(str(exc)))
             key = None
         if self.write_keys and key is None:
-            return _unauthorized("reading events needs a write key (HTTP Basic auth)")
+            return _response(_unauthorized("reading events needs a write key (HTTP Basic auth)"))
         if self.write_keys and key not in self.write_keys:
-            return _unauthorized("unknown write key")
+            return _response(_unauthorized("unknown write key"))
         try:
             where, limit = parse_query(
                 request.query_params.multi_items(),
@@ -224,7 +239,7 @@ class _Collector:
                 key,
             )
         except RequestError as exc:
-            return _json_error(400, str(exc))
+            return _response(_json_error(400, str(exc)))
         try:
             if counting:
                 return _json_response(
@@ -232,29 +247,12 @@ class _Collector:
                 )
             events = await run_in_threadpool(self.storage.query, where, limit)
         except (sqlite3.Error, StorageError) as exc:
-            return _json_error(503, f"storage unavailable: {exc}")
+            return _response(_json_error(503, f"storage unavailable: {exc}"))
         return _json_response(200, {"events": events})
 
     async def health(self, _request: Request) -> Response:
         """Serve ``GET /health``."""
         return _json_response(200, {"ok": True})
-
-
-def _basic_user(header: Optional[str]) -> Optional[str]:
-    """Return the user name of an HTTP Basic ``Authorization`` header (``None`` if absent).
-
-    Raises ValueError when the header is present but not usable Basic credentials.
-    """
-    if header is None:
-        return None
-    scheme, _, credentials = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        raise ValueError("only HTTP Basic auth is supported (write key as the user name)")
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ValueError("malformed HTTP Basic credentials") from None
-    return decoded.partition(":")[0] or None
 
 
 def _json_response(
@@ -263,16 +261,17 @@ def _json_response(
     return Response(dumps(body), status, headers, media_type="application/json")
 
 
-def _json_error(status: int, message: str) -> Response:
-    return _json_response(status, {"success": False, "error": message})
+def _json_error(status: int, message: str) -> Answer:
+    return Answer(status, dumps({"success": False, "error": message}))
 
 
-def _unauthorized(message: str) -> Response:
-    return _json_response(
-        401,
-        {"success": False, "error": message},
-        {"WWW-Authenticate": 'Basic realm="tracklane collector"'},
-    )
+def _unauthorized(message: str) -> Answer:
+    return Answer(status=401, body=dumps({"success": False, "error": message}), challenge=True)
+
+
+def _response(answer: Answer) -> Response:
+    headers = {"WWW-Authenticate": CHALLENGE} if answer.challenge else None
+    return Response(answer.body, answer.status, headers, media_type="application/json")
 
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
