@@ -70,7 +70,8 @@ def test_bad_text_refuses_its_message_and_keeps_the_others(
     assert sorted(reasons) == list(range(1, len(BAD) + 1))
     for index, (_, field) in enumerate(BAD, start=1):
         assert reasons[index].startswith(field), reasons[index]
-    assert "lone surrogate" in reasons[1] and "NUL" in reasons[2]
+    assert "lone surrogate" in reasons[1]
+    assert "NUL" in reasons[2]
     assert _stored_ids(collector) == ["good-1", "good-2"]
     # A NUL deeper in a message is ordinary JSON: kept as it was sent.
     events = httpx.get(collector.url + "/v1/events", params={"limit": 1}, auth=("k", "")).json()

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tracklane._iso import format_iso, parse_iso
+from tracklane.collector._auth import basic_user as _basic_user
 from tracklane.collector._body import GzipInflater
 from tracklane.collector._ingest import RequestError, parse_body
 from tracklane.collector._json import dumps, loads, loads_stored
-from tracklane.collector._auth import basic_user as _basic_user
 
 
 class TestTimes:
