@@ -238,17 +238,19 @@ def _encode(message: Dict[str, Any]) -> bytes:
     try:
         return orjson.dumps(message)
     except orjson.JSONEncodeError:
-        pass  # a lone surrogate, or an integer wider than 64 bits
-    where = _lone_surrogate(message, "")
-    if where is not None:
-        path, char = where
-        raise _Rejected(
-            f"{path!r} contains a lone surrogate (\\u{ord(char):04x}), which is not valid Unicode"
-        )
+        pass  # a lone surrogate, an integer wider than 64 bits, or nesting past 255 levels
     try:
-        return dumps(message)
+        where = _lone_surrogate(message, "")
+        if where is None:
+            return dumps(message)
+    except RecursionError:
+        raise _Rejected("message is nested too deeply to be stored") from None
     except ValueError as exc:
         raise _Rejected(f"message cannot be stored as JSON: {exc}") from None
+    path, char = where
+    raise _Rejected(
+        f"{path!r} contains a lone surrogate (\\u{ord(char):04x}), which is not valid Unicode"
+    )
 
 
 def _lone_surrogate(value: Any, path: str) -> Optional[Tuple[str, str]]:
