@@ -96,19 +96,27 @@ _PLACE = b"@@@@@@@@"  # replaced by a per-request counter, so every messageId is
 _TEMPLATES = 16
 
 
-def batch_templates(rng: random.Random, client: int, batch_size: int) -> List[bytes]:
+def batch_templates(
+    rng: random.Random, client: int, batch_size: int, random_ids: bool = False
+) -> List[bytes]:
     """Request bodies built before the clock starts, each messageId with a placeholder.
 
     Building realistic messages costs the load generator far more CPU than the collector
     spends storing them; on a 2-core machine the two would share the cores, so bodies are
-    built up front and each request only stamps a counter into its messageIds.
+    built up front and each request only stamps a counter into its messageIds. The counter
+    leads, so messageIds mostly grow; with ``random_ids`` the message's index leads and the
+    stamp is random, so they land at random places in the store's unique index, as UUIDs do.
     """
     now = _iso(datetime.now(timezone.utc))
     templates = []
     for number in range(_TEMPLATES):
         batch = [realistic_message(rng, now) for _ in range(batch_size)]
         for index, message in enumerate(batch):
-            message["messageId"] = f"@@@@@@@@-{client:04x}-{number:04x}-{index:04x}-bench"
+            message["messageId"] = (
+                f"{index:04x}-@@@@@@@@-{client:04x}-{number:04x}-bench"
+                if random_ids
+                else f"@@@@@@@@-{client:04x}-{number:04x}-{index:04x}-bench"
+            )
         templates.append(orjson.dumps({"batch": batch, "sentAt": now}))
     return templates
 
@@ -122,14 +130,16 @@ def run_client(
     start: threading.Barrier,
     result: ClientResult,
     seed: int,
+    random_ids: bool = False,
 ) -> None:
     """POST batches until the time or count bound; count acknowledged events."""
-    templates = batch_templates(random.Random(seed), seed, batch_size)
+    rng = random.Random(seed)
+    templates = batch_templates(rng, seed, batch_size, random_ids)
     with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as http:
         start.wait(120)
         stop_at = time.monotonic() + duration
         while result.requests < max_batches and time.monotonic() < stop_at:
-            counter = result.requests // _TEMPLATES
+            counter = rng.getrandbits(32) if random_ids else result.requests // _TEMPLATES
             body = templates[result.requests % _TEMPLATES].replace(_PLACE, b"%08x" % counter)
             response = http.post(
                 "/v1/batch", content=body, headers={"Content-Type": "application/json"}
@@ -209,7 +219,17 @@ def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, in
     threads = [
         threading.Thread(
             target=run_client,
-            args=(url, key, args.batch_size, args.max_batches, args.duration, start, r, i),
+            args=(
+                url,
+                key,
+                args.batch_size,
+                args.max_batches,
+                args.duration,
+                start,
+                r,
+                i,
+                args.random_ids,
+            ),
             daemon=True,
         )
         for i, r in enumerate(results)
@@ -259,9 +279,10 @@ def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
     with start_server(location, key) as url:
         sent, requests, failures, elapsed, stored = _measure(url, key, args)
     mode = "in-thread" if args.in_thread else "subprocess"
+    ids = ", random messageIds" if args.random_ids else ""
     print(
         f"collector ingest into {store} ({mode}, {args.clients} clients,"
-        f" batches of {args.batch_size})"
+        f" batches of {args.batch_size}{ids})"
     )
     print(f"  requests: {requests} ({failures} failed) in {elapsed:.2f} s")
     print(f"  events acknowledged: {sent}, stored (GET /v1/events/count): {stored}")
@@ -324,6 +345,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     parser.add_argument("--max-batches", type=int, default=5_000, help="per client")
     parser.add_argument("--in-thread", action="store_true", help="serve in this process")
+    parser.add_argument(
+        "--random-ids",
+        action="store_true",
+        help="messageIds at random places in the unique index, as UUIDs (default: growing)",
+    )
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
     )

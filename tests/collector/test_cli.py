@@ -10,11 +10,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import httpx
 import pytest
@@ -151,6 +152,54 @@ def test_acknowledged_events_survive_kill_9(spawn: Spawn, tmp_path: Path) -> Non
     assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 500
+
+
+KILL_CLIENTS = 4
+KILL_BATCH = 50
+KILL_AFTER_REQUESTS = 40  # requests acknowledged (all clients) before the collector is killed
+
+
+def test_events_acknowledged_by_concurrent_requests_survive_kill_9(
+    spawn: Spawn, tmp_path: Path
+) -> None:
+    """Clients post at once (their rows share commits); SIGKILL mid-stream loses no 200."""
+    db = tmp_path / "events.db"
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db)])
+    acked: Set[str] = set()
+    lock = threading.Lock()
+    enough = threading.Event()
+    outcomes: List[str] = []
+
+    def post_until_killed() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            for _ in range(200):  # bounded: the kill comes long before
+                ids = [str(uuid.uuid4()) for _ in range(KILL_BATCH)]
+                batch = [
+                    {"type": "track", "userId": "u", "event": "E", "messageId": i} for i in ids
+                ]
+                try:
+                    response = http.post("/v1/batch", json={"batch": batch})
+                except httpx.HTTPError as exc:  # the collector is gone
+                    outcomes.append(type(exc).__name__)
+                    return
+                assert response.status_code == 200, response.text
+                with lock:
+                    acked.update(ids)
+                    if len(acked) >= KILL_AFTER_REQUESTS * KILL_BATCH:
+                        enough.set()
+
+    threads = [threading.Thread(target=post_until_killed) for _ in range(KILL_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    assert enough.wait(60), "the collector did not acknowledge enough requests in 60 s"
+    server.proc.kill()
+    assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
+    for thread in threads:
+        thread.join(30)
+    assert len(outcomes) == KILL_CLIENTS  # each client saw the kill, mid-stream
+    with closing(sqlite3.connect(db)) as conn:
+        stored = {row[0] for row in conn.execute("SELECT message_id FROM events")}
+    assert acked <= stored
 
 
 def test_port_in_use_exits_1_with_a_message(tmp_path: Path) -> None:

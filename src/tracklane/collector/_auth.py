@@ -23,4 +23,7 @@ def basic_user(header: Optional[str]) -> Optional[str]:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError("malformed HTTP Basic credentials") from None
-    return decoded.partition(":")[0] or None
+    user = decoded.partition(":")[0]
+    if "\x00" in user:
+        raise ValueError("the write key in HTTP Basic credentials contains a NUL character")
+    return user or None

@@ -6,9 +6,12 @@ The rules are the client's (``tracklane.messages.check_wire_message``), the limi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Tuple
+
+import orjson
 
 from tracklane._iso import format_iso, parse_iso
 from tracklane.collector._json import dumps, loads
@@ -86,6 +89,8 @@ def body_write_key(payload: Dict[str, Any]) -> Optional[str]:
         return None
     if not isinstance(key, str):
         raise RequestError("'writeKey' must be a string")
+    if "\x00" in key or _SURROGATE.search(key):
+        raise RequestError("'writeKey' contains a NUL character or a lone surrogate")
     return key
 
 
@@ -135,6 +140,8 @@ def _prepare(
         message_type, user_id, anonymous_id = check_wire_message(message)
     except ValidationError as exc:
         raise _Rejected(exc.problem) from None
+    if _NUL_ESCAPE in encoded:  # orjson writes NUL as this escape: look closer
+        _refuse_nul(message)
     timestamp = times.corrected(message)
     batch_sent_text = times.batch_sent_text
     if batch_sent_text is not None and message.get("sentAt") != batch_sent_text:
@@ -142,28 +149,45 @@ def _prepare(
         # debugger shows it). Appended to the encoded bytes: no second encode on the hot path.
         had_sent_at = "sentAt" in message
         message["sentAt"] = batch_sent_text
-        encoded = (
-            _encode(message)
-            if had_sent_at
-            else encoded[:-1] + b',"sentAt":' + dumps(batch_sent_text) + b"}"
-        )
+        encoded = _encode(message) if had_sent_at else encoded[:-1] + times.sent_at_member + b"}"
     message_id = message.get("messageId")
     if message_id is None:
         message_id = new_message_id()
         message["messageId"] = message_id
         encoded = _encode(message)
-    return StoredMessage(
-        write_key=write_key,
-        message_id=message_id,
-        type=message_type,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        event=message.get("event") if message_type == "track" else None,
-        received_at=times.received_text,
-        timestamp=timestamp,
-        original_timestamp=message.get("timestamp"),
-        body=encoded.decode("utf-8"),
+    # A positional tuple in StoredMessage's field order: a third of keyword construction.
+    return _stored_message(
+        (
+            write_key,
+            message_id,
+            message_type,
+            user_id,
+            anonymous_id,
+            message.get("event") if message_type == "track" else None,
+            times.received_text,
+            timestamp,
+            message.get("timestamp"),
+            encoded.decode("utf-8"),
+        )
     )
+
+
+def _stored_message(values: Tuple[Any, ...]) -> StoredMessage:
+    return tuple.__new__(StoredMessage, values)
+
+
+# Fields stored in columns of their own or used as identifiers downstream: a NUL in them is
+# refused (PostgreSQL text cannot hold one, and no destination expects one in an id). A NUL
+# deeper in a message is ordinary JSON and kept, escaped, in the stored body.
+_NUL_FIELDS = ("userId", "anonymousId", "messageId", "event", "groupId", "previousId")
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _refuse_nul(message: Dict[str, Any]) -> None:
+    for name in _NUL_FIELDS:
+        value = message.get(name)
+        if isinstance(value, str) and "\x00" in value:
+            raise _Rejected(f"{name!r} contains a NUL character (\\u0000), not allowed there")
 
 
 class _Times:
@@ -183,6 +207,9 @@ class _Times:
         self.received_text = format_iso(received_at)
         self.batch_sent_at = batch_sent_at
         self.batch_sent_text = batch_sent_text
+        self.sent_at_member = (
+            b',"sentAt":' + dumps(batch_sent_text) if batch_sent_text is not None else b""
+        )
         self._done: Dict[Tuple[Any, Any], str] = {}
 
     def corrected(self, message: Dict[str, Any]) -> str:
@@ -209,9 +236,46 @@ class _Times:
 
 def _encode(message: Dict[str, Any]) -> bytes:
     try:
-        return dumps(message)
+        return orjson.dumps(message)
+    except orjson.JSONEncodeError:
+        pass  # a lone surrogate, an integer wider than 64 bits, or nesting past 255 levels
+    try:
+        where = _lone_surrogate(message, "")
+        if where is None:
+            return dumps(message)
+    except RecursionError:
+        raise _Rejected("message is nested too deeply to be stored") from None
     except ValueError as exc:
         raise _Rejected(f"message cannot be stored as JSON: {exc}") from None
+    path, char = where
+    raise _Rejected(
+        f"{path!r} contains a lone surrogate (\\u{ord(char):04x}), which is not valid Unicode"
+    )
+
+
+def _lone_surrogate(value: Any, path: str) -> Optional[Tuple[str, str]]:
+    """Find a string holding a lone surrogate: return (its field path, the surrogate)."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        return (path or "message", found.group()) if found else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            found = _SURROGATE.search(key)
+            if found:
+                return (f"{name} (a key)", found.group())
+            hit = _lone_surrogate(item, name)
+            if hit is not None:
+                return hit
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            hit = _lone_surrogate(item, f"{path}[{index}]")
+            if hit is not None:
+                return hit
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _time_field(message: Dict[str, Any], name: str) -> Optional[datetime]:

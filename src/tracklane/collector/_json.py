@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Union
 
 import orjson
 
@@ -23,10 +23,29 @@ _NINETEEN = b"0" * 19
 
 
 def loads(raw: bytes) -> Any:
-    """Parse a request body; raises ValueError (with a reason) when it is not strict JSON."""
+    """Parse a request body; raises ValueError (with a reason) when it is not strict JSON.
+
+    A lone surrogate escape (``"\\ud800"``) is kept, as the stdlib parser keeps it, so that
+    the collector can refuse the one message holding it rather than the whole batch.
+    """
     if _NINETEEN not in raw.translate(_DIGITS_TO_ZERO):
-        return orjson.loads(raw)
-    return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if b"\\u" not in raw:  # no escape at all: not a lone surrogate
+                raise
+            try:
+                return _stdlib_loads(raw.decode("utf-8"))
+            except ValueError:
+                raise exc from None
+    return _stdlib_loads(raw)
+
+
+def _stdlib_loads(raw: Union[bytes, str]) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def loads_stored(text: str) -> Any:

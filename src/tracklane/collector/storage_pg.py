@@ -59,10 +59,13 @@ CREATE TABLE IF NOT EXISTS tracklane_events (
     body TEXT NOT NULL,
     UNIQUE (write_key, message_id)
 );
-CREATE INDEX IF NOT EXISTS tracklane_events_user_id ON tracklane_events (user_id);
-CREATE INDEX IF NOT EXISTS tracklane_events_anonymous_id ON tracklane_events (anonymous_id);
+DROP INDEX IF EXISTS tracklane_events_user_id;
+DROP INDEX IF EXISTS tracklane_events_anonymous_id;
 COMMENT ON TABLE tracklane_events IS 'tracklane collector events, schema version 1';
 """
+# No index by userId or anonymousId, as in the SQLite store: each costs a random index page
+# per stored event (docs/performance.md); reads filtered by user scan from the newest event.
+#
 # One statement and one parameter per request: the rows as one JSON array (one orjson call),
 # read by json_to_recordset in array order, so ids rise in the order messages arrived, as the
 # read API's newest-first needs. Measured against unnest() of one array per column: psycopg
