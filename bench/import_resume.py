@@ -10,6 +10,10 @@ delivery into the local collector across a SIGKILL.
 
     python bench/import_resume.py                     # 1,000,000 events, both parts
     python bench/import_resume.py --events 200000 --skip-collector
+    # before/after, interleaved: the sink import with another source tree, in turn
+    git archive main src | tar -x -C /tmp/base
+    python bench/import_resume.py --events 200000 --skip-collector --repeat 5 \
+        --baseline-src /tmp/base/src
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,10 +86,12 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
             out.write(json.dumps(message, separators=(",", ":")) + "\n")
 
 
-def run_measured(args: List[str]) -> Tuple[int, float, int, str, float]:
+def run_measured(
+    args: List[str], env: Optional[Dict[str, str]] = None
+) -> Tuple[int, float, int, str, float]:
     """Run a command; return (exit code, wall seconds, peak RSS in KB, stdout, CPU seconds)."""
     started = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _pid, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - started
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -95,8 +102,14 @@ def run_measured(args: List[str]) -> Tuple[int, float, int, str, float]:
     return code, elapsed, int(usage.ru_maxrss), out, usage.ru_utime + usage.ru_stime
 
 
-def into_sink(path: Path, count: int, batch_size: int) -> Dict[str, float]:
-    """Import into the acknowledging sink; events/s and peak RSS."""
+def into_sink(
+    path: Path, count: int, batch_size: int, source: Optional[str] = None
+) -> Dict[str, float]:
+    """Import into the acknowledging sink; events/s and peak RSS. ``source``: the
+    ``src`` directory of another tracklane to run instead of the installed one."""
+    env = None
+    if source is not None:
+        env = dict(os.environ, PYTHONPATH=source)
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -124,7 +137,8 @@ def into_sink(path: Path, count: int, batch_size: int) -> Dict[str, float]:
                 f"--host={url}",
                 "--progress=none",
                 f"--batch-size={batch_size}",
-            ]
+            ],
+            env,
         )
         stats = json.load(urllib.request.urlopen(f"{url}/_bench/stats", timeout=10))
     finally:
@@ -208,12 +222,31 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
     }
 
 
+def _brief(result: Dict[str, float]) -> str:
+    return (
+        f"{result['events_per_s']:,.0f} events/s, {result['events_per_cpu_s']:,.0f} per CPU s "
+        f"({1e6 / result['events_per_cpu_s']:.1f} us CPU/event), "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def _median(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """Per figure, the median of the runs (each figure on its own)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-sink", action="store_true")
     parser.add_argument("--skip-collector", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="sink imports (interleaved)")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="another tracklane's src directory: its sink import runs in turn with this one's",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tracklane-import-bench-") as tmp:
         workdir = Path(tmp)
@@ -227,8 +260,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         results: Dict[str, Dict[str, float]] = {}
         if not args.skip_sink:
-            results["sink"] = into_sink(path, args.events, args.batch_size)
+            runs: Dict[str, List[Dict[str, float]]] = {"this": [], "baseline": []}
+            for _ in range(args.repeat):
+                for name in ("baseline", "this"):
+                    if name == "baseline" and args.baseline_src is None:
+                        continue
+                    source = args.baseline_src if name == "baseline" else None
+                    result = into_sink(path, args.events, args.batch_size, source)
+                    runs[name].append(result)
+                    if args.repeat > 1 or args.baseline_src:
+                        print(f"{name}: " + _brief(result), flush=True)
+            results["sink"] = _median(runs["this"])
             print("into the sink:", json.dumps(results["sink"], indent=1))
+            if runs["baseline"]:
+                base = _median(runs["baseline"])
+                print("baseline into the sink:", json.dumps(base, indent=1))
+                this = results["sink"]
+                print(
+                    f"this / baseline: events/s x{this['events_per_s'] / base['events_per_s']:.2f}"
+                    f", per CPU s x{this['events_per_cpu_s'] / base['events_per_cpu_s']:.2f}"
+                )
         if not args.skip_collector:
             results["collector"] = into_collector(path, args.events, workdir)
             print(
