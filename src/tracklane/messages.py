@@ -526,7 +526,7 @@ def prepare_wire_message(message: Any) -> Message:
         and type(get("integrations")) in _OBJECT_TYPES
     ):
         check_wire_message(message)
-    prepared = message
+    prepared: Message = message
     stamp = get("timestamp")
     if type(stamp) is not str or not _RFC3339.fullmatch(stamp):
         prepared = dict(message)
