@@ -102,14 +102,29 @@ def run_measured(
     return code, elapsed, int(usage.ru_maxrss), out, usage.ru_utime + usage.ru_stime
 
 
+_PYCACHE: Optional[str] = None  # set by main: where the importer's bytecode is cached
+
+
+def command_env(source: Optional[str] = None) -> Dict[str, str]:
+    """The importer's environment: ``source`` first on the path; bytecode cached (as in an
+    installed package) unless --cold-start, as a development shell with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module at every start."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
+    if _PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(_PYCACHE, "baseline" if source else "this")
+        subprocess.run([str(TRACKLANE), "--version"], env=env, check=True, capture_output=True)
+    return env
+
+
 def into_sink(
     path: Path, count: int, batch_size: int, source: Optional[str] = None
 ) -> Dict[str, float]:
     """Import into the acknowledging sink; events/s and peak RSS. ``source``: the
     ``src`` directory of another tracklane to run instead of the installed one."""
-    env = None
-    if source is not None:
-        env = dict(os.environ, PYTHONPATH=source)
+    env = command_env(source)
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -188,7 +203,8 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
             "--progress=none",
         ]
         started = time.monotonic()
-        first = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        env = command_env()
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         while done_in(state) < count // 2:
             if first.poll() is not None:
                 raise SystemExit(f"the first run ended early (exit {first.returncode})")
@@ -197,7 +213,7 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
         _pid, _status, usage = os.wait4(first.pid, 0)
         first_seconds = time.monotonic() - started
         at_kill = done_in(state)
-        code, second_seconds, rss, out, _cpu = run_measured(command)
+        code, second_seconds, rss, out, _cpu = run_measured(command, env)
         assert code == 0, out
     finally:
         server.terminate()
@@ -247,9 +263,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         metavar="DIR",
         help="another tracklane's src directory: its sink import runs in turn with this one's",
     )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="keep the environment's bytecode setting (PYTHONDONTWRITEBYTECODE=1 compiles)",
+    )
     args = parser.parse_args(argv)
+    global _PYCACHE
     with tempfile.TemporaryDirectory(prefix="tracklane-import-bench-") as tmp:
         workdir = Path(tmp)
+        _PYCACHE = None if args.cold_start else str(workdir / "pycache")
         path = workdir / "history.jsonl"
         started = time.monotonic()
         generate(path, args.events)
