@@ -10,6 +10,10 @@ delivery into the local collector across a SIGKILL.
 
     python bench/import_resume.py                     # 1,000,000 events, both parts
     python bench/import_resume.py --events 200000 --skip-collector
+    # before/after, interleaved: the sink import with another source tree, in turn
+    git archive main src | tar -x -C /tmp/base
+    python bench/import_resume.py --events 200000 --skip-collector --repeat 5 \
+        --baseline-src /tmp/base/src
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,10 +86,12 @@ def generate(path: Path, count: int, seed: int = 7) -> None:
             out.write(json.dumps(message, separators=(",", ":")) + "\n")
 
 
-def run_measured(args: List[str]) -> Tuple[int, float, int, str, float]:
+def run_measured(
+    args: List[str], env: Optional[Dict[str, str]] = None
+) -> Tuple[int, float, int, str, float]:
     """Run a command; return (exit code, wall seconds, peak RSS in KB, stdout, CPU seconds)."""
     started = time.monotonic()
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _pid, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - started
     out = proc.stdout.read().decode() if proc.stdout else ""
@@ -95,8 +102,29 @@ def run_measured(args: List[str]) -> Tuple[int, float, int, str, float]:
     return code, elapsed, int(usage.ru_maxrss), out, usage.ru_utime + usage.ru_stime
 
 
-def into_sink(path: Path, count: int, batch_size: int) -> Dict[str, float]:
-    """Import into the acknowledging sink; events/s and peak RSS."""
+_PYCACHE: Optional[str] = None  # set by main: where the importer's bytecode is cached
+
+
+def command_env(source: Optional[str] = None) -> Dict[str, str]:
+    """The importer's environment: ``source`` first on the path; bytecode cached (as in an
+    installed package) unless --cold-start, as a development shell with
+    PYTHONDONTWRITEBYTECODE=1 would otherwise compile every module at every start."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = source
+    if _PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = os.path.join(_PYCACHE, "baseline" if source else "this")
+        subprocess.run([str(TRACKLANE), "--version"], env=env, check=True, capture_output=True)
+    return env
+
+
+def into_sink(
+    path: Path, count: int, batch_size: int, source: Optional[str] = None
+) -> Dict[str, float]:
+    """Import into the acknowledging sink; events/s and peak RSS. ``source``: the
+    ``src`` directory of another tracklane to run instead of the installed one."""
+    env = command_env(source)
     sink = subprocess.Popen(
         [
             sys.executable,
@@ -124,7 +152,8 @@ def into_sink(path: Path, count: int, batch_size: int) -> Dict[str, float]:
                 f"--host={url}",
                 "--progress=none",
                 f"--batch-size={batch_size}",
-            ]
+            ],
+            env,
         )
         stats = json.load(urllib.request.urlopen(f"{url}/_bench/stats", timeout=10))
     finally:
@@ -174,7 +203,8 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
             "--progress=none",
         ]
         started = time.monotonic()
-        first = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        env = command_env()
+        first = subprocess.Popen(command, stdout=subprocess.DEVNULL, env=env)
         while done_in(state) < count // 2:
             if first.poll() is not None:
                 raise SystemExit(f"the first run ended early (exit {first.returncode})")
@@ -183,7 +213,7 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
         _pid, _status, usage = os.wait4(first.pid, 0)
         first_seconds = time.monotonic() - started
         at_kill = done_in(state)
-        code, second_seconds, rss, out, _cpu = run_measured(command)
+        code, second_seconds, rss, out, _cpu = run_measured(command, env)
         assert code == 0, out
     finally:
         server.terminate()
@@ -208,15 +238,41 @@ def into_collector(path: Path, count: int, workdir: Path) -> Dict[str, float]:
     }
 
 
+def _brief(result: Dict[str, float]) -> str:
+    return (
+        f"{result['events_per_s']:,.0f} events/s, {result['events_per_cpu_s']:,.0f} per CPU s "
+        f"({1e6 / result['events_per_cpu_s']:.1f} us CPU/event), "
+        f"peak RSS {result['peak_rss_mb']:.0f} MB"
+    )
+
+
+def _median(runs: List[Dict[str, float]]) -> Dict[str, float]:
+    """Per figure, the median of the runs (each figure on its own)."""
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--skip-sink", action="store_true")
     parser.add_argument("--skip-collector", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="sink imports (interleaved)")
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="another tracklane's src directory: its sink import runs in turn with this one's",
+    )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="keep the environment's bytecode setting (PYTHONDONTWRITEBYTECODE=1 compiles)",
+    )
     args = parser.parse_args(argv)
+    global _PYCACHE
     with tempfile.TemporaryDirectory(prefix="tracklane-import-bench-") as tmp:
         workdir = Path(tmp)
+        _PYCACHE = None if args.cold_start else str(workdir / "pycache")
         path = workdir / "history.jsonl"
         started = time.monotonic()
         generate(path, args.events)
@@ -227,8 +283,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         results: Dict[str, Dict[str, float]] = {}
         if not args.skip_sink:
-            results["sink"] = into_sink(path, args.events, args.batch_size)
+            runs: Dict[str, List[Dict[str, float]]] = {"this": [], "baseline": []}
+            for _ in range(args.repeat):
+                for name in ("baseline", "this"):
+                    if name == "baseline" and args.baseline_src is None:
+                        continue
+                    source = args.baseline_src if name == "baseline" else None
+                    result = into_sink(path, args.events, args.batch_size, source)
+                    runs[name].append(result)
+                    if args.repeat > 1 or args.baseline_src:
+                        print(f"{name}: " + _brief(result), flush=True)
+            results["sink"] = _median(runs["this"])
             print("into the sink:", json.dumps(results["sink"], indent=1))
+            if runs["baseline"]:
+                base = _median(runs["baseline"])
+                print("baseline into the sink:", json.dumps(base, indent=1))
+                this = results["sink"]
+                print(
+                    f"this / baseline: events/s x{this['events_per_s'] / base['events_per_s']:.2f}"
+                    f", per CPU s x{this['events_per_cpu_s'] / base['events_per_cpu_s']:.2f}"
+                )
         if not args.skip_collector:
             results["collector"] = into_collector(path, args.events, workdir)
             print(

@@ -14,7 +14,7 @@ from typing import Any, Callable, Coroutine, Optional, TypeVar
 import tracklane
 
 T = TypeVar("T")
-CALLS = ("track", "identify", "page", "screen", "group", "alias")
+CALLS = ("track", "identify", "page", "screen", "group", "alias", "forward")
 
 
 class LoopClient:

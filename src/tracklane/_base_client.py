@@ -39,6 +39,7 @@ from .messages import (
     new_message_id,
     now_timestamp,
     prepare_common,
+    prepare_wire_message,
     track_fields,
     view_fields,
 )
@@ -82,7 +83,7 @@ def gather_options(write_key: Optional[str], given: Dict[str, Any], options: Any
 
 
 class Calls(Generic[R]):
-    """The six calls; what they return (``R``) is up to ``_enqueue``."""
+    """The six calls and ``forward``; what they return (``R``) is up to ``_enqueue``."""
 
     def _enqueue(self, message: Message) -> R:  # pragma: no cover - always overridden
         raise NotImplementedError
@@ -225,6 +226,15 @@ class Calls(Generic[R]):
         return self._enqueue(
             prepare_common(message, user_id, None, context, timestamp, integrations, message_id)
         )
+
+    def forward(self, message: Mapping[str, Any]) -> R:
+        """Send a message already in wire form (``type`` plus Segment's camelCase fields).
+
+        For messages made elsewhere: a replay, an export, a relay. Checked by the
+        collector's rules and sent as given, ``context.library`` included; only a missing
+        ``messageId`` or ``timestamp`` is filled in (see ``docs/forwarding.md``).
+        """
+        return self._enqueue(prepare_wire_message(message))
 
 
 class BaseClient(Calls[Result], SegmentAttributes):

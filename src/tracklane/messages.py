@@ -358,3 +358,83 @@ def wire_id(message: Mapping[str, Any], name: str, *, numbers: bool = True) -> O
     if numbers and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     raise ValidationError(name, f"{name!r} must be a string")
+
+
+# -- messages sent in wire form (``Client.forward``) -----------------------------------
+
+# RFC 3339 text, the form every Segment library sends: kept byte for byte when forwarded.
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(?:\.\d+)?(?:[Zz]|[+-]\d\d:\d\d)")
+_from_iso = dt.datetime.fromisoformat
+# Set when a message is sent, not by its author: the sending client's own apply.
+_SENDER_FIELDS = ("sentAt", "writeKey")
+# The field each type needs besides an identity (its usual shape: non-empty text).
+_NEEDS_TEXT = REQUIRED_WIRE_FIELD
+_NO_REQUIRED = frozenset(MESSAGE_TYPES) - frozenset(REQUIRED_WIRE_FIELD)
+_OBJECT_TYPES = frozenset({dict, type(None)})
+
+
+def prepare_wire_message(message: Any) -> Message:
+    """A message given in wire form (``type`` and Segment's camelCase fields), ready to send.
+
+    Checked by :func:`check_wire_message`'s rules (the collector's), plus ``timestamp``.
+    Returns ``message`` itself when it is a dict that needs nothing, else a copy that
+    differs only where a sender must decide: a missing ``messageId`` (a new one) or
+    ``timestamp`` (now); a timestamp that is not RFC 3339 text (a datetime, a date, other
+    ISO-8601 text) in wire form; and without ``sentAt`` and ``writeKey``, which the sending
+    client sets. ``context`` (its ``library`` included), ``integrations`` and every other
+    field are sent as given.
+
+    One function, the usual shape checked inline: each Python call or bytecode here costs
+    every forwarded message (``tracklane import`` sends 50,000 a second).
+    """
+    if type(message) is not dict:
+        if not isinstance(message, Mapping):
+            raise ValidationError(
+                "message", f"must be a mapping (dict) in wire form, not {type(message).__name__}"
+            )
+        message = dict(message)
+    # The usual shape (ids as text, objects as dicts) is accepted here: exactly what
+    # check_wire_message accepts of it. Anything else is left to check_wire_message, which
+    # raises naming the field or accepts a rarer shape (numeric ids).
+    get = message.get
+    kind = get("type")
+    required = _NEEDS_TEXT.get(kind) if type(kind) is str else None
+    user_id = get("userId")
+    anonymous_id = get("anonymousId")
+    message_id = get("messageId")
+    if not (
+        (required is not None or kind in _NO_REQUIRED)
+        and (required is None or (type(get(required)) is str and get(required)))
+        and (type(user_id) is str or user_id is None)
+        and (type(anonymous_id) is str or anonymous_id is None)
+        and (user_id or (anonymous_id and kind != "alias"))
+        and (
+            message_id is None
+            or (type(message_id) is str and 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH)
+        )
+        and type(get("properties")) in _OBJECT_TYPES
+        and type(get("traits")) in _OBJECT_TYPES
+        and type(get("context")) in _OBJECT_TYPES
+        and type(get("integrations")) in _OBJECT_TYPES
+    ):
+        check_wire_message(message)
+    prepared: Message = message
+    stamp = get("timestamp")
+    if type(stamp) is not str or not _RFC3339.fullmatch(stamp):
+        prepared = dict(message)
+        prepared["timestamp"] = now_timestamp() if stamp is None else format_timestamp(stamp)
+    else:
+        try:  # a real date and time (no 2024-02-30): the shape is the regular expression's
+            _from_iso(stamp[:19]) if stamp[-1] in "Zz" else parse_iso(stamp)
+        except ValueError:
+            raise ValidationError("timestamp", f"not an ISO-8601 time: {stamp[:60]!r}") from None
+    if message_id is None:
+        if prepared is message:
+            prepared = dict(message)
+        prepared["messageId"] = new_message_id()
+    if "sentAt" in message or "writeKey" in message:
+        if prepared is message:
+            prepared = dict(message)
+        for name in _SENDER_FIELDS:
+            prepared.pop(name, None)
+    return prepared

@@ -28,6 +28,9 @@ def main() -> None:
     assert isinstance(queued, bool)
     assert message["type"] == "track"
     client.identify("u", {"name": "Ada"}, timestamp=dt.datetime.now(dt.timezone.utc))
+    forwarded, as_sent = client.forward({"type": "track", "userId": "u", "event": "Replayed"})
+    assert isinstance(forwarded, bool)
+    assert as_sent["event"] == "Replayed"
     result: tracklane.FlushResult = client.flush(timeout=1.0)
     stats: tracklane.Stats = result.stats
     dropped: int = stats.dropped_total + stats.dropped.get(tracklane.DropReason.QUEUE_FULL.value, 0)
@@ -110,6 +113,8 @@ async def async_main() -> None:
         delivered, sent = await ac.deliver.identify("u", {"name": "Ada"})
         assert isinstance(delivered, bool)
         assert sent["type"] == "identify"
+        queued, message = ac.forward({"type": "identify", "anonymousId": "a"})
+        delivered, sent = await ac.deliver.forward({"type": "page", "userId": "u"})
         flushed: tracklane.FlushResult = await ac.flush(timeout=1.0)
         print(flushed.complete, ac.stats().pending)
     capturing = CapturingAsyncClient()

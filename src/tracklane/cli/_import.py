@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Optional, Tuple
 
 import orjson
 
@@ -43,7 +43,7 @@ from tracklane.cli._records import (
     is_csv,
     parse_mapping,
     record_digest,
-    to_call,
+    to_message,
 )
 from tracklane.cli._state import Progress, StateError, StateFile
 
@@ -133,9 +133,6 @@ class Importer:
     def __init__(self, args: argparse.Namespace, client: tracklane.Client) -> None:
         self.args = args
         self.client = client
-        self.calls: Dict[str, Callable[..., Tuple[bool, Dict[str, Any]]]] = {
-            kind: getattr(client, kind) for kind in TYPES
-        }
         self.lock = threading.Lock()
         self.failure: Optional[BaseException] = None
         self.too_large: Optional[BaseException] = None
@@ -278,7 +275,7 @@ class Importer:
     ) -> None:
         args = self.args
         skip = self.base.done
-        calls = self.calls
+        forward = self.client.forward
         label = source.label_bytes
         numbers = self.numbers
         order = self.order
@@ -325,15 +322,15 @@ class Importer:
                         raise LineError("line", f"is not valid JSON ({exc})") from None
                 else:
                     record = build()
-                kind, kwargs = to_call(record)
-                message_id = kwargs.get("message_id")
+                message = to_message(record)
+                message_id = message.get("messageId")
                 if message_id is None:
-                    message_id = kwargs["message_id"] = derived_message_id(label, number, raw)
+                    message_id = message["messageId"] = derived_message_id(label, number, raw)
                 if not dry_run:
                     # Looked up by on_error for a rejected message; pruned at checkpoints.
                     numbers[message_id] = number
                     order.append((number, message_id))
-                queued, _ = calls[kind](**kwargs)
+                queued, _ = forward(message)
                 while not queued:
                     if self.too_large is not None:
                         too_large, self.too_large = self.too_large, None
@@ -344,7 +341,7 @@ class Importer:
                         raise _Stop(describe_error(self.failure))
                     if self.interrupted:
                         raise KeyboardInterrupt
-                    queued, _ = calls[kind](**kwargs)
+                    queued, _ = forward(message)
                 enqueued += 1
             except (LineError, tracklane.ValidationError) as exc:
                 where = (

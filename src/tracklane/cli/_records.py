@@ -1,5 +1,5 @@
 """Reading import input: JSON Lines or CSV (with a column mapping), plain or gzip, and turning
-each record into one of the six calls (type and keyword arguments), or a :class:`LineError`.
+each record into the Segment message to send, or a :class:`LineError`.
 
 Memory stays flat: records are read one at a time; nothing is kept per record.
 """
@@ -13,24 +13,23 @@ import io
 import os
 import sys
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import IO, Any, BinaryIO, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import orjson
 
 from tracklane.cli._fields import ENVELOPE_FIELDS, FIELDS, TYPES
 
 __all__ = [
-    "Call",
     "ColumnMap",
     "Input",
     "LineError",
     "derived_message_id",
     "parse_mapping",
     "record_digest",
-    "to_call",
+    "to_message",
 ]
 
-Call = Tuple[str, Dict[str, Any]]
+Message = Dict[str, Any]
 _GZIP_MAGIC = b"\x1f\x8b"
 _blake2b = hashlib.blake2b
 _CONVERSIONS = ("string", "number", "int", "float", "bool", "json")
@@ -45,36 +44,42 @@ class LineError(ValueError):
         self.reason = reason
 
 
-# type -> {field: argument} of the fields that type takes
-_ARGUMENTS: Dict[str, Dict[str, str]] = {
-    kind: {field: argument for field, (argument, types) in FIELDS.items() if kind in types}
+# type -> the fields a message of that type may have (``type`` included)
+_ALLOWED: Dict[str, FrozenSet[str]] = {
+    kind: frozenset({"type", *(field for field, (_, types) in FIELDS.items() if kind in types)})
     for kind in TYPES
 }
 
 
-def to_call(record: Any) -> Call:
-    """A Segment message (camelCase, with ``type``) as the call that sends it."""
+def to_message(record: Any) -> Message:
+    """A record as the Segment message to send (``Client.forward`` checks the rest).
+
+    A record is a JSON object with a known ``type`` and only the fields of a Segment message
+    of that type; the fields a sender or receiver sets (``sentAt``, ``receivedAt``, ...:
+    found in exports) are left out, and so are other types' fields that are null.
+    """
     if type(record) is not dict:
         raise LineError("line", f"must be a JSON object, not {_kind(record)}")
     kind = record.get("type")
-    arguments = _ARGUMENTS.get(kind) if type(kind) is str else None
-    if arguments is None:
+    allowed = _ALLOWED.get(kind) if type(kind) is str else None
+    if allowed is None:
         if kind is None:
             raise LineError("type", f"is required (one of {', '.join(TYPES)})")
         raise LineError("type", f"must be one of {', '.join(TYPES)}, not {kind!r}")
-    kwargs: Dict[str, Any] = {}
+    if record.keys() <= allowed:  # the common case, one set operation in C
+        return record
+    message: Message = {}
     for key, value in record.items():
-        argument = arguments.get(key)
-        if argument is not None:
+        if key in allowed:
+            message[key] = value
+        elif key in ENVELOPE_FIELDS:
+            continue
+        elif key in FIELDS:
             if value is not None:
-                kwargs[argument] = value
-        elif key != "type" and key not in ENVELOPE_FIELDS:
-            if key in FIELDS:
-                if value is None:
-                    continue
                 raise LineError(key, f"is not part of {_article(str(kind))} {kind} message")
+        else:
             raise LineError(key, "is not a field of a Segment message")
-    return str(kind), kwargs
+    return message
 
 
 def _article(word: str) -> str:

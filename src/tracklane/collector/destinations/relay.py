@@ -2,10 +2,13 @@
 
 Delivery is tracklane's own client (``tracklane.Client``, public API only): one client
 per relay destination with the destination's write key and URL, so batching, gzip,
-retries with backoff and ``Retry-After`` are the library's. Each message is re-sent
-through the client's call for its type with its ``messageId``, ``timestamp``, ``context``
-and ``integrations`` kept, so the upstream deduplicates a redelivery. The client sets
-``context.library`` to tracklane's, as it does for every message it sends.
+retries with backoff and ``Retry-After`` are the library's. Each stored message is
+forwarded as it was received (``Client.forward``): its ``messageId`` (so the upstream
+deduplicates a redelivery), ``context`` with the sender's ``library``, ``integrations``,
+every other field, and the ``timestamp`` its sender gave (``originalTimestamp``; the
+collector's own time when the sender gave none). What the collector added is left out
+(``receivedAt``, its corrected ``timestamp``, the original request's ``sentAt``); the
+relay's client sets ``sentAt`` when it sends, as any sender does.
 
 A claim is enqueued and flushed; what the client reports to ``on_error`` is a failure
 (permanent when the upstream rejected it with a 4xx other than 408/429), and what is still
@@ -32,15 +35,9 @@ from tracklane.collector.destinations.base import (
 
 __all__ = ["RelayDestination"]
 
-_CALLS = {
-    "track": ("event", "properties"),
-    "identify": ("traits",),
-    "page": ("category", "name", "properties"),
-    "screen": ("category", "name", "properties"),
-    "group": ("groupId", "traits"),
-    "alias": ("previousId",),
-}
-_KEYWORDS = {"groupId": "group_id", "previousId": "previous_id"}
+# Set by the collector when it stored the message (``timestamp`` is corrected there and
+# replaced by the sender's own below); ``sentAt`` is the relay client's to set.
+_COLLECTOR_FIELDS = frozenset({"receivedAt", "originalTimestamp", "sentAt", "seq"})
 
 
 class RelayDestination(Destination):
@@ -122,35 +119,14 @@ class RelayDestination(Destination):
         return outcome
 
     def _send(self, message: Mapping[str, Any]) -> Any:
-        kind = message.get("type")
-        fields = _CALLS.get(str(kind))
-        if fields is None:
-            raise ValueError(f"unknown type {kind!r}")
-        arguments: Dict[str, Any] = {
-            _KEYWORDS.get(name, name): message.get(name) for name in fields
-        }
-        arguments.update(
-            context=_context(message.get("context")),
-            timestamp=message.get("originalTimestamp") or message.get("timestamp"),
-            integrations=message.get("integrations"),
-            message_id=message.get("messageId"),
-        )
-        if kind == "alias":
-            arguments["user_id"] = message.get("userId")
-        else:
-            arguments.update(user_id=message.get("userId"), anonymous_id=message.get("anonymousId"))
-        call = getattr(self._client, str(kind))
-        return call(**arguments)
+        """Forward one stored message as its sender sent it."""
+        received = {key: value for key, value in message.items() if key not in _COLLECTOR_FIELDS}
+        received["timestamp"] = message.get("originalTimestamp") or message.get("timestamp")
+        return self._client.forward(received)
 
     def close(self) -> None:
         """Flush what is left and stop the client."""
         self._client.shutdown(self.config["timeout"])
-
-
-def _context(value: Any) -> Any:
-    if isinstance(value, dict) and "library" in value:
-        return {key: item for key, item in value.items() if key != "library"}
-    return value
 
 
 def _boolean(value: Any) -> bool:
