@@ -71,6 +71,18 @@ def test_forward_fills_in_only_what_a_sender_must(server, make_client):
     assert abs((dt.datetime.now(dt.timezone.utc) - stamp).total_seconds()) < 60
 
 
+def test_forward_sends_numeric_ids_as_text(server, make_client):
+    """A number as userId or anonymousId (which the collector's rules accept) goes out as
+    its text, as the six calls send ids: a warehouse column never sees 42 beside "u-1"."""
+    client = make_client()
+    client.forward({"type": "group", "userId": 42, "anonymousId": 7, "groupId": "g-1"})
+    client.forward({"type": "alias", "userId": 5, "previousId": "p-1"})
+    assert client.flush(timeout=5)
+    group, alias = [got for request in server.requests for got in request.batch]
+    assert (group["userId"], group["anonymousId"], group["groupId"]) == ("42", "7", "g-1")
+    assert alias["userId"] == "5"
+
+
 @pytest.mark.parametrize(
     ("given_time", "wire"),
     [

@@ -418,6 +418,7 @@ def prepare_wire_message(message: Any) -> Message:
         and type(get("integrations")) in _OBJECT_TYPES
     ):
         check_wire_message(message)
+        message = _ids_as_text(message)
     prepared: Message = message
     stamp = get("timestamp")
     if type(stamp) is not str or not _RFC3339.fullmatch(stamp):
@@ -438,3 +439,18 @@ def prepare_wire_message(message: Any) -> Message:
         for name in _SENDER_FIELDS:
             prepared.pop(name, None)
     return prepared
+
+
+def _ids_as_text(message: Message) -> Message:
+    """``message`` with integer ids as text, as the six calls send them (a copy if any).
+
+    ``check_wire_message`` accepts an integer ``userId`` or ``anonymousId``; a warehouse
+    column should never see 42 beside "u-1".
+    """
+    numeric = [name for name in ("userId", "anonymousId") if type(message.get(name)) is int]
+    if not numeric:
+        return message
+    copy = dict(message)
+    for name in numeric:
+        copy[name] = int.__repr__(message[name])
+    return copy
