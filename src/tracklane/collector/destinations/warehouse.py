@@ -164,7 +164,8 @@ class PostgresWarehouse:
         try:
             conn = self._connection()
             with conn.transaction():
-                return self._load(conn, schema, rows, count, now, staged=staged)
+                new, discarded = self._load(conn, schema, rows, now, staged=staged)
+            return LoadResult(messages=count, new=new, discarded_values=discarded)
         except Exception as exc:
             self._columns.pop(schema, None)  # DDL may have been rolled back
             self._stages.clear()  # so may a staging table's creation
@@ -192,11 +193,10 @@ class PostgresWarehouse:
         conn: psycopg.Connection[Any],
         schema: str,
         rows: Rows,
-        count: int,
         now: datetime,
         *,
         staged: bool,
-    ) -> LoadResult:
+    ) -> Tuple[int, int]:
         """COPY each table's new rows straight into it (``staged``: through staging tables).
 
         The ids already loaded are read first (one indexed ``= ANY`` per type table; an
@@ -238,8 +238,7 @@ class PostgresWarehouse:
                     new += len(fitted)
                 if fitted:
                     _copy(cursor, target, names, fitted)
-        discarded = self._insert_discards(conn, schema, discards, now)
-        return LoadResult(messages=count, new=new, discarded_values=discarded)
+        return new, self._insert_discards(conn, schema, discards, now)
 
     def _stage(
         self, cursor: psycopg.Cursor[Any], schema: str, table: str, names: Sequence[str]
