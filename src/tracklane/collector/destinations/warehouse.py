@@ -212,9 +212,8 @@ class PostgresWarehouse:
         with conn.cursor() as cursor:
             for name in order:
                 table = rows.tables[name]
-                fitted, dropped = fit_rows(table, columns[name])
+                names, fitted, dropped = fit_rows(table, columns[name])
                 discards.extend(dropped)
-                names = list(table.kinds)
                 if staged or name == "users":
                     stage = self._stage(cursor, schema, name, names)
                     _copy(cursor, stage, names, fitted)
@@ -227,13 +226,13 @@ class PostgresWarehouse:
                     continue
                 target = f"{_quote(schema)}.{_quote(name)}"
                 if name in _PRIMARY:
-                    ids = [row["id"] for row in fitted]
+                    ids = [row[0] for row in fitted]  # id is the first column
                     cursor.execute(f"SELECT id FROM {target} WHERE id = ANY(%s)", [ids])
                     seen = loaded[name] = {found for (found,) in cursor}
                 else:
                     seen = loaded.get("tracks", set())
                 if seen:
-                    fitted = [row for row in fitted if row["id"] not in seen]
+                    fitted = [row for row in fitted if row[0] not in seen]
                 if name in _PRIMARY:
                     new += len(fitted)
                 if fitted:
@@ -406,16 +405,13 @@ def _missing(known: Mapping[str, Mapping[str, str]], rows: Rows) -> bool:
 
 
 def _copy(
-    cursor: psycopg.Cursor[Any],
-    target: str,
-    names: Sequence[str],
-    fitted: Iterable[Mapping[str, Any]],
+    cursor: psycopg.Cursor[Any], target: str, names: Sequence[str], fitted: Iterable[Sequence[Any]]
 ) -> None:
-    """COPY (text format) the rows into ``target``, NULL where a row lacks a column."""
+    """COPY (text format) the rows (values in the order of ``names``) into ``target``."""
     with cursor.copy(f"COPY {target} ({_names(names)}) FROM STDIN") as copy:
         write = copy.write_row
         for row in fitted:
-            write([row.get(column) for column in names])
+            write(row)
 
 
 def _unique_violation() -> type:

@@ -407,7 +407,7 @@ def _track(rows: Rows, row: _Row, message: Mapping[str, Any]) -> None:
     row.values["event_text"] = name
     slug = snake_case(name)
     row.values["event"] = slug
-    rows.table("tracks").add(dict(row.values))
+    rows.table("tracks").add(row.values)  # not changed after: the event table gets a copy
     rows.discards.extend(row.discards)
     if not slug:
         rows.discards.append(
@@ -512,31 +512,38 @@ def fit(value: Value, column_type: str) -> Tuple[bool, Any]:
 
 def fit_rows(
     table: Table, columns: Mapping[str, str]
-) -> Tuple[List[Dict[str, Any]], List[Discard]]:
+) -> Tuple[List[str], List[List[Any]], List[Discard]]:
     """Fit every row of ``table`` to the table's ``columns`` (name -> PostgreSQL type).
 
-    A value that does not fit is left out of its row (the column stays NULL) and
-    returned as a Discard with the column type in its reason. (One converter per
-    column, strings into text columns taken as they are: half the time of calling
-    ``fit`` per value, measured on the bench's events.)
+    Returns the column names (``id`` first), each row's values in that order (``None``
+    where a row has no value) ready for COPY, and the discards. A value that does not
+    fit is left out (the column stays NULL) and returned as a Discard with the column
+    type in its reason. (One converter per column, strings into text columns taken as
+    they are, and one pass from the row dicts to COPY's value lists: measured on the
+    bench's events, a third of the time of fitting into dicts first.)
     """
-    missing = [column for column in table.kinds if column not in columns]
+    names = sorted(table.kinds, key=lambda column: column != "id")  # stable: id first
+    missing = [column for column in names if column not in columns]
     if missing:
         raise KeyError(f"{table.name}.{missing[0]} has no column")
-    converters = {column: _converter(columns[column]) for column in table.kinds}
-    text_columns = {column for column in table.kinds if columns[column] in _TEXT_TYPES}
-    fitted: List[Dict[str, Any]] = []
+    plan = [
+        (column, columns[column] in _TEXT_TYPES, _converter(columns[column])) for column in names
+    ]
+    fitted: List[List[Any]] = []
     discards: List[Discard] = []
     for row in table.rows:
-        out: Dict[str, Any] = {}
-        for column, value in row.items():
-            if type(value) is str and column in text_columns:
-                out[column] = value
+        out: List[Any] = []
+        append = out.append
+        for column, text, convert in plan:
+            value = row.get(column)
+            if value is None or (text and type(value) is str):
+                append(value)
                 continue
-            converted = converters[column](value)
+            converted = convert(value)
             if converted is not _MISFIT:
-                out[column] = converted
+                append(converted)
                 continue
+            append(None)
             received = row.get("received_at")
             discards.append(
                 Discard(
@@ -549,4 +556,4 @@ def fit_rows(
                 )
             )
         fitted.append(out)
-    return fitted, discards
+    return names, fitted, discards
