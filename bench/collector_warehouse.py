@@ -10,7 +10,12 @@ and times how long the outbox takes until every event is in the warehouse. Check
 each table holds exactly the events of its type, every messageId once (tracks, one
 table per event name, identifies, pages, and one ``users`` row per identified user).
 
+``--direct`` measures the loader alone instead: the same events, as stored, loaded
+with ``PostgresWarehouse.load`` in batches of ``--batch`` (the destination's claim size)
+in this process, with this process's and the PostgreSQL backend's CPU time per event.
+
     python bench/collector_warehouse.py --events 50000
+    python bench/collector_warehouse.py --events 50000 --direct
 """
 
 from __future__ import annotations
@@ -93,11 +98,39 @@ def _count(conn: Any, tables: List[str]) -> Dict[str, int]:
     return found
 
 
+def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
+    """Load ``messages`` with the loader in this process; print rate and CPU per event."""
+    from tracklane.collector.destinations.warehouse import PostgresWarehouse
+
+    warehouse = PostgresWarehouse(dsn)
+    try:
+        warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
+        conn = warehouse._connection()  # the loader's session, to read its backend's CPU
+        backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        own_before, server_before = time.process_time(), cpu_seconds(backend)
+        began = time.monotonic()
+        for start in range(0, len(messages), batch):
+            warehouse.load(SCHEMA, messages[start : start + batch])
+        elapsed = time.monotonic() - began
+        own, server = time.process_time() - own_before, cpu_seconds(backend)
+    finally:
+        warehouse.close()
+    print(f"warehouse loader alone (PostgresWarehouse.load, batches of {batch})")
+    print(f"  events: {len(messages)} in {elapsed:.2f} s")
+    print(f"  load rate: {len(messages) / elapsed:,.0f} events/s")
+    print(f"  loader CPU: {own / len(messages) * 1e6:.1f} µs/event")
+    if server is not None and server_before is not None:
+        per_event = (server - server_before) / len(messages) * 1e6
+        print(f"  PostgreSQL backend CPU: {per_event:.1f} µs/event")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark and print the routed rate into the warehouse."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for loads")
+    parser.add_argument("--direct", action="store_true", help="time the loader alone")
+    parser.add_argument("--batch", type=int, default=1000, help="events per load (--direct)")
     args = parser.parse_args(argv)
     import psycopg
 
@@ -110,6 +143,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if server is None:
             return 0  # PostgreSQL is not installed here (said above)
         dsn = server.create_database("warehouse")
+        if args.direct:
+            stored = [{**m, "receivedAt": now, "originalTimestamp": now} for m in messages]
+            _direct(dsn, stored, args.batch)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                found = _count(conn, sorted(expected))
+            ok = found == expected
+            print("  verification:", "OK" if ok else f"MISMATCH: {found} != {expected}")
+            return 0 if ok else 1
         holder = psycopg.connect(dsn, autocommit=True)
         holder.execute(  # the lock PostgresWarehouse takes before creating the schema
             "SELECT pg_advisory_lock(hashtext('tracklane.warehouse'), hashtext(%s))", [SCHEMA]
