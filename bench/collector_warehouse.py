@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,7 +138,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     rng = random.Random(5)
     now = _iso(datetime.now(timezone.utc))
     template = [realistic_message(rng, now) for _ in range(500)]
-    messages = [{**template[i % len(template)], "messageId": f"w-{i}"} for i in range(args.events)]
+    # Random version-4 UUIDs, as Segment's libraries send (random keys into the id index).
+    messages = [
+        {
+            **template[i % len(template)],
+            "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        }
+        for i in range(args.events)
+    ]
     expected = _expected(messages)
     with tempfile.TemporaryDirectory(prefix="tracklane-wh-") as tmp, _postgres() as server:
         if server is None:

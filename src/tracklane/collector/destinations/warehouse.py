@@ -212,7 +212,17 @@ class PostgresWarehouse:
         # Type tables first: the event tables are filtered by what ``tracks`` holds.
         order = sorted(rows.tables, key=lambda name: name not in _PRIMARY)
         with conn.cursor() as cursor:
+            # Tables loaded by COPY may have no statistics yet, and then PostgreSQL plans
+            # the id look-up as a scan of the whole table (seen: 4 ms per batch at 24,000
+            # rows, growing with the table); the primary key index is always right. Only
+            # for the look-ups (the users upsert from staging was 4x slower with it).
+            look_ups = not staged
+            if look_ups:
+                cursor.execute("SET LOCAL enable_seqscan = off")
             for name in order:
+                if look_ups and name not in _PRIMARY:
+                    cursor.execute("SET LOCAL enable_seqscan = on")
+                    look_ups = False
                 table = rows.tables[name]
                 names, fitted, dropped = fit_rows(table, columns[name])
                 discards.extend(dropped)
@@ -239,6 +249,8 @@ class PostgresWarehouse:
                     new += len(fitted)
                 if fitted:
                     _copy(cursor, target, names, fitted)
+            if look_ups:
+                cursor.execute("SET LOCAL enable_seqscan = on")
         return new, self._insert_discards(conn, schema, discards, now)
 
     def _stage(
