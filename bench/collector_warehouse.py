@@ -108,12 +108,16 @@ def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
         warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
         conn = warehouse._connection()  # the loader's session, to read its backend's CPU
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         own_before, server_before = time.process_time(), cpu_seconds(backend)
         began = time.monotonic()
         for start in range(0, len(messages), batch):
             warehouse.load(SCHEMA, messages[start : start + batch])
         elapsed = time.monotonic() - began
         own, server = time.process_time() - own_before, cpu_seconds(backend)
+        wal = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [wal_before]
+        ).fetchone()[0]
     finally:
         warehouse.close()
     print(f"warehouse loader alone (PostgresWarehouse.load, batches of {batch})")
@@ -123,6 +127,7 @@ def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
     if server is not None and server_before is not None:
         per_event = (server - server_before) / len(messages) * 1e6
         print(f"  PostgreSQL backend CPU: {per_event:.1f} µs/event")
+    print(f"  WAL written: {float(wal) / len(messages):,.0f} bytes/event (fsynced at each commit)")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
