@@ -42,3 +42,4 @@ bench-collector: $(STAMP)
 	$(BIN)/python bench/collector_ingest.py
 	$(BIN)/python bench/collector_routing.py
 	$(BIN)/python bench/collector_routing.py --events 50000 --db postgresql --collectors 2
+	$(BIN)/python bench/collector_warehouse.py --events 50000

@@ -421,3 +421,119 @@ class socket_port:
 
     def __exit__(self, *_exc: object) -> None:
         self._sock.close()
+
+
+def test_a_copied_batch_mixing_new_columns_and_conflicts_loads_once(
+    warehouse: PostgresWarehouse,
+) -> None:
+    """COPY keeps awkward text intact, adds columns met mid-batch, and redelivery adds nothing."""
+    awkward = 'tab\there\nnew line \\N back\\slash, "quoted" ünïcode 😀'
+    warehouse.load("Backend", [stored("track", "t0", event="Mixed", properties={"n": 1})])
+    batch = [
+        stored("track", f"t{i}", event="Mixed", properties={"n": i, "note": f"{awkward} {i}"})
+        for i in range(1, 200)
+    ]
+    batch[119]["properties"]["late"] = True  # t120: a new column, met half-way through
+    batch[149]["properties"]["n"] = "many"  # t150: a conflict with the bigint column
+    batch.append(stored("identify", "i1", traits={"bio": awkward, "seats": 3}))
+    first = warehouse.load("Backend", batch)
+    assert (first.new, first.discarded_values) == (200, 1)
+    again = warehouse.load("Backend", batch)
+    assert (again.new, again.discarded_values) == (0, 0)
+    assert rows(warehouse.dsn, "SELECT count(*), count(DISTINCT id) FROM backend.mixed") == [
+        (200, 200)
+    ]
+    assert rows(warehouse.dsn, "SELECT count(*) FROM backend.tracks") == [(200,)]
+    assert rows(warehouse.dsn, "SELECT n, note, late FROM backend.mixed WHERE id = 't120'") == [
+        (120, f"{awkward} 120", True)
+    ]
+    assert rows(warehouse.dsn, "SELECT n, late FROM backend.mixed WHERE id = 't150'") == [
+        (None, None)
+    ]
+    assert rows(warehouse.dsn, "SELECT bio, seats FROM backend.users") == [(awkward, 3)]
+    assert rows(
+        warehouse.dsn, "SELECT row_id, column_name, column_value FROM backend.tracklane_discards"
+    ) == [("t150", "n", "many")]
+
+
+def test_rows_left_in_one_table_do_not_stop_a_redelivery(warehouse: PostgresWarehouse) -> None:
+    """A tracks row deleted by hand is loaded again; its event table keeps one row."""
+    batch = six_types()
+    warehouse.load("Backend", batch)
+    with psycopg.connect(warehouse.dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM backend.tracks")
+    result = warehouse.load("Backend", batch)
+    assert result.new == 1
+    assert rows(warehouse.dsn, "SELECT id FROM backend.tracks") == [("t1",)]
+    assert rows(warehouse.dsn, "SELECT id FROM backend.order_completed") == [("t1",)]
+
+
+def test_loaders_racing_on_the_same_batches_load_each_event_once(
+    postgres: PostgresServer,
+) -> None:
+    """Two loaders (collectors redelivering after a lost lease) leave one row per event."""
+    dsn = postgres.create_database("wh")
+    loaders = [PostgresWarehouse(dsn) for _ in range(2)]
+    batches = [
+        [
+            stored("track", f"e{n}-{i}", event="Raced", properties={"i": i}),
+            stored("identify", f"i{n}-{i}", userId=f"u{i}", traits={"n": n}),
+        ]
+        for n in range(15)
+        for i in range(4)
+    ]
+    errors: List[BaseException] = []
+    start = threading.Barrier(2)
+
+    def load(index: int) -> None:
+        try:
+            start.wait(10)
+            for batch in batches:
+                loaders[index].load("Backend", batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for loader in loaders:
+        loader.close()
+    assert errors == []
+    for table, expected in [("tracks", 60), ("raced", 60), ("identifies", 60), ("users", 4)]:
+        assert rows(dsn, f"SELECT count(*), count(DISTINCT id) FROM backend.{table}") == [
+            (expected, expected)
+        ], table
+    assert rows(dsn, "SELECT DISTINCT n FROM backend.users") == [(14,)]
+
+
+def test_a_lost_connection_is_replaced_with_its_staging_tables(
+    warehouse: PostgresWarehouse,
+) -> None:
+    """After the server ends the loader's session, the next loads reconnect and upsert users."""
+    warehouse.load("Backend", [stored("identify", "i1", traits={"plan": "free"})])
+    with psycopg.connect(warehouse.dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    later = [
+        stored("identify", "i2", receivedAt="2024-05-02T10:00:00.000Z", traits={"plan": "pro"})
+    ]
+    try:
+        warehouse.load("Backend", later)
+    except WarehouseError:
+        warehouse.load("Backend", later)  # the first use of a dead connection may fail
+    assert rows(warehouse.dsn, "SELECT id, plan FROM backend.users") == [("u1", "pro")]
+
+
+def test_long_nested_keys_are_cut_to_63_bytes_of_the_whole_name() -> None:
+    """A nested column name longer than PostgreSQL's limit keeps its first 63 bytes."""
+    from datetime import datetime, timezone
+
+    from tracklane.collector.destinations.warehouse_rows import build_rows
+
+    message = stored("track", "t1", event="Long", properties={"a" * 40: {"b" * 40: 1}})
+    table = build_rows([message], datetime.now(timezone.utc)).tables["long"]
+    assert ("a" * 40 + "_" + "b" * 22) in table.kinds

@@ -1,0 +1,243 @@
+"""Routed rate of the collector into the warehouse: stored events loaded into PostgreSQL.
+
+Starts Debian's PostgreSQL in a temporary directory (``tests/pg.py``, fsync and
+synchronous commit on), then a collector subprocess (SQLite store) whose ``--config``
+routes to a ``postgres`` destination on it, and posts ``--events`` realistic events
+(acknowledged, so durable). Meanwhile the bench holds the warehouse's schema lock (the
+advisory lock the loader takes before creating its tables), so the first load waits
+like the webhook bench's receiver holds its first request; it then releases the lock
+and times how long the outbox takes until every event is in the warehouse. Checked:
+each table holds exactly the events of its type, every messageId once (tracks, one
+table per event name, identifies, pages, and one ``users`` row per identified user).
+
+``--direct`` measures the loader alone instead: the same events, as stored, loaded
+with ``PostgresWarehouse.load`` in batches of ``--batch`` (the destination's claim size)
+in this process, with this process's and the PostgreSQL backend's CPU time per event.
+
+    python bench/collector_warehouse.py --events 50000
+    python bench/collector_warehouse.py --events 50000 --direct
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import httpx
+import orjson
+from collector_ingest import URL_PREFIX, _iso, _postgres, _src_path, cpu_seconds, realistic_message
+
+SCHEMA = "bench"
+
+
+def _server_cpu(data_dir: Path) -> Optional[float]:
+    """CPU seconds used so far by the PostgreSQL server: the postmaster and its children."""
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            # Own time plus that of children already waited for (ended backends).
+            ticks = sum(int(f) for f in fields[11:15])
+            total += ticks / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _expected(messages: List[Dict[str, Any]]) -> Dict[str, int]:
+    """Rows each table must end up with."""
+    from tracklane.collector.destinations.warehouse_rows import snake_case
+
+    counts: Counter[str] = Counter()
+    users = set()
+    for message in messages:
+        kind = message["type"]
+        if kind == "track":
+            counts["tracks"] += 1
+            counts[snake_case(message["event"])] += 1
+        elif kind == "identify":
+            counts["identifies"] += 1
+            users.add(message["userId"])
+        else:
+            counts[{"page": "pages", "screen": "screens", "group": "groups"}[kind]] += 1
+    counts["users"] = len(users)
+    return dict(counts)
+
+
+def _count(conn: Any, tables: List[str]) -> Dict[str, int]:
+    found = {}
+    for table in tables:
+        row = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = %s"
+            " AND table_name = %s",
+            [SCHEMA, table],
+        ).fetchone()
+        if row[0]:
+            found[table] = int(
+                conn.execute(f'SELECT count(*) FROM {SCHEMA}."{table}"').fetchone()[0]
+            )
+        else:
+            found[table] = 0
+    return found
+
+
+def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
+    """Load ``messages`` with the loader in this process; print rate and CPU per event."""
+    from tracklane.collector.destinations.warehouse import PostgresWarehouse
+
+    warehouse = PostgresWarehouse(dsn)
+    try:
+        warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
+        conn = warehouse._connection()  # the loader's session, to read its backend's CPU
+        backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+        wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        own_before, server_before = time.process_time(), cpu_seconds(backend)
+        began = time.monotonic()
+        for start in range(0, len(messages), batch):
+            warehouse.load(SCHEMA, messages[start : start + batch])
+        elapsed = time.monotonic() - began
+        own, server = time.process_time() - own_before, cpu_seconds(backend)
+        wal = conn.execute(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [wal_before]
+        ).fetchone()[0]
+    finally:
+        warehouse.close()
+    print(f"warehouse loader alone (PostgresWarehouse.load, batches of {batch})")
+    print(f"  events: {len(messages)} in {elapsed:.2f} s")
+    print(f"  load rate: {len(messages) / elapsed:,.0f} events/s")
+    print(f"  loader CPU: {own / len(messages) * 1e6:.1f} µs/event")
+    if server is not None and server_before is not None:
+        per_event = (server - server_before) / len(messages) * 1e6
+        print(f"  PostgreSQL backend CPU: {per_event:.1f} µs/event")
+    print(f"  WAL written: {float(wal) / len(messages):,.0f} bytes/event (fsynced at each commit)")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark and print the routed rate into the warehouse."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for loads")
+    parser.add_argument("--direct", action="store_true", help="time the loader alone")
+    parser.add_argument("--batch", type=int, default=1000, help="events per load (--direct)")
+    args = parser.parse_args(argv)
+    import psycopg
+
+    rng = random.Random(5)
+    now = _iso(datetime.now(timezone.utc))
+    template = [realistic_message(rng, now) for _ in range(500)]
+    # Random version-4 UUIDs, as Segment's libraries send (random keys into the id index).
+    messages = [
+        {
+            **template[i % len(template)],
+            "messageId": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+        }
+        for i in range(args.events)
+    ]
+    expected = _expected(messages)
+    with tempfile.TemporaryDirectory(prefix="tracklane-wh-") as tmp, _postgres() as server:
+        if server is None:
+            return 0  # PostgreSQL is not installed here (said above)
+        dsn = server.create_database("warehouse")
+        if args.direct:
+            stored = [{**m, "receivedAt": now, "originalTimestamp": now} for m in messages]
+            _direct(dsn, stored, args.batch)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                found = _count(conn, sorted(expected))
+            ok = found == expected
+            print("  verification:", "OK" if ok else f"MISMATCH: {found} != {expected}")
+            return 0 if ok else 1
+        holder = psycopg.connect(dsn, autocommit=True)
+        holder.execute(  # the lock PostgresWarehouse takes before creating the schema
+            "SELECT pg_advisory_lock(hashtext('tracklane.warehouse'), hashtext(%s))", [SCHEMA]
+        )
+        config = Path(tmp) / "tracklane.toml"
+        config.write_text(
+            f'[[sources]]\nname = "{SCHEMA}"\nwrite_keys = ["bench-key"]\n\n'
+            f'[[destinations]]\nname = "Warehouse"\ntype = "postgres"\ndsn = "{dsn}"\n'
+        )
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_src_path(), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "tracklane.collector", "--port", "0"]
+        command += ["--db", str(Path(tmp) / "events.db"), "--config", str(config)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, env=env)
+        try:
+            assert proc.stdout is not None
+            with selectors.DefaultSelector() as selector:
+                selector.register(proc.stdout, selectors.EVENT_READ)
+                if not selector.select(30):
+                    raise RuntimeError("the collector did not start within 30 s")
+            url = proc.stdout.readline().decode().strip()[len(URL_PREFIX) :]
+            with httpx.Client(base_url=url, auth=("bench-key", ""), timeout=60) as http:
+                for start in range(0, args.events, 500):
+                    batch = messages[start : start + 500]
+                    response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
+                    if response.status_code != 200 or response.json()["stored"] != len(batch):
+                        raise RuntimeError(f"ingest failed: {response.text[:300]}")
+            collector_before = cpu_seconds(proc.pid)
+            server_before = _server_cpu(server.data_dir)
+            began = time.monotonic()
+            holder.execute(
+                "SELECT pg_advisory_unlock(hashtext('tracklane.warehouse'), hashtext(%s))",
+                [SCHEMA],
+            )
+            deadline = began + args.timeout
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                while True:
+                    counts = _count(conn, ["tracks", "identifies", "pages"])
+                    if sum(counts.values()) >= args.events:
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"only {counts} of {args.events} loaded in time")
+                    time.sleep(0.1)  # polling interval, bounded by the deadline above
+                elapsed = time.monotonic() - began
+                collector_after = cpu_seconds(proc.pid)
+                server_after = _server_cpu(server.data_dir)
+                found = _count(conn, sorted(expected))
+                distinct = {
+                    table: int(
+                        conn.execute(
+                            f'SELECT count(DISTINCT id) FROM {SCHEMA}."{table}"'
+                        ).fetchone()[0]
+                    )
+                    for table in expected
+                }
+        finally:
+            holder.close()
+            proc.terminate()
+            proc.wait(30)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    ok = found == expected == distinct
+    print("collector routing to the warehouse (postgres destination; SQLite store)")
+    print(f"  events: {args.events} loaded in {elapsed:.2f} s; rows per table: {found}")
+    print(f"  routed: {args.events / elapsed:,.0f} events/s")
+    if collector_before is not None and collector_after is not None:
+        per_event = (collector_after - collector_before) / args.events * 1e6
+        print(f"  collector CPU: {per_event:.1f} µs/event")
+    if server_before is not None and server_after is not None:
+        per_event = (server_after - server_before) / args.events * 1e6
+        print(f"  PostgreSQL CPU: {per_event:.1f} µs/event")
+    print("  verification:", "OK (every event once)" if ok else f"MISMATCH: want {expected}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
