@@ -9,7 +9,9 @@ own process, the order rotating every round::
 
 Per round it prints each run's p50/p99 and its p99 increase over that round's run without
 analytics; at the end the median and range over rounds, and the ratios against segment
-(medians of the per-round ratios, which pair runs taken at the same load).
+(medians of the per-round ratios, which pair runs taken at the same load, and the ratio
+of the medians, as ``make bench`` reports it). ``--scenario tight_loop`` (case f) and
+``--scenario throughput`` (delivered events/s, case b) compare the trees the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -54,6 +55,10 @@ def run_worker(
     return None
 
 
+def _spread(vals: List[float]) -> str:
+    return f"{statistics.median(vals):.0f} [{min(vals):.0f} to {max(vals):.0f}]"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=4)
@@ -65,85 +70,99 @@ def main() -> int:
         help="a tracklane source tree to measure (repeatable); default: this tree's src",
     )
     p.add_argument("--no-segment", action="store_true", help="leave segment out")
+    p.add_argument(
+        "--scenario",
+        default="paced_handler",
+        choices=["paced_handler", "tight_loop", "throughput"],
+        help="case g (default), case f, or delivered events/s (case b)",
+    )
     p.add_argument("--requests", type=int, default=tail_cases.FULL_COUNTS["paced_requests"])
     p.add_argument("--rate", type=float, default=1500.0)
-    p.add_argument("--work-iters", type=int, default=0, help="0: calibrate to ~34 µs")
+    p.add_argument("--work-iters", type=int, default=0, help="0: calibrate to ~34 us")
     args = p.parse_args()
     python = sys.executable
     trees: List[Tuple[str, str]] = []
     for item in args.tree or [f"tracklane={REPO / 'src'}"]:
         name, _, src = item.partition("=")
         trees.append((name, str(Path(src).resolve())))
+    paced = args.scenario == "paced_handler"
     sink = Sink(python, max_seconds=3600)
     try:
-        iters = args.work_iters
-        if not iters:
-            cal = run_worker(
-                python,
-                sink.url,
-                "none",
-                None,
-                ["--scenario", "calibrate", "--target-us", str(tail_cases.WORK_TARGET_US)],
-            )
-            iters = int((cal or {}).get("result", {}).get("work_iters", 700))
+        extra = ["--scenario", args.scenario]
+        if paced:
+            iters = args.work_iters
+            if not iters:
+                cal = run_worker(
+                    python,
+                    sink.url,
+                    "none",
+                    None,
+                    ["--scenario", "calibrate", "--target-us", str(tail_cases.WORK_TARGET_US)],
+                )
+                iters = int((cal or {}).get("result", {}).get("work_iters", 700))
+            extra += ["--n", str(args.requests), "--rate", str(args.rate)]
+            extra += ["--work-iters", str(iters)]
+            print(f"work iters {iters}")
+        elif args.scenario == "tight_loop":
+            extra += tail_cases.worker_args("tight_loop", tail_cases.FULL_COUNTS, 0)
+        else:
+            extra += ["--n", "100000"]
         # (label, lib, src, coerce)
-        runs: List[Tuple[str, str, Optional[str], str]] = [("none", "none", None, "")]
+        runs: List[Tuple[str, str, Optional[str], str]] = []
+        if paced:
+            runs.append(("none", "none", None, ""))
         runs += [(name, "tracklane", src, "") for name, src in trees]
         if not args.no_segment:
             runs.append(("segment", "segment", None, "decimal,datetime"))
-        extra = ["--scenario", "paced_handler", "--n", str(args.requests)]
-        extra += ["--rate", str(args.rate), "--work-iters", str(iters)]
-        print(f"work iters {iters}; load {os.getloadavg()[0]:.1f}; sink {sink.url}")
-        per: Dict[str, List[Dict[str, float]]] = {label: [] for label, *_ in runs}
+        keys = ("p50_us", "p99_us", "p99_increase_us") if paced else ("p50_us", "p99_us")
+        if args.scenario == "throughput":
+            keys = ("events_per_s",)
+        print(f"{args.scenario}; load {os.getloadavg()[0]:.1f}; sink {sink.url}")
+        rounds: List[Dict[str, Dict[str, float]]] = []
         for rnd in range(args.rounds):
             shift = rnd % len(runs)
-            order = runs[shift:] + runs[:shift]
             got: Dict[str, Dict[str, float]] = {}
-            for label, lib, src, coerce in order:
+            for label, lib, src, coerce in runs[shift:] + runs[:shift]:
                 more = ["--coerce", coerce] if coerce else []
                 doc = run_worker(python, sink.url, lib, src, extra + more)
                 if doc is not None:
-                    got[label] = doc["result"]
-            base = got.get("none")
-            line = [f"round {rnd + 1} load {os.getloadavg()[0]:.1f}:"]
-            for label, *_ in runs:
-                res = got.get(label)
-                if res is None or base is None:
+                    got[label] = dict(doc["result"])
+            if paced:
+                base = got.pop("none", None)
+                if base is None:
                     continue
-                res = dict(res, p99_increase_us=res["p99_us"] - base["p99_us"])
-                per[label].append(res)
-                line.append(
-                    f"{label} p50 {res['p50_us']:.0f} p99 {res['p99_us']:.0f} "
-                    f"(+{res['p99_increase_us']:.0f})"
-                )
-            print("  ".join(line), flush=True)
-        print("\nmedian [min–max] over rounds, µs")
+                for res in got.values():
+                    res["p99_increase_us"] = res["p99_us"] - base["p99_us"]
+            rounds.append(got)
+            cells = [
+                f"{label} " + " ".join(f"{k} {res[k]:.0f}" for k in keys if k in res)
+                for label, res in got.items()
+            ]
+            print(f"round {rnd + 1} load {os.getloadavg()[0]:.1f}: " + "; ".join(cells), flush=True)
+        print("\nmedian [min to max] over rounds")
         for label, *_ in runs:
-            rows = per[label]
-            if not rows:
-                continue
-            cells = []
-            for key in ("p50_us", "p99_us", "p99_increase_us"):
-                vals = [r[key] for r in rows]
-                cells.append(
-                    f"{key} {statistics.median(vals):.0f} [{min(vals):.0f}–{max(vals):.0f}]"
-                )
-            print(f"  {label:>12}: " + "; ".join(cells))
-        seg = per.get("segment") or []
-        if seg:
-            print("ratio of p99 increase to segment's (per round; median [min–max])")
+            rows = [r[label] for r in rounds if label in r]
+            if rows:
+                cells = [f"{k} {_spread([r[k] for r in rows])}" for k in keys]
+                print(f"  {label:>12}: " + "; ".join(cells))
+        key = keys[-1]
+        if not args.no_segment:
+            print(f"ratio of {key} to segment's, paired per round: median [min to max]")
             for name, _ in trees:
-                ratios = [
-                    m["p99_increase_us"] / s["p99_increase_us"]
-                    for m, s in zip(per[name], seg)
-                    if s["p99_increase_us"] > 0
+                pairs = [
+                    (r[name][key], r["segment"][key])
+                    for r in rounds
+                    if name in r and "segment" in r and r["segment"][key] > 0
                 ]
-                if ratios:
+                if pairs:
+                    ratios = [m / s for m, s in pairs]
+                    of_medians = statistics.median(m for m, _ in pairs) / statistics.median(
+                        s for _, s in pairs
+                    )
                     print(
-                        f"  {name:>12}: {statistics.median(ratios):.2f}× "
-                        f"[{min(ratios):.2f}–{max(ratios):.2f}] over {len(ratios)} rounds; "
-                        "of medians: "
-                        f"{statistics.median(r['p99_increase_us'] for r in per[name]) / statistics.median(s['p99_increase_us'] for s in seg):.2f}×"
+                        f"  {name:>12}: {statistics.median(ratios):.2f}x "
+                        f"[{min(ratios):.2f} to {max(ratios):.2f}] over {len(pairs)} rounds; "
+                        f"ratio of the medians {of_medians:.2f}x"
                     )
     finally:
         sink.stop()
@@ -151,5 +170,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     sys.exit(main())

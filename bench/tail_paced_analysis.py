@@ -32,12 +32,15 @@ from typing import Any, Dict, List
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "src"))
+_src = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else BENCH.parent / "src"
+sys.path.insert(0, str(_src))  # the tree measured: this one's, or --src
 
 from adapters import get_adapter  # noqa: E402
 from common import SinkControl  # noqa: E402
 from tail_analysis import start_sink  # noqa: E402
 from tail_cases import MAX_QUEUE_SIZE, WORK_TARGET_US, make_order, work  # noqa: E402
+
+sys.path.insert(0, str(_src))  # again: tail_analysis put this tree's src first
 
 
 def calibrate(target_us: float) -> int:
@@ -66,6 +69,7 @@ class WorkerClock:
 
         def mark(item: tuple[str, int]) -> None:
             marks.append((item[0], item[1], cpu()))
+
         sleep = pipeline._sleep
 
         def timed_sleep(longest: float, size: int) -> None:
@@ -209,7 +213,9 @@ def run_once(url: str, requests: int, rate: float, iters: int) -> Dict[str, Any]
     near = [(a, b + 500_000) for a, b in io]  # the answer and the sink's parse just after
 
     def share(ks: List[int], windows: List[tuple[int, int]]) -> str:
-        hits = sum(1 for k in ks if any(a < starts[k] + durations[k] and b > starts[k] for a, b in windows))
+        hits = sum(
+            1 for k in ks if any(a < starts[k] + durations[k] and b > starts[k] for a, b in windows)
+        )
         return f"{hits}/{len(ks)} ({100 * hits / max(1, len(ks)):.1f} %)"
 
     everyone = list(range(n))
@@ -244,17 +250,19 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=1500.0)
     p.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--src", default="", help="the tracklane source tree (default: this one's)")
+    p.add_argument("--work-iters", type=int, default=0, help="0: calibrate to ~34 µs")
     args = p.parse_args()
     if args.switch_ms is not None:
         sys.setswitchinterval(args.switch_ms / 1000)
-    iters = calibrate(WORK_TARGET_US)
+    iters = args.work_iters or calibrate(WORK_TARGET_US)
     proc, url = start_sink()
     try:
         for _ in range(args.repeat):
             result = run_once(url, args.requests, args.rate, iters)
             print(
                 f"switch={sys.getswitchinterval() * 1000:g} ms load={os.getloadavg()[0]:.1f} "
-                f"iters={iters}"
+                f"iters={iters} tracklane from {Path(sys.modules['tracklane'].__file__).parent}"
             )
             for key, value in result.items():
                 if isinstance(value, dict):

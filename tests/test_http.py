@@ -159,3 +159,43 @@ def test_deadline_is_kept(raw):
         conn.exchange(REQUEST, deadline(0.3))
     assert time.monotonic() - started < 1.5
     conn.close()
+
+
+def test_a_request_in_parts_arrives_whole_after_partial_sends():
+    """Head and body sent gathered (no join) arrive byte for byte, even when the kernel
+    takes them a piece at a time."""
+    from tracklane._http import _send_parts
+
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left.settimeout(10.0)  # as the connection does: sendmsg then sends what fits and says so
+    parts = [b"HEAD\r\n\r\n", b"", bytes(range(256)) * 2000, b"tail"]
+    received = bytearray()
+
+    def read_slowly() -> None:
+        while len(received) < sum(map(len, parts)):
+            chunk = right.recv(3000)
+            if not chunk:
+                return
+            received.extend(chunk)
+            time.sleep(0.0005)
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        _send_parts(left, parts)
+        reader.join(10)
+    finally:
+        left.close()
+        right.close()
+    assert bytes(received) == b"".join(parts)
+
+
+def test_exchange_accepts_the_request_in_parts(raw):
+    """A request given as (head, body) is sent as one request and answered like a whole one."""
+    conn = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    head, body = REQUEST.split(b"\r\n\r\n")
+    answer = conn.exchange((head + b"\r\n\r\n", body), deadline())
+    conn.close()
+    assert answer.status == 200
+    assert answer.body == b"ok"
