@@ -55,8 +55,12 @@ def run_worker(
     return None
 
 
+def _num(value: float) -> str:
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.0f}"
+
+
 def _spread(vals: List[float]) -> str:
-    return f"{statistics.median(vals):.0f} [{min(vals):.0f} to {max(vals):.0f}]"
+    return f"{_num(statistics.median(vals))} [{_num(min(vals))} to {_num(max(vals))}]"
 
 
 def main() -> int:
@@ -116,7 +120,9 @@ def main() -> int:
             runs.append(("segment", "segment", None, "decimal,datetime"))
         keys = ("p50_us", "p99_us", "p99_increase_us") if paced else ("p50_us", "p99_us")
         if args.scenario == "throughput":
-            keys = ("events_per_s",)
+            keys = ("cpu_s_per_100k", "events_per_s")
+        elif not paced:
+            keys = ("delivered_during_loop", "p50_us", "p99_us")
         print(f"{args.scenario}; load {os.getloadavg()[0]:.1f}; sink {sink.url}")
         rounds: List[Dict[str, Dict[str, float]]] = []
         for rnd in range(args.rounds):
@@ -135,7 +141,7 @@ def main() -> int:
                     res["p99_increase_us"] = res["p99_us"] - base["p99_us"]
             rounds.append(got)
             cells = [
-                f"{label} " + " ".join(f"{k} {res[k]:.0f}" for k in keys if k in res)
+                f"{label} " + " ".join(f"{k} {_num(res[k])}" for k in keys if k in res)
                 for label, res in got.items()
             ]
             print(f"round {rnd + 1} load {os.getloadavg()[0]:.1f}: " + "; ".join(cells), flush=True)

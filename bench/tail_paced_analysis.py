@@ -39,21 +39,7 @@ from adapters import get_adapter  # noqa: E402
 from common import SinkControl  # noqa: E402
 from tail_analysis import start_sink  # noqa: E402
 from tail_cases import MAX_QUEUE_SIZE, WORK_TARGET_US, make_order, work  # noqa: E402
-
-sys.path.insert(0, str(_src))  # again: tail_analysis put this tree's src first
-
-
-def calibrate(target_us: float) -> int:
-    iters = 200
-    for _ in range(6):
-        timings = []
-        for _ in range(50):
-            t0 = time.perf_counter_ns()
-            work(iters)
-            timings.append(time.perf_counter_ns() - t0)
-        timings.sort()
-        iters = max(1, int(iters * target_us * 1000 / max(1, timings[len(timings) // 2])))
-    return iters
+from worker import scenario_calibrate  # noqa: E402
 
 
 class WorkerClock:
@@ -255,7 +241,9 @@ def main() -> int:
     args = p.parse_args()
     if args.switch_ms is not None:
         sys.setswitchinterval(args.switch_ms / 1000)
-    iters = args.work_iters or calibrate(WORK_TARGET_US)
+    iters = args.work_iters or int(
+        scenario_calibrate(argparse.Namespace(target_us=WORK_TARGET_US))["work_iters"]
+    )
     proc, url = start_sink()
     try:
         for _ in range(args.repeat):

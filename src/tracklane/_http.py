@@ -274,7 +274,7 @@ class Connection:
     def _send(self, data: Union[bytes, Sequence[bytes]], deadline: float) -> None:
         sock = self._sock()
         self._arm(sock, deadline)
-        if isinstance(data, bytes):
+        if isinstance(data, (bytes, bytearray, memoryview)):
             sock.sendall(data)
         elif not _SENDMSG or isinstance(sock, ssl.SSLSocket):
             sock.sendall(b"".join(data))
@@ -306,6 +306,8 @@ def _send_parts(sock: socket.socket, parts: Sequence[bytes]) -> None:
     views = [memoryview(p) for p in parts if p]
     while views:
         sent = sock.sendmsg(views)
+        if not sent:  # not expected of a stream socket with data to send; never spin
+            raise ConnectionClosed("the connection took no bytes of the request")
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             del views[0]
