@@ -37,7 +37,8 @@ from typing import Any, Dict, List
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "src"))
+_src = sys.argv[sys.argv.index("--src") + 1] if "--src" in sys.argv else BENCH.parent / "src"
+sys.path.insert(0, str(_src))  # the tree measured: this one's, or --src
 
 from adapters import get_adapter  # noqa: E402
 from common import SinkControl  # noqa: E402
@@ -180,6 +181,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=2_000)
     p.add_argument("--switch-ms", type=float, default=None, help="sys.setswitchinterval")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--src", default="", help="the tracklane source tree (default: this one's)")
     args = p.parse_args()
     if args.switch_ms is not None:
         sys.setswitchinterval(args.switch_ms / 1000)

@@ -296,4 +296,37 @@ def summarise(
             ok = mine is not None and theirs is not None and theirs > 0
             cells.append(f"{mine / theirs:.2f}\u00d7" if ok else "—")  # type: ignore[operator]
         rows.append("| " + " | ".join(cells) + " |")
+    paired = paired_increase_ratios(raw, peers)
+    if paired:
+        rows += ["", *paired]
     return rows
+
+
+def paired_increase_ratios(
+    raw: Dict[str, Dict[str, List[Dict[str, Any]]]], peers: List[str]
+) -> List[str]:
+    """Row g's p99 increase ÷ each peer's, round by round (both paired with that round's
+    baseline), as a line under the table.
+
+    The table's ratio divides the medians over rounds; a p99 of 6,000 requests is set by
+    60 of them, about one per batch, and moves by a factor of 2 to 4 between rounds, so
+    the per-round ratios show how far one round can swing the verdict.
+    """
+    import statistics
+
+    base = raw.get("none", {}).get("paced_handler", [])
+    mine = raw.get("tracklane", {}).get("paced_handler", [])
+    lines: List[str] = []
+    for peer in peers:
+        theirs = raw.get(peer, {}).get("paced_handler", [])
+        ratios = []
+        for m, t, b in zip(mine, theirs, base):
+            if "p99_us" in m and "p99_us" in t and "p99_us" in b and t["p99_us"] > b["p99_us"]:
+                ratios.append((m["p99_us"] - b["p99_us"]) / (t["p99_us"] - b["p99_us"]))
+        if ratios:
+            each = ", ".join(f"{r:.2f}\u00d7" for r in ratios)
+            lines.append(
+                f"- g. paced handler, p99 increase ÷ {peer}'s round by round: {each} "
+                f"(median {statistics.median(ratios):.2f}\u00d7)."
+            )
+    return lines

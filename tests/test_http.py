@@ -159,3 +159,56 @@ def test_deadline_is_kept(raw):
         conn.exchange(REQUEST, deadline(0.3))
     assert time.monotonic() - started < 1.5
     conn.close()
+
+
+class _CountingSocket(socket.socket):
+    """A socket that records how many bytes each ``sendmsg`` call took."""
+
+    sent: List[int]
+
+    def sendmsg(self, *args: object) -> int:  # type: ignore[override]
+        taken: int = super().sendmsg(*args)  # type: ignore[arg-type]
+        self.sent.append(taken)
+        return taken
+
+
+def test_a_request_in_parts_arrives_whole_after_partial_sends():
+    """Head and body sent gathered (no join) arrive byte for byte, even when the kernel
+    takes them a piece at a time."""
+    from tracklane._http import _send_parts
+
+    plain, right = socket.socketpair()
+    left = _CountingSocket(plain.family, plain.type, fileno=plain.detach())
+    left.sent = []
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    left.settimeout(10.0)  # as the connection does: sendmsg then sends what fits and says so
+    parts = [b"HEAD\r\n\r\n", b"", bytes(range(256)) * 2000, b"tail"]
+    received = bytearray()
+
+    def read_all() -> None:
+        while len(received) < sum(map(len, parts)):
+            chunk = right.recv(3000)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    try:
+        _send_parts(left, parts)
+        reader.join(10)
+    finally:
+        left.close()
+        right.close()
+    assert bytes(received) == b"".join(parts)
+    assert len(left.sent) > 1  # the partial sends this test is about did happen
+
+
+def test_exchange_accepts_the_request_in_parts(raw):
+    """A request given as (head, body) is sent as one request and answered like a whole one."""
+    conn = raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    head, body = REQUEST.split(b"\r\n\r\n")
+    answer = conn.exchange((head + b"\r\n\r\n", body), deadline())
+    conn.close()
+    assert answer.status == 200
+    assert answer.body == b"ok"

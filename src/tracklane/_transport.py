@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlsplit
 
 from ._core.retry import parse_retry_after
@@ -93,6 +93,10 @@ class RequestFormat:
         """The complete request for ``content`` (already gzipped if the option is on)."""
         return b"".join((self.head, str(len(content)).encode("ascii"), b"\r\n\r\n", content))
 
+    def frame_parts(self, content: bytes) -> Tuple[bytes, bytes]:
+        """The request for ``content`` as (head, content): sent gathered, never joined."""
+        return b"".join((self.head, str(len(content)).encode("ascii"), b"\r\n\r\n")), content
+
     def frame_bearer(self, content: bytes, token: str) -> bytes:
         """The request for ``content`` with an OAuth access token instead of Basic auth."""
         head = b"".join((self.head_start, b"Bearer ", token.encode("ascii"), _LENGTH))
@@ -130,7 +134,7 @@ class HTTPTransport:
         deadline = time.monotonic() + max(timeout, 0.001)
         if self._tokens is not None:
             return self._send_with_token(self._tokens, content, deadline)
-        return self._post(self._format.frame(content), deadline)
+        return self._post(self._format.frame_parts(content), deadline)
 
     def _send_with_token(self, tokens: TokenSource, content: bytes, deadline: float) -> SendResult:
         """Send with an OAuth access token; after a 401, once more with a new token."""
@@ -146,7 +150,7 @@ class HTTPTransport:
             tokens.reject(token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _post(self, request: bytes, deadline: float) -> SendResult:
+    def _post(self, request: Union[bytes, Sequence[bytes]], deadline: float) -> SendResult:
         with self._lock:
             for attempt in (1, 2):
                 reused = False

@@ -7,6 +7,7 @@ from collections import deque
 
 import pytest
 
+from tracklane._buffer import MemoryBuffer
 from tracklane._core.batching import (
     ENVELOPE_BYTES,
     batch_body,
@@ -46,6 +47,31 @@ def test_take_batch_takes_up_to_the_count_in_order():
     assert list(queue) == [msg(3), msg(4)]
     assert take_batch(queue, 3) == [msg(3), msg(4)]
     assert not queue
+
+
+@pytest.mark.parametrize("queued", [1, 3, 4, 5, 9, 40])
+def test_take_batch_keeps_order_whatever_the_backlog(queued):
+    """Taking 4 from any backlog (all of it, most of it, a small part) keeps FIFO order."""
+    for queue in (
+        deque(msg(i) for i in range(queued)),
+        MemoryBuffer(msg(i) for i in range(queued)),
+    ):
+        batch = take_batch(queue, 4)
+        taken = min(4, queued)
+        assert batch == [msg(i) for i in range(taken)]
+        assert list(queue) == [msg(i) for i in range(taken, queued)]
+        queue.append(msg(queued))
+        assert list(queue)[-1] == msg(queued)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 100])
+def test_body_does_not_change_the_messages(count):
+    """Building a body (retries and splits rebuild from the same list) leaves the list as it was."""
+    messages = [msg(i) for i in range(count)]
+    before = list(messages)
+    body = batch_body(messages, SENT_AT)
+    assert messages == before
+    assert json.loads(body) == {"batch": [json.loads(m) for m in before], "sentAt": SENT_AT}
 
 
 def test_take_batch_cuts_at_the_byte_limit_exactly():

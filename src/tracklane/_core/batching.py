@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import islice, repeat
 from typing import Deque, List
 
 from tracklane.config import MAX_REQUEST_BYTES
@@ -24,8 +25,19 @@ ENVELOPE_BYTES = len(_HEAD) + len(_TAIL_START) + SENT_AT_WIDTH + len(_TAIL_END)
 
 
 def batch_body(messages: List[bytes], sent_at: str) -> bytes:
-    """``{"batch": [...], "sentAt": sent_at}`` around encoded messages, without re-encoding."""
-    return b"".join((_HEAD, b",".join(messages), _TAIL_START, sent_at.encode("ascii"), _TAIL_END))
+    """``{"batch": [...], "sentAt": sent_at}`` around encoded messages, without re-encoding.
+
+    One copy of the body: the envelope is glued to the first and last message (small) and
+    everything is joined once, instead of joining the messages and then the envelope around
+    them. The worker holds the GIL for every copy (docs/performance.md, the tail).
+    """
+    tail = b"".join((_TAIL_START, sent_at.encode("ascii"), _TAIL_END))
+    if len(messages) <= 1:
+        return b"".join((_HEAD, *messages, tail))
+    parts = messages[:]
+    parts[0] = _HEAD + parts[0]
+    parts[-1] += tail
+    return b",".join(parts)
 
 
 def body_size(messages: List[bytes]) -> int:
@@ -39,10 +51,25 @@ def take_batch(
     """Pop from the left of ``queue`` the most messages whose body fits both limits.
 
     Always takes at least one message (each is at most 32 KB, far below the request limit).
+    The removal runs in C (copying and clearing the deque, or copying what stays when that
+    is less than what goes), not one ``popleft`` call per message: the worker holds the GIL
+    while it takes a batch.
     """
-    popleft = queue.popleft
-    count = min(max_count, len(queue))
-    batch = [popleft() for _ in range(count)]
+    queued = len(queue)
+    count = min(max_count, queued)
+    if count == queued:
+        batch = list(queue)
+        queue.clear()
+    else:
+        batch = list(islice(queue, count))
+        if queued - count < count:
+            rest = list(islice(queue, count, None))
+            queue.clear()
+            queue.extend(rest)
+        else:
+            popleft = queue.popleft
+            for _ in repeat(None, count):
+                popleft()
     size = body_size(batch)
     if size <= max_bytes:
         return batch  # the common case: one pass, no per-message bookkeeping

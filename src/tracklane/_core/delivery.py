@@ -19,6 +19,7 @@ are dropped for ``deadline_reason``.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Union
 
@@ -98,8 +99,6 @@ class BatchJob:
         deadline_reason: DropReason = DropReason.SHUTDOWN,
         rand: Optional[Callable[[], float]] = None,
     ) -> None:
-        import random
-
         self._parts: List[List[bytes]] = [messages]
         self._policy = policy
         self._request_timeout = request_timeout
