@@ -193,6 +193,21 @@ def test_values_land_in_their_columns(warehouse: PostgresWarehouse) -> None:
     assert rows(warehouse.dsn, "SELECT previous_id, user_id FROM backend.aliases") == [("a1", "u1")]
 
 
+def test_text_with_nul_characters_loads_without_them(warehouse: PostgresWarehouse) -> None:
+    """PostgreSQL text cannot hold U+0000, which JSON allows: such a batch still loads, with
+    those characters left out, instead of failing (and being dead-lettered) whole."""
+    batch = [
+        stored("track", "n1", event="Clicked", properties={"note": "a\x00b", "tags": ["x\x00"]}),
+        stored("track", "n2", event="Clicked", properties={"note": "fine"}),
+        stored("identify", "n3", traits={"name": "Ann\x00"}),
+    ]
+    result = warehouse.load("Backend", batch)
+    assert (result.messages, result.new) == (3, 3)
+    got = rows(warehouse.dsn, "SELECT id, note, tags FROM backend.clicked ORDER BY id")
+    assert got == [("n1", "ab", '["x"]'), ("n2", "fine", None)]
+    assert rows(warehouse.dsn, "SELECT name FROM backend.identifies") == [("Ann",)]
+
+
 def test_a_property_that_appears_later_adds_a_column(warehouse: PostgresWarehouse) -> None:
     """A new key adds a column; rows loaded before have NULL there."""
     warehouse.load("Backend", [stored("track", "t1", event="Clicked", properties={"a": 1})])

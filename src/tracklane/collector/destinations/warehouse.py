@@ -147,18 +147,29 @@ class PostgresWarehouse:
         """
         schema = self.schema_for(source_name)
         now = datetime.now(timezone.utc)
-        rows = build_rows(messages, now)
+        try:
+            return self._load_rows(schema, build_rows(messages, now), len(messages), now)
+        except WarehouseError as exc:
+            if not _is_nul_error(exc):
+                raise
+        # PostgreSQL text cannot hold U+0000 (valid in JSON, so the collector stores it):
+        # rather than fail the batch on every retry, load it with those characters left out.
+        clean = [_without_nul(message) for message in messages]
+        return self._load_rows(schema, build_rows(clean, now), len(messages), now)
+
+    def _load_rows(self, schema: str, rows: Rows, count: int, now: datetime) -> LoadResult:
+        """Load built rows in one transaction; through staging if a row appeared meanwhile."""
         with self._lock:
             if self._closed:
                 raise WarehouseError("the warehouse is closed")
             try:
-                return self._load_once(schema, rows, len(messages), now, staged=False)
+                return self._load_once(schema, rows, count, now, staged=False)
             except WarehouseError as exc:
                 if not isinstance(exc.__cause__, _unique_violation()):
                     raise
             # A row appeared between the check and the COPY (another collector loading the
             # same messages, or rows deleted by hand from one table): load through staging.
-            return self._load_once(schema, rows, len(messages), now, staged=True)
+            return self._load_once(schema, rows, count, now, staged=True)
 
     def _load_once(
         self, schema: str, rows: Rows, count: int, now: datetime, *, staged: bool
@@ -440,3 +451,21 @@ def _names(columns: Iterable[str]) -> str:
 
 def _json(value: Any) -> str:
     return dumps(value).decode("utf-8")
+
+
+def _is_nul_error(exc: WarehouseError) -> bool:
+    """Whether PostgreSQL (or psycopg) refused text for holding a NUL character."""
+    cause = exc.__cause__
+    text = str(cause) if cause is not None else ""
+    return "NUL" in text or "\\u0000" in text or "Unicode escape sequence" in text
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 left out of its strings and keys (a copy)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, Mapping):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_nul(item) for item in value]
+    return value
