@@ -71,6 +71,21 @@ class _Batch:
     envelopes: List[Envelope] = field(default_factory=list)
     kept: List[Union[StoredEvent, WireEvent]] = field(default_factory=list)  # of each envelope
 
+    def keep(self, envelope: Envelope, event: Union[StoredEvent, WireEvent]) -> None:
+        """Deliver ``event`` as ``envelope``."""
+        self.envelopes.append(envelope)
+        self.kept.append(event)
+
+    def skip(self, event_id: int) -> None:
+        """Count ``event_id`` as skipped (its integrations or the destination's sources)."""
+        self.settlement.skipped += 1
+        self.settlement.skipped_ids.append(event_id)
+
+    def drop(self, event_id: int) -> None:
+        """Count ``event_id`` as filtered out."""
+        self.settlement.filtered += 1
+        self.settlement.filtered_ids.append(event_id)
+
 
 class Router:
     """Delivers stored events to the configured destinations, in background threads."""
@@ -200,73 +215,61 @@ class Router:
             self._route_decoded(lane, events, batch)
         return batch
 
+    def _rules(self, lane: _Lane, source: str) -> Tuple[FilterConfig, ...]:
+        """The filters of ``lane``'s destination for ``source`` (built once per source)."""
+        rules = lane.filters.get(source)
+        if rules is None:
+            rules = lane.filters[source] = filters_for(self.config.filters, source, lane.item.name)
+        return rules
+
     def _route_decoded(self, lane: _Lane, events: List[StoredEvent], batch: _Batch) -> None:
-        item = lane.item
-        settlement = batch.settlement
         for event in events:
             source = self._source_of.get(event.write_key, DEFAULT_SOURCE)
-            rules = lane.filters.get(source)
-            if rules is None:
-                rules = lane.filters[source] = filters_for(self.config.filters, source, item.name)
-            decision = route(event.message, source, item, rules)
+            decision = route(event.message, source, lane.item, self._rules(lane, source))
             if decision.verdict is Verdict.SKIPPED:
-                settlement.skipped += 1
-                settlement.skipped_ids.append(event.id)
+                batch.skip(event.id)
             elif decision.verdict is Verdict.FILTERED:
-                settlement.filtered += 1
-                settlement.filtered_ids.append(event.id)
+                batch.drop(event.id)
             else:
                 assert decision.message is not None
-                batch.envelopes.append(Envelope(decision.message, source, decision.options))
-                batch.kept.append(event)
+                batch.keep(Envelope(decision.message, source, decision.options), event)
 
     def _route_wire(self, lane: _Lane, events: List[WireEvent], batch: _Batch) -> None:
         """Route encoded events; only those a filter applies to are decoded."""
         item = lane.item
         name = item.name
-        settlement = batch.settlement
-        envelopes = batch.envelopes
-        kept = batch.kept
         for event in events:
             source = self._source_of.get(event.write_key, DEFAULT_SOURCE)
-            rules = lane.filters.get(source)
-            if rules is None:
-                rules = lane.filters[source] = filters_for(self.config.filters, source, name)
+            rules = self._rules(lane, source)
             if rules:
                 message = loads_stored(event.wire.decode("utf-8"))
                 decision = route(message, source, item, rules)
                 if decision.verdict is Verdict.SKIPPED:
-                    settlement.skipped += 1
-                    settlement.skipped_ids.append(event.id)
+                    batch.skip(event.id)
                 elif decision.verdict is Verdict.FILTERED:
-                    settlement.filtered += 1
-                    settlement.filtered_ids.append(event.id)
+                    batch.drop(event.id)
                 elif decision.message is message:  # nothing removed: send the bytes as read
-                    envelopes.append(
-                        Envelope(
-                            {"messageId": event.message_id}, source, decision.options, event.wire
-                        )
+                    wire = Envelope(
+                        {"messageId": event.message_id}, source, decision.options, event.wire
                     )
-                    kept.append(event)
+                    batch.keep(wire, event)
                 else:
                     assert decision.message is not None
-                    envelopes.append(Envelope(decision.message, source, decision.options))
-                    kept.append(event)
+                    batch.keep(Envelope(decision.message, source, decision.options), event)
                 continue
             # The common case, without route(): the sources and integrations alone decide.
             if item.sources is not None and source not in item.sources:
-                settlement.skipped += 1
-                settlement.skipped_ids.append(event.id)
+                batch.skip(event.id)
                 continue
             options = None
             if event.integrations is not None:
                 enabled, options = integration_choice(event.integrations, name)
                 if not enabled:
-                    settlement.skipped += 1
-                    settlement.skipped_ids.append(event.id)
+                    batch.skip(event.id)
                     continue
-            envelopes.append(Envelope({"messageId": event.message_id}, source, options, event.wire))
-            kept.append(event)
+            batch.keep(
+                Envelope({"messageId": event.message_id}, source, options, event.wire), event
+            )
 
     def _finish(self, lane: _Lane, claim: Claim, batch: _Batch) -> None:
         """Deliver a prepared claim, settle it and free its slot (never raises)."""
