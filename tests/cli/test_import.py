@@ -233,19 +233,26 @@ def test_skip_invalid_sends_the_rest_and_counts_the_skipped(
     assert numbers_of(stored(collector, write_key)) == [0, 1]
 
 
+def refuse_poison(body: Any) -> Action:
+    """A 400 for any batch holding a "Poison" event; 200 otherwise."""
+    events = [m.get("event") for m in body["batch"]] if isinstance(body, dict) else []
+    if "Poison" in events:
+        return Action(status=400, body=b'{"success":false,"error":"poison pill"}')
+    return Action()
+
+
+def poison_refusing_server() -> RecordingServer:
+    """A receiver on 127.0.0.1 that refuses batches holding a "Poison" event (see above)."""
+    server = RecordingServer()
+    server.decide = refuse_poison
+    return server
+
+
 def test_records_rejected_by_the_server_are_reported_with_reason(tmp_path: Path) -> None:
     """A message the server refuses (400) is counted as rejected with the server's reason
     and its line; every other record is delivered, and the exit code is 1."""
-    server = RecordingServer()
+    server = poison_refusing_server()
     try:
-
-        def decide(body: Any) -> Action:
-            events = [m.get("event") for m in body["batch"]] if isinstance(body, dict) else []
-            if "Poison" in events:
-                return Action(status=400, body=b'{"success":false,"error":"poison pill"}')
-            return Action()
-
-        server.decide = decide
         path = tmp_path / "events.jsonl"
         lines = [line_for(n) for n in range(30)]
         lines[17] = {"type": "track", "userId": "u", "event": "Poison"}
@@ -415,16 +422,8 @@ def test_the_same_file_renamed_is_not_stored_twice(
 
 def test_rejections_are_counted_in_a_resumed_run(tmp_path: Path) -> None:
     """A run that resumes half-way still attributes a rejection to its record."""
-    server = RecordingServer()
+    server = poison_refusing_server()
     try:
-
-        def decide(body: Any) -> Action:
-            events = [m.get("event") for m in body["batch"]] if isinstance(body, dict) else []
-            if "Poison" in events:
-                return Action(status=400, body=b'{"success":false,"error":"poison pill"}')
-            return Action()
-
-        server.decide = decide
         path = tmp_path / "events.jsonl"
         lines = [json.dumps(line_for(n)) for n in range(30)]
         lines[24] = json.dumps({"type": "track", "userId": "u", "event": "Poison"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -375,9 +375,11 @@ def test_a_failed_batch_commits_nothing_and_loads_once_fixed(warehouse: Postgres
     assert warehouse.load("Backend", batch).new == 2
 
 
-def test_concurrent_loaders_agree_on_new_columns(postgres: PostgresServer) -> None:
-    """Two loaders (two collectors) adding the same new columns at once both succeed."""
-    dsn = postgres.create_database("wh")
+def load_in_two_loaders_at_once(
+    dsn: str, batches_of: Callable[[int], List[List[Dict[str, Any]]]]
+) -> None:
+    """Two loaders (two collectors) load ``batches_of(0)`` and ``batches_of(1)`` at once;
+    neither may fail."""
     loaders = [PostgresWarehouse(dsn) for _ in range(2)]
     errors: List[BaseException] = []
     start = threading.Barrier(2)
@@ -385,9 +387,7 @@ def test_concurrent_loaders_agree_on_new_columns(postgres: PostgresServer) -> No
     def load(index: int) -> None:
         try:
             start.wait(10)
-            for n in range(10):
-                props = {f"p{n}": n, "shared": n}
-                batch = [stored("track", f"{index}-{n}", event="Raced", properties=props)]
+            for batch in batches_of(index):
                 loaders[index].load("Backend", batch)
         except BaseException as exc:
             errors.append(exc)
@@ -400,6 +400,19 @@ def test_concurrent_loaders_agree_on_new_columns(postgres: PostgresServer) -> No
     for loader in loaders:
         loader.close()
     assert errors == []
+
+
+def test_concurrent_loaders_agree_on_new_columns(postgres: PostgresServer) -> None:
+    """Two loaders (two collectors) adding the same new columns at once both succeed."""
+    dsn = postgres.create_database("wh")
+
+    def batches_of(index: int) -> List[List[Dict[str, Any]]]:
+        return [
+            [stored("track", f"{index}-{n}", event="Raced", properties={f"p{n}": n, "shared": n})]
+            for n in range(10)
+        ]
+
+    load_in_two_loaders_at_once(dsn, batches_of)
     assert rows(dsn, "SELECT count(*) FROM backend.raced") == [(20,)]
     assert {f"p{n}" for n in range(10)} <= set(columns(dsn)["raced"])
 
@@ -488,7 +501,6 @@ def test_loaders_racing_on_the_same_batches_load_each_event_once(
 ) -> None:
     """Two loaders (collectors redelivering after a lost lease) leave one row per event."""
     dsn = postgres.create_database("wh")
-    loaders = [PostgresWarehouse(dsn) for _ in range(2)]
     batches = [
         [
             stored("track", f"e{n}-{i}", event="Raced", properties={"i": i}),
@@ -497,25 +509,7 @@ def test_loaders_racing_on_the_same_batches_load_each_event_once(
         for n in range(15)
         for i in range(4)
     ]
-    errors: List[BaseException] = []
-    start = threading.Barrier(2)
-
-    def load(index: int) -> None:
-        try:
-            start.wait(10)
-            for batch in batches:
-                loaders[index].load("Backend", batch)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    for loader in loaders:
-        loader.close()
-    assert errors == []
+    load_in_two_loaders_at_once(dsn, lambda index: batches)
     for table, expected in [("tracks", 60), ("raced", 60), ("identifies", 60), ("users", 4)]:
         assert rows(dsn, f"SELECT count(*), count(DISTINCT id) FROM backend.{table}") == [
             (expected, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -138,18 +139,29 @@ def test_a_restart_releases_the_leases_of_the_dead_process(tmp_path: Path) -> No
     storage.close()
 
 
+@contextlib.contextmanager
+def two_pg_collectors(postgres: Any, name: str) -> Iterator[Tuple[Any, Any, Any]]:
+    """A fresh PostgreSQL store and two collectors' outboxes on it (60 s leases), closed after."""
+    from tracklane.collector.outbox_pg import PostgresOutbox
+    from tracklane.collector.storage_pg import PostgresStorage
+
+    dsn = postgres.create_database(name)
+    storage = PostgresStorage(dsn)
+    first = PostgresOutbox(dsn, lease_seconds=60)
+    second = PostgresOutbox(dsn, lease_seconds=60)
+    try:
+        yield storage, first, second
+    finally:
+        first.close()
+        second.close()
+        storage.close()
+
+
 def test_postgres_collectors_never_share_a_claim_and_take_over_expired_leases(
     postgres: Any,
 ) -> None:
     """Two collectors claim disjoint rows; a dead one's rows are claimed once its lease ends."""
-    from tracklane.collector.outbox_pg import PostgresOutbox
-    from tracklane.collector.storage_pg import PostgresStorage
-
-    dsn = postgres.create_database("takeover")
-    storage = PostgresStorage(dsn)
-    alive = PostgresOutbox(dsn, lease_seconds=60)
-    dead = PostgresOutbox(dsn, lease_seconds=60)
-    try:
+    with two_pg_collectors(postgres, "takeover") as (storage, alive, dead):
         alive.register(["D"])
         _store(storage, 30)
         now = time.time()
@@ -172,10 +184,6 @@ def test_postgres_collectors_never_share_a_claim_and_take_over_expired_leases(
         (status,) = alive.status([("D", "webhook")])
         assert status.pending == 0
         assert status.delivered == 30  # each row once, however many collectors held it
-    finally:
-        dead.close()
-        alive.close()
-        storage.close()
 
 
 def test_a_due_retry_is_claimed_before_a_backlog_stored_after_it(opened: Opened) -> None:
@@ -196,14 +204,7 @@ def test_a_due_retry_is_claimed_before_a_backlog_stored_after_it(opened: Opened)
 
 def test_a_late_settlement_after_a_takeover_counts_nothing_twice(postgres: Any) -> None:
     """The collector that took rows over counts them; the late owner's settle adds nothing."""
-    from tracklane.collector.outbox_pg import PostgresOutbox
-    from tracklane.collector.storage_pg import PostgresStorage
-
-    dsn = postgres.create_database("late_settle")
-    storage = PostgresStorage(dsn)
-    first = PostgresOutbox(dsn, lease_seconds=60)
-    second = PostgresOutbox(dsn, lease_seconds=60)
-    try:
+    with two_pg_collectors(postgres, "late_settle") as (storage, first, second):
         first.register(["D"])
         _store(storage, 6)
         now = time.time()
@@ -223,10 +224,6 @@ def test_a_late_settlement_after_a_takeover_counts_nothing_twice(postgres: Any) 
         (status,) = second.status([("D", "webhook")])
         assert (status.delivered, status.filtered, status.skipped) == (4, 1, 1)
         assert (status.pending, status.dead_lettered, status.last_error) == (0, 0, None)
-    finally:
-        first.close()
-        second.close()
-        storage.close()
 
 
 def test_traces_say_where_a_destination_added_later_starts(opened: Opened) -> None:
