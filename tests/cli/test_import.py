@@ -116,7 +116,8 @@ def test_sigkill_mid_import_then_rerun_stores_every_line_once(
         if proc.poll() is None:
             proc.kill()
     stored_at_kill = count(collector, write_key)
-    assert done <= stored_at_kill < total
+    # ``done`` counts lines; write_lines puts a blank one at every 1,001st line.
+    assert done - done // 1001 <= stored_at_kill < total
     result = run_cli(*import_args(path, collector, write_key, "--progress=none"))
     assert result.returncode == 0, result.stderr
     assert f"this run started after record {done:,}" in result.stdout
