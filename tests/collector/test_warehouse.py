@@ -656,3 +656,16 @@ def test_threads_upserting_the_same_users_in_opposite_orders_do_not_deadlock(
     assert errors == []
     assert rows(warehouse.dsn, "SELECT count(*) FROM backend.identifies") == [(320,)]
     assert rows(warehouse.dsn, "SELECT DISTINCT round, by FROM backend.users") == [(7, 1)]
+
+
+def test_each_table_has_a_brin_index_on_received_at(warehouse: PostgresWarehouse) -> None:
+    """received_at, Segment's sort key, gets a BRIN index (min/max per page range) per table."""
+    warehouse.load("Backend", six_types())
+    found = rows(
+        warehouse.dsn,
+        "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'backend'"
+        " AND indexdef LIKE '%(received_at)%' ORDER BY tablename",
+    )
+    tables = {"tracks", "order_completed", "identifies", "pages", "screens", "groups", "aliases"}
+    assert {table for table, _ in found} == tables | {"users"}
+    assert all("USING brin" in definition for _, definition in found)
