@@ -106,7 +106,8 @@ def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
     warehouse = PostgresWarehouse(dsn)
     try:
         warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
-        conn = warehouse._connection()  # the loader's session, to read its backend's CPU
+        conn = warehouse._idle[-1].conn  # the loader's session, to read its backend's CPU
+        assert conn is not None
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         own_before, server_before = time.process_time(), cpu_seconds(backend)

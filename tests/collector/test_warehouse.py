@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
@@ -546,3 +547,125 @@ def test_long_nested_keys_are_cut_to_63_bytes_of_the_whole_name() -> None:
     message = stored("track", "t1", event="Long", properties={"a" * 40: {"b" * 40: 1}})
     table = build_rows([message], datetime.now(timezone.utc)).tables["long"]
     assert ("a" * 40 + "_" + "b" * 22) in table.kinds
+
+
+def _waiting_on_locks(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def test_a_load_held_up_in_the_database_does_not_hold_up_another_thread(
+    warehouse: PostgresWarehouse,
+) -> None:
+    """Two threads load at once on their own connections: while one waits for a row lock,
+    the other's batch (with a new column) is committed; then the first completes."""
+    warehouse.load("Backend", [stored("identify", "i0", userId="held", traits={"plan": "free"})])
+    blocker = psycopg.connect(warehouse.dsn)  # holds the users row the first load upserts
+    errors: List[BaseException] = []
+
+    def load(batch: List[Dict[str, Any]]) -> None:
+        try:
+            warehouse.load("Backend", batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    held = [
+        stored(
+            "identify",
+            "i1",
+            userId="held",
+            receivedAt="2024-05-02T10:00:00.000Z",
+            traits={"plan": "pro"},
+        )
+    ]
+    free = [
+        stored("track", f"t{n}", event="Ran", properties={"n": n, "late": True}) for n in range(50)
+    ]
+    slow = threading.Thread(target=load, args=(held,))
+    try:
+        blocker.execute("SELECT * FROM backend.users WHERE id = 'held' FOR UPDATE")
+        slow.start()
+        _until(lambda: _waiting_on_locks(warehouse.dsn) >= 1, "the first load waits")
+        fast = threading.Thread(target=load, args=(free,))  # another session's load
+        fast.start()
+        fast.join(30)
+        assert not fast.is_alive(), "the second load waited for the first"
+        assert errors == []
+        assert rows(warehouse.dsn, "SELECT count(*), count(late) FROM backend.ran") == [(50, 50)]
+        assert slow.is_alive()
+    finally:
+        blocker.rollback()
+        blocker.close()
+        slow.join(30)
+    assert errors == []
+    assert rows(warehouse.dsn, "SELECT id, plan FROM backend.users") == [("held", "pro")]
+    assert rows(warehouse.dsn, "SELECT count(*) FROM backend.identifies") == [(2,)]
+
+
+def test_threads_upserting_the_same_users_in_opposite_orders_do_not_deadlock(
+    warehouse: PostgresWarehouse,
+) -> None:
+    """Batches naming the same users in opposite orders, loaded by two threads at once,
+    all commit (users are upserted in id order) and the latest traits win."""
+    users = [f"u{n}" for n in range(20)]
+
+    def batches_of(index: int) -> List[List[Dict[str, Any]]]:
+        order = users if index == 0 else users[::-1]
+        return [
+            [
+                stored(
+                    "identify",
+                    f"{index}-{rnd}-{user}",
+                    userId=user,
+                    receivedAt=f"2024-05-01T10:00:{rnd:02d}.{index}00Z",
+                    traits={"round": rnd, "by": index},
+                )
+                for user in order
+            ]
+            for rnd in range(8)
+        ]
+
+    errors: List[BaseException] = []
+    start = threading.Barrier(2)
+
+    def load(index: int) -> None:
+        try:
+            start.wait(10)
+            for batch in batches_of(index):
+                warehouse.load("Backend", batch)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert rows(warehouse.dsn, "SELECT count(*) FROM backend.identifies") == [(320,)]
+    assert rows(warehouse.dsn, "SELECT DISTINCT round, by FROM backend.users") == [(7, 1)]
+
+
+def test_each_table_has_a_brin_index_on_received_at(warehouse: PostgresWarehouse) -> None:
+    """received_at, Segment's sort key, gets a BRIN index (min/max per page range) per table."""
+    warehouse.load("Backend", six_types())
+    found = rows(
+        warehouse.dsn,
+        "SELECT tablename, indexdef FROM pg_indexes WHERE schemaname = 'backend'"
+        " AND indexdef LIKE '%(received_at)%' ORDER BY tablename",
+    )
+    tables = {"tracks", "order_completed", "identifies", "pages", "screens", "groups", "aliases"}
+    assert {table for table, _ in found} == tables | {"users"}
+    assert all("USING brin" in definition for _, definition in found)

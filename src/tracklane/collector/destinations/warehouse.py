@@ -11,15 +11,14 @@ whole batch back and raises :class:`WarehouseError`; loading it again is safe.
 Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``); psycopg is
 imported when the first warehouse is created.
 
-Each table's new rows are COPYed (text format) straight into it: the batch's ids are
-looked up first (one indexed ``= ANY`` per type table) and left out, so redelivery adds
-nothing. ``users`` goes through a temporary staging table (``LIKE`` the target, ``ON COMMIT
-DELETE ROWS``, created once per connection and table) and one ``INSERT ... SELECT ... ON
-CONFLICT (id) DO UPDATE``. Should a row appear between the look-up and the COPY (another
-collector loading the same messages), the batch is rolled back and loaded again through
-staging tables with ``ON CONFLICT (id) DO NOTHING``. Measured on the bench's events, this
-takes about a third less PostgreSQL CPU per event than one ``json_populate_recordset``
-statement per table (docs/performance.md).
+Each table's rows are COPYed (text format) straight into it. ``users`` goes through a
+temporary staging table (``LIKE`` the target, ``ON COMMIT DELETE ROWS``, created once per
+connection and table) and one ``INSERT ... SELECT ... ON CONFLICT (id) DO UPDATE``. Should
+a row be there already (a redelivery, or another collector loading the same messages), the
+COPY fails on the primary key, the batch is rolled back and loaded again through staging
+tables with ``ON CONFLICT (id) DO NOTHING``, so redelivery adds nothing. Loads from several
+threads run at once, each on its own connection (a session). Measured on the bench's
+events (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from typing import (
     Mapping,
     Optional,
     Sequence,
-    Set,
     Tuple,
 )
 
@@ -111,12 +109,8 @@ class PostgresWarehouse:
         self.dsn = dsn
         self.schema_template = schema or "{source}"
         self.connect_timeout = connect_timeout
-        self._lock = threading.Lock()
-        self._conn: Optional[psycopg.Connection[Any]] = None
-        # schema -> table -> column -> PostgreSQL type, as last read or created.
-        self._columns: Dict[str, Dict[str, Dict[str, str]]] = {}
-        # (schema, table) -> this connection's staging table and the columns it has.
-        self._stages: Dict[Tuple[str, str], Tuple[str, FrozenSet[str]]] = {}
+        self._lock = threading.Lock()  # guards the pool of sessions
+        self._idle: List[_Session] = []  # sessions not loading now, the last used last
         self._closed = False
 
     @classmethod
@@ -159,86 +153,89 @@ class PostgresWarehouse:
 
     def _load_rows(self, schema: str, rows: Rows, count: int, now: datetime) -> LoadResult:
         """Load built rows in one transaction; through staging if a row appeared meanwhile."""
-        with self._lock:
-            if self._closed:
-                raise WarehouseError("the warehouse is closed")
+        session = self._take()
+        try:
             try:
-                return self._load_once(schema, rows, count, now, staged=False)
+                return self._load_once(session, schema, rows, count, now, staged=False)
             except WarehouseError as exc:
                 if not isinstance(exc.__cause__, _unique_violation()):
                     raise
             # A row appeared between the check and the COPY (another collector loading the
             # same messages, or rows deleted by hand from one table): load through staging.
-            return self._load_once(schema, rows, count, now, staged=True)
+            return self._load_once(session, schema, rows, count, now, staged=True)
+        finally:
+            self._give_back(session)
+
+    def _take(self) -> _Session:
+        """An idle session (the one used last), or a new one: one per concurrent load."""
+        with self._lock:
+            if self._closed:
+                raise WarehouseError("the warehouse is closed")
+            return self._idle.pop() if self._idle else _Session()
+
+    def _give_back(self, session: _Session) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(session)
+                return
+        session.close()
 
     def _load_once(
-        self, schema: str, rows: Rows, count: int, now: datetime, *, staged: bool
+        self, session: _Session, schema: str, rows: Rows, count: int, now: datetime, *, staged: bool
     ) -> LoadResult:
         try:
-            conn = self._connection()
+            conn = self._connection(session)
             with conn.transaction():
-                new, discarded = self._load(conn, schema, rows, now, staged=staged)
+                new, discarded = self._load(session, schema, rows, now, staged=staged)
             return LoadResult(messages=count, new=new, discarded_values=discarded)
         except Exception as exc:
-            self._columns.pop(schema, None)  # DDL may have been rolled back
-            self._stages.clear()  # so may a staging table's creation
-            if self._conn is not None and self._conn.broken:
-                self._conn = None
+            session.columns.pop(schema, None)  # DDL may have been rolled back
+            session.stages.clear()  # so may a staging table's creation
+            if session.conn is not None and session.conn.broken:
+                session.conn = None
             if isinstance(exc, WarehouseError):
                 raise
             raise WarehouseError(f"loading {count} messages into {schema}: {exc}") from exc
 
-    def _connection(self) -> psycopg.Connection[Any]:
+    def _connection(self, session: _Session) -> psycopg.Connection[Any]:
         import psycopg
 
-        if self._conn is None or self._conn.closed:
-            self._stages.clear()  # temporary tables live and die with their session
+        if session.conn is None or session.conn.closed:
+            session.stages.clear()  # temporary tables live and die with their session
             try:
-                self._conn = psycopg.connect(
+                session.conn = psycopg.connect(
                     self.dsn, autocommit=True, connect_timeout=max(1, round(self.connect_timeout))
                 )
             except psycopg.Error as exc:
                 raise WarehouseError(f"cannot connect to the warehouse: {exc}") from exc
-        return self._conn
+        return session.conn
 
     def _load(
         self,
-        conn: psycopg.Connection[Any],
+        session: _Session,
         schema: str,
         rows: Rows,
         now: datetime,
         *,
         staged: bool,
     ) -> Tuple[int, int]:
-        """COPY each table's new rows straight into it (``staged``: through staging tables).
+        """COPY each table's rows straight into it (``staged``: through staging tables).
 
-        The ids already loaded are read first (one indexed ``= ANY`` per type table; an
-        event table's rows share their ``tracks`` row's id) and left out of the COPY, so
-        redelivery adds nothing. ``users`` always goes through staging to be upserted.
+        A row already loaded makes the COPY fail on the primary key (a redelivery): the
+        caller then rolls back and loads through staging, skipping what is there.
+        ``users`` always goes through staging to be upserted.
         """
-        columns = self._ensure_columns(conn, schema, rows)
+        conn = session.conn
+        assert conn is not None
+        columns = self._ensure_columns(session, schema, rows)
         discards: List[Discard] = list(rows.discards)
         new = 0
-        loaded: Dict[str, Set[str]] = {}
-        # Type tables first: the event tables are filtered by what ``tracks`` holds.
-        order = sorted(rows.tables, key=lambda name: name not in _PRIMARY)
         with conn.cursor() as cursor:
-            # Tables loaded by COPY may have no statistics yet, and then PostgreSQL plans
-            # the id look-up as a scan of the whole table (seen: 4 ms per batch at 24,000
-            # rows, growing with the table); the primary key index is always right. Only
-            # for the look-ups (the users upsert from staging was 4x slower with it).
-            look_ups = not staged
-            if look_ups:
-                cursor.execute("SET LOCAL enable_seqscan = off")
-            for name in order:
-                if look_ups and name not in _PRIMARY:
-                    cursor.execute("SET LOCAL enable_seqscan = on")
-                    look_ups = False
-                table = rows.tables[name]
+            for name, table in rows.tables.items():
                 names, fitted, dropped = fit_rows(table, columns[name])
                 discards.extend(dropped)
                 if staged or name == "users":
-                    stage = self._stage(cursor, schema, name, names)
+                    stage = self._stage(session, cursor, schema, name, names)
                     _copy(cursor, stage, names, fitted)
                     if name == "users":
                         cursor.execute(self._upsert_users_sql(schema, stage, names))
@@ -247,25 +244,18 @@ class PostgresWarehouse:
                     if name in _PRIMARY:
                         new += max(cursor.rowcount, 0)
                     continue
-                target = f"{_quote(schema)}.{_quote(name)}"
-                if name in _PRIMARY:
-                    ids = [row[0] for row in fitted]  # id is the first column
-                    cursor.execute(f"SELECT id FROM {target} WHERE id = ANY(%s)", [ids])
-                    seen = loaded[name] = {found for (found,) in cursor}
-                else:
-                    seen = loaded.get("tracks", set())
-                if seen:
-                    fitted = [row for row in fitted if row[0] not in seen]
+                _copy(cursor, f"{_quote(schema)}.{_quote(name)}", names, fitted)
                 if name in _PRIMARY:
                     new += len(fitted)
-                if fitted:
-                    _copy(cursor, target, names, fitted)
-            if look_ups:
-                cursor.execute("SET LOCAL enable_seqscan = on")
         return new, self._insert_discards(conn, schema, discards, now)
 
+    @staticmethod
     def _stage(
-        self, cursor: psycopg.Cursor[Any], schema: str, table: str, names: Sequence[str]
+        session: _Session,
+        cursor: psycopg.Cursor[Any],
+        schema: str,
+        table: str,
+        names: Sequence[str],
     ) -> str:
         """This session's staging table for ``schema.table`` with (at least) ``names``.
 
@@ -273,15 +263,15 @@ class PostgresWarehouse:
         emptied at each commit; recreated when the target gained a column since.
         """
         key = (schema, table)
-        found = self._stages.get(key)
+        found = session.stages.get(key)
         if found is not None and found[1].issuperset(names):
             return found[0]
-        stage = found[0] if found is not None else _quote(f"tracklane_stage_{len(self._stages)}")
+        stage = found[0] if found is not None else _quote(f"tracklane_stage_{len(session.stages)}")
         target = f"{_quote(schema)}.{_quote(table)}"
         cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{stage}")
         cursor.execute(f"CREATE TEMPORARY TABLE {stage} (LIKE {target}) ON COMMIT DELETE ROWS")
-        known = self._columns.get(schema, {}).get(table, {})
-        self._stages[key] = (stage, frozenset(known).union(names))
+        known = session.columns.get(schema, {}).get(table, {})
+        session.stages[key] = (stage, frozenset(known).union(names))
         return stage
 
     @staticmethod
@@ -289,7 +279,7 @@ class PostgresWarehouse:
         quoted = _names(names)
         return (
             f"INSERT INTO {_quote(schema)}.{_quote(table)} ({quoted}) SELECT {quoted}"
-            f" FROM {stage} ON CONFLICT (id) DO NOTHING"
+            f" FROM {stage} ORDER BY id ON CONFLICT (id) DO NOTHING"
         )
 
     @staticmethod
@@ -308,7 +298,7 @@ class PostgresWarehouse:
         quoted = _names(names)
         return (
             f"INSERT INTO {_quote(schema)}.{_quote('users')} AS u ({quoted}) SELECT {quoted}"
-            f" FROM {stage} ON CONFLICT (id) DO UPDATE SET {', '.join(updates)}"
+            f" FROM {stage} ORDER BY id ON CONFLICT (id) DO UPDATE SET {', '.join(updates)}"
         )
 
     def _insert_discards(
@@ -338,22 +328,24 @@ class PostgresWarehouse:
         return max(cursor.rowcount, 0)
 
     def _ensure_columns(
-        self, conn: psycopg.Connection[Any], schema: str, rows: Rows
+        self, session: _Session, schema: str, rows: Rows
     ) -> Dict[str, Dict[str, str]]:
         """Create what the batch needs (schema, tables, columns); return every column's type.
 
         DDL runs under a transaction-scoped advisory lock per schema, and the catalog is
         read again under it, so collectors loading at once agree on each column's type.
         """
-        known = self._columns.get(schema)
+        conn = session.conn
+        assert conn is not None
+        known = session.columns.get(schema)
         if known is None:
-            known = self._columns[schema] = self._read_columns(conn, schema)
+            known = session.columns[schema] = self._read_columns(conn, schema)
         if not _missing(known, rows):
             return known
         conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext('tracklane.warehouse'), hashtext(%s))", [schema]
         )
-        known = self._columns[schema] = self._read_columns(conn, schema)
+        known = session.columns[schema] = self._read_columns(conn, schema)
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
         wanted = dict(rows.tables)
         if DISCARDS_TABLE not in known:
@@ -396,7 +388,12 @@ class PostgresWarehouse:
         if "received_at" in columns and name != DISCARDS_TABLE:
             index = _quote(snake_case(f"{name}_received_at_idx") or "received_at_idx")
             target = f"{_quote(schema)}.{_quote(name)}"
-            conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {target} (received_at)")
+            # BRIN: PostgreSQL's form of a sort key (a min/max per range of pages), for the
+            # append-mostly received_at; a B-tree cost 12% more WAL per event (performance.md).
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {index} ON {target}"
+                " USING brin (received_at) WITH (autosummarize = on)"
+            )
         known[name] = dict(columns)
 
     @staticmethod
@@ -411,12 +408,32 @@ class PostgresWarehouse:
         return found
 
     def close(self) -> None:
-        """Close the connection; idempotent."""
+        """Close the idle sessions (a load under way closes its own when done); idempotent."""
         with self._lock:
             self._closed = True
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+
+class _Session:
+    """One connection to the warehouse and what it knows: one per concurrent load.
+
+    Each session keeps its own catalog cache and temporary staging tables, as two
+    collectors would; DDL is serialized by the schema's advisory lock either way.
+    """
+
+    def __init__(self) -> None:
+        self.conn: Optional[psycopg.Connection[Any]] = None
+        # schema -> table -> column -> PostgreSQL type, as last read or created.
+        self.columns: Dict[str, Dict[str, Dict[str, str]]] = {}
+        # (schema, table) -> this connection's staging table and the columns it has.
+        self.stages: Dict[Tuple[str, str], Tuple[str, FrozenSet[str]]] = {}
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def _missing(known: Mapping[str, Mapping[str, str]], rows: Rows) -> bool:
