@@ -58,9 +58,11 @@ def lag_seconds(received_at: Optional[str], now: float) -> float:
     return max(0.0, now - moment.timestamp())
 
 
-@dataclass(frozen=True)
-class PendingRow:
-    """A claimed outbox row: events ``first..last`` (one event when they are equal)."""
+class PendingRow(NamedTuple):
+    """A claimed outbox row: events ``first..last`` (one event when they are equal).
+
+    A named tuple: the PostgreSQL outbox makes one per claimed event.
+    """
 
     id: int
     first: int

@@ -32,6 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
+import orjson
+
 from tracklane.collector._json import loads_stored
 from tracklane.collector.outbox_base import (
     Claim,
@@ -128,16 +130,15 @@ $$;
 # before. (Reading the integrations object here with ``body::json -> 'integrations'`` cost
 # the server more CPU, about 30 µs per event, than the collector decoding the message.)
 _CLAIM = """
-WITH picked AS (
-    SELECT event_id FROM tracklane_outbox
-    WHERE destination = %(d)s AND due_at <= %(now)s
-      AND (lease_until IS NULL OR lease_until < %(now)s)
-    ORDER BY due_at, event_id LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE tracklane_outbox o SET lease_until = %(lease)s, lease_owner = %(owner)s
-    FROM picked WHERE o.destination = %(d)s AND o.event_id = picked.event_id
-    RETURNING o.event_id, o.attempts
+WITH leased AS (
+    UPDATE tracklane_outbox SET lease_until = %(lease)s, lease_owner = %(owner)s
+    WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM tracklane_outbox
+        WHERE destination = %(d)s AND due_at <= %(now)s
+          AND (lease_until IS NULL OR lease_until < %(now)s)
+        ORDER BY due_at, event_id LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED))
+    RETURNING event_id, attempts
 )
 SELECT l.event_id, l.attempts, e.write_key, e.message_id, e.received_at, e.timestamp,
     e.original_timestamp, e.body
@@ -345,9 +346,8 @@ class PostgresOutbox:
                 found.extend(wire_events([event]))
                 continue
             integrations = None
-            if '"integrations"' in body:
-                value = loads_stored(body).get("integrations")
-                integrations = value if isinstance(value, dict) else None
+            if b'"integrations"' in wire:
+                integrations = _integrations(wire)
             found.append(WireEvent(event_id, key, message_id, wire, integrations, attempts))
         return found
 
@@ -529,6 +529,34 @@ class PostgresOutbox:
 
     def __repr__(self) -> str:
         return f"<PostgresOutbox {self.path!r} owner={self.owner!r}>"
+
+
+def _integrations(wire: bytes) -> Optional[Dict[str, Any]]:
+    """The message's ``integrations`` object, or ``None`` when it has none.
+
+    orjson alone reads it (without :func:`loads_stored`'s scan for wide integers, which
+    cost as much as the parse); an object holding a float, which may be such an integer
+    orjson rounded, or a body orjson refuses is read again exactly.
+    """
+    try:
+        value = orjson.loads(wire).get("integrations")
+    except orjson.JSONDecodeError:  # a lone surrogate kept as an escape
+        value = loads_stored(wire.decode("utf-8")).get("integrations")
+    if not isinstance(value, dict):
+        return None
+    if _holds_float(value):
+        value = loads_stored(wire.decode("utf-8")).get("integrations")
+    return value if isinstance(value, dict) else None
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_float(item) for item in value)
+    return False
 
 
 def _configure(conn: Any) -> None:
