@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -64,6 +64,22 @@ def _store(storage: Any, count: int, start: int = 0) -> None:
         for i in range(start, start + count)
     ]
     storage.insert(rows)
+
+
+def _timed_row(i: int, body: str, original: Optional[str]) -> StoredMessage:
+    """Event ``m-<i>`` received at 00:00:01, corrected to 00:00:00.500, with ``body``."""
+    return StoredMessage(
+        "key",
+        f"m-{i}",
+        "track",
+        "u",
+        None,
+        "E",
+        "2026-01-01T00:00:01.000Z",
+        "2026-01-01T00:00:00.500Z",
+        original,
+        body,
+    )
 
 
 def test_claims_advance_lease_and_settle(opened: Opened) -> None:
@@ -250,19 +266,12 @@ def test_wire_events_match_decoding_and_ingest_stays_fsynced(tmp_path: Path) -> 
     try:
         outbox.register(["D"])
         rows = [
-            StoredMessage(
-                "key",
-                f"m-{i}",
-                "track",
-                "u",
-                None,
-                "E",
-                "2026-01-01T00:00:01.000Z",
-                "2026-01-01T00:00:00.500Z",
-                None if i else "2025-12-31T23:59:59Z",
+            _timed_row(
+                i,
                 '{"type":"track","messageId":"m-' + str(i) + '","timestamp":"2025-12-31T23:59:59Z",'
                 '"properties":{"n":123456789012345678901234567890,"s":"\\u00e9"},'
                 '"integrations":{"All":false,"D":{"x":' + str(i) + "}}}",
+                None if i else "2025-12-31T23:59:59Z",
             )
             for i in range(3)
         ]
@@ -304,18 +313,7 @@ def test_wire_events_are_the_decoded_events_encoded(opened: Opened) -> None:
     ]
     storage.insert(
         [
-            StoredMessage(
-                "key",
-                f"m-{i}",
-                "track",
-                "u",
-                None,
-                "E",
-                "2026-01-01T00:00:01.000Z",
-                "2026-01-01T00:00:00.500Z",
-                "2025-12-31T23:59:59Z" if has_timestamp else None,
-                body,
-            )
+            _timed_row(i, body, "2025-12-31T23:59:59Z" if has_timestamp else None)
             for i, (body, has_timestamp) in enumerate(bodies)
         ]
     )

@@ -37,6 +37,7 @@ __all__ = [
     "spliced_wire",
     "stored_event",
     "wire_events",
+    "wire_integrations",
 ]
 
 
@@ -177,6 +178,34 @@ def _splice(
         + old
         + b"}"
     )
+
+
+def wire_integrations(wire: bytes) -> Optional[Dict[str, Any]]:
+    """The message's ``integrations`` object, or ``None`` when it has none.
+
+    orjson alone reads it (without :func:`loads_stored`'s scan for wide integers, which
+    cost as much as the parse); an object holding a float, which may be such an integer
+    orjson rounded, or a body orjson refuses is read again exactly.
+    """
+    try:
+        value = orjson.loads(wire).get("integrations")
+    except orjson.JSONDecodeError:  # a lone surrogate kept as an escape
+        value = loads_stored(wire.decode("utf-8")).get("integrations")
+    if not isinstance(value, dict):
+        return None
+    if _holds_float(value):
+        value = loads_stored(wire.decode("utf-8")).get("integrations")
+    return value if isinstance(value, dict) else None
+
+
+def _holds_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_holds_float(item) for item in value)
+    return False
 
 
 def wire_events(events: Sequence[StoredEvent]) -> List[WireEvent]:
