@@ -341,19 +341,8 @@ class SQLiteOutbox:
                 if received is not None and (unclaimed or claimed):
                     lag = lag_seconds(received[0], now)
                 result.append(
-                    DestinationStatus(
-                        name=name,
-                        type=kind,
-                        delivered=row[1],
-                        pending=int(unclaimed + claimed),
-                        failed=int(retrying),
-                        dead_lettered=int(dead),
-                        filtered=row[2],
-                        skipped=row[3],
-                        last_error=row[4],
-                        last_error_at=row[5],
-                        last_delivered_at=row[6],
-                        lag_seconds=lag,
+                    DestinationStatus.from_counters(
+                        name, kind, row[1:7], unclaimed + claimed, retrying, dead, lag
                     )
                 )
         return result

@@ -298,6 +298,35 @@ class DestinationStatus:
     last_delivered_at: Optional[str]
     lag_seconds: float  # age of the oldest message not yet handled; 0 when none
 
+    @classmethod
+    def from_counters(
+        cls,
+        name: str,
+        kind: str,
+        counters: Sequence[Any],
+        pending: int,
+        failed: int,
+        dead_lettered: int,
+        lag_seconds: float,
+    ) -> DestinationStatus:
+        """Build from a counters row: (delivered, filtered, skipped, last error, its time,
+        last delivery time), as both outboxes keep them, and the counts read beside it."""
+        delivered, filtered, skipped, last_error, last_error_at, last_delivered_at = counters
+        return cls(
+            name,
+            kind,
+            int(delivered),
+            int(pending),
+            int(failed),
+            int(dead_lettered),
+            int(filtered),
+            int(skipped),
+            last_error,
+            last_error_at,
+            last_delivered_at,
+            lag_seconds,
+        )
+
     def to_json(self) -> Dict[str, Any]:
         """The wire form."""
         return {

@@ -290,20 +290,7 @@ class PostgresOutbox:
             row = found.get(name, (name, 0, 0, 0, None, None, None, 0, 0, 0, None))
             lag = lag_seconds(row[10], now)
             result.append(
-                DestinationStatus(
-                    name=name,
-                    type=kind,
-                    delivered=int(row[1]),
-                    pending=int(row[7]),
-                    failed=int(row[8]),
-                    dead_lettered=int(row[9]),
-                    filtered=int(row[2]),
-                    skipped=int(row[3]),
-                    last_error=row[4],
-                    last_error_at=row[5],
-                    last_delivered_at=row[6],
-                    lag_seconds=lag,
-                )
+                DestinationStatus.from_counters(name, kind, row[1:7], row[7], row[8], row[9], lag)
             )
         return result
 
