@@ -310,6 +310,10 @@ def test_wire_events_are_the_decoded_events_encoded(opened: Opened) -> None:
         ('{"type":"track","messageId":"m-1","integrations":{"All":false,"D":{"x":1}}}', False),
         ('{"type":"track","messageId":"m-2","properties":{"timestamp":"t","n":1e3}}', False),
         ('{"type":"track","messageId":"m-3","integrations":true,"context":{"a":[1,{}]}}', False),
+        (
+            '{"type":"track","messageId":"m-4","integrations":{"D":{"n":123456789012345678901}}}',
+            False,
+        ),
     ]
     storage.insert(
         [

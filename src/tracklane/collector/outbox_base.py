@@ -198,13 +198,17 @@ def wire_integrations(wire: bytes) -> Optional[Dict[str, Any]]:
     return value if isinstance(value, dict) else None
 
 
+_SCALARS = (bool, int, str, type(None))
+
+
 def _holds_float(value: Any) -> bool:
-    if isinstance(value, float):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_float(item) for item in value.values())
-    if isinstance(value, list):
-        return any(_holds_float(item) for item in value)
+    """Whether a decoded JSON value holds a float anywhere (a loop: most are flat)."""
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        if type(item) in _SCALARS:
+            continue
+        if type(item) is float or (isinstance(item, (dict, list)) and _holds_float(item)):
+            return True
     return False
 
 
