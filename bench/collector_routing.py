@@ -32,7 +32,7 @@ import time
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Set
+from typing import Any, Iterator, List, Optional, Set, Tuple
 
 import httpx
 import orjson
@@ -44,6 +44,7 @@ from collector_ingest import (
     cpu_seconds,
     realistic_message,
 )
+from collector_warehouse import _server_cpu
 
 
 class Receiver:
@@ -90,15 +91,19 @@ class Receiver:
 
 
 @contextlib.contextmanager
-def _database(choice: str, tmp: str) -> Iterator[Optional[str]]:
-    """The ``--db`` location: a SQLite file, a fresh PostgreSQL database, or the URL given."""
+def _database(choice: str, tmp: str) -> Iterator[Tuple[Optional[str], Optional[Path]]]:
+    """The ``--db`` location (a SQLite file, a fresh PostgreSQL database, or the URL given)
+    and, for the PostgreSQL server this script started, its data directory."""
     if choice == "sqlite":
-        yield str(Path(tmp) / "events.db")
+        yield str(Path(tmp) / "events.db"), None
     elif choice == "postgresql":
         with _postgres() as server:
-            yield None if server is None else server.create_database("routing")
+            if server is None:
+                yield None, None
+            else:
+                yield server.create_database("routing"), server.data_dir
     else:
-        yield choice
+        yield choice, None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -123,7 +128,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     now = _iso(datetime.now(timezone.utc))
     with (
         tempfile.TemporaryDirectory(prefix="tracklane-route-") as tmp,
-        _database(args.db, tmp) as location,
+        _database(args.db, tmp) as (location, data_dir),
     ):
         if location is None:
             return 0  # PostgreSQL is not installed here (said above)
@@ -166,6 +171,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             for http in clients:
                 http.close()
             cpu_before = [cpu_seconds(proc.pid) for proc in procs]
+            server_before = None if data_dir is None else _server_cpu(data_dir)
             own_before = time.process_time()
             began = time.monotonic()
             receiver.release.set()
@@ -174,6 +180,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             elapsed = receiver.finished_at - began
             own_used = time.process_time() - own_before
             cpu_after = [cpu_seconds(proc.pid) for proc in procs]
+            server_after = None if data_dir is None else _server_cpu(data_dir)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -199,6 +206,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"  collector CPU: {per_event:.1f} µs/event "
             f"({1e6 / per_event:,.0f} events/s per fully used core)"
         )
+    if server_before is not None and server_after is not None:
+        per_event = (server_after - server_before) / args.events * 1e6
+        print(f"  PostgreSQL server CPU: {per_event:.1f} µs/event")
     print(
         f"  receiver (this process) CPU: {own_used / args.events * 1e6:.1f} µs/event, "
         f"{own_used / elapsed:.0%} of one core"

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -64,6 +64,22 @@ def _store(storage: Any, count: int, start: int = 0) -> None:
         for i in range(start, start + count)
     ]
     storage.insert(rows)
+
+
+def _timed_row(i: int, body: str, original: Optional[str]) -> StoredMessage:
+    """Event ``m-<i>`` received at 00:00:01, corrected to 00:00:00.500, with ``body``."""
+    return StoredMessage(
+        "key",
+        f"m-{i}",
+        "track",
+        "u",
+        None,
+        "E",
+        "2026-01-01T00:00:01.000Z",
+        "2026-01-01T00:00:00.500Z",
+        original,
+        body,
+    )
 
 
 def test_claims_advance_lease_and_settle(opened: Opened) -> None:
@@ -250,19 +266,12 @@ def test_wire_events_match_decoding_and_ingest_stays_fsynced(tmp_path: Path) -> 
     try:
         outbox.register(["D"])
         rows = [
-            StoredMessage(
-                "key",
-                f"m-{i}",
-                "track",
-                "u",
-                None,
-                "E",
-                "2026-01-01T00:00:01.000Z",
-                "2026-01-01T00:00:00.500Z",
-                None if i else "2025-12-31T23:59:59Z",
+            _timed_row(
+                i,
                 '{"type":"track","messageId":"m-' + str(i) + '","timestamp":"2025-12-31T23:59:59Z",'
                 '"properties":{"n":123456789012345678901234567890,"s":"\\u00e9"},'
                 '"integrations":{"All":false,"D":{"x":' + str(i) + "}}}",
+                None if i else "2025-12-31T23:59:59Z",
             )
             for i in range(3)
         ]
@@ -289,3 +298,54 @@ def test_wire_events_match_decoding_and_ingest_stays_fsynced(tmp_path: Path) -> 
     finally:
         outbox.close()
         storage.close()
+
+
+def test_wire_events_are_the_decoded_events_encoded(opened: Opened) -> None:
+    """Both outboxes send what decoding gives: same JSON, key order, integrations, ids."""
+    storage, make = opened
+    outbox = make()
+    outbox.register(["D"])
+    bodies = [
+        ('{"type":"track","messageId":"m-0","timestamp":"2025-12-31T23:59:59Z"}', True),
+        ('{"type":"track","messageId":"m-1","integrations":{"All":false,"D":{"x":1}}}', False),
+        ('{"type":"track","messageId":"m-2","properties":{"timestamp":"t","n":1e3}}', False),
+        ('{"type":"track","messageId":"m-3","integrations":true,"context":{"a":[1,{}]}}', False),
+        (
+            '{"type":"track","messageId":"m-4","integrations":{"D":{"n":123456789012345678901}}}',
+            False,
+        ),
+    ]
+    storage.insert(
+        [
+            _timed_row(i, body, "2025-12-31T23:59:59Z" if has_timestamp else None)
+            for i, (body, has_timestamp) in enumerate(bodies)
+        ]
+    )
+    claim = outbox.claim("D", 10)
+    assert claim is not None
+    wire = outbox.wire_events(claim)
+    decoded = outbox.events(claim)
+    assert [(w.id, w.message_id, w.write_key) for w in wire] == [
+        (e.id, e.message["messageId"], e.write_key) for e in decoded
+    ]
+    for ours, event in zip(wire, decoded):
+        pairs = json.loads(ours.wire, object_pairs_hook=list)
+        assert pairs == json.loads(json.dumps(event.message), object_pairs_hook=list)
+        integrations = event.message.get("integrations")
+        assert ours.integrations == (integrations if isinstance(integrations, dict) else None)
+    assert json.loads(wire[0].wire)["originalTimestamp"] == "2025-12-31T23:59:59Z"
+
+
+def test_a_closed_postgres_collector_hands_its_claims_over_at_once(postgres: Any) -> None:
+    """Closing releases the rows a collector still holds; another claims them before expiry."""
+    with two_pg_collectors(postgres, "release") as (storage, leaving, staying):
+        leaving.register(["D"])
+        _store(storage, 5)
+        now = time.time()
+        held = leaving.claim("D", 10, now=now)
+        assert held is not None
+        assert staying.claim("D", 10, now=now) is None
+        leaving.close()
+        taken = staying.claim("D", 10, now=now)
+        assert taken is not None
+        assert [row.first for row in taken.rows] == [row.first for row in held.rows]

@@ -173,7 +173,8 @@ def serve_in_thread(
 
 
 def _build_router(storage: EventStore, config: RoutingConfig, location: StrPath) -> Router:
-    from tracklane.collector.outbox import Outbox, SQLiteOutbox
+    from tracklane.collector.outbox import SQLiteOutbox
+    from tracklane.collector.outbox_base import Outbox
     from tracklane.collector.router import Router
     from tracklane.collector.storage import Storage
 

@@ -11,9 +11,8 @@ again (at least once). They commit without an fsync (``synchronous=NORMAL`` for 
 transactions; ingest keeps ``FULL``): the OS keeps what a killed process wrote, and a power
 cut can only undo recent outbox progress, which redelivers (still at least once). Each
 destination's cursor also records where it **started**: events stored before a destination
-was added were never meant for it. docs/routing.md describes the interface a
-PostgreSQL outbox follows (the same tables, claims taken with ``FOR UPDATE SKIP LOCKED``
-and expired leases taken over).
+was added were never meant for it. The types and the :class:`Outbox` protocol shared with
+the PostgreSQL outbox (``outbox_pg``) are in ``outbox_base`` and re-exported here.
 
 This SQLite outbox serves one collector process per database file: at open it releases
 every lease, since the process that held them is gone.
@@ -21,16 +20,30 @@ every lease, since the process that held them is gone.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from tracklane.collector._json import dumps, loads_stored
+from tracklane.collector._json import loads_stored
+from tracklane.collector.outbox_base import (
+    Claim,
+    DeadLetter,
+    DeliveryTrace,
+    DestinationStatus,
+    Outbox,
+    PendingRow,
+    Retry,
+    Settlement,
+    StoredEvent,
+    WireEvent,
+    build_traces,
+    collector_id,
+    iso_now,
+    lag_seconds,
+    stored_event,
+    wire_events,
+)
 from tracklane.collector.storage import Storage, StorageError
 
 __all__ = [
@@ -83,221 +96,6 @@ CREATE TABLE IF NOT EXISTS route_dead (
 """
 
 
-@dataclass(frozen=True)
-class PendingRow:
-    """A claimed outbox row: events ``first..last`` (one event when they are equal)."""
-
-    id: int
-    first: int
-    last: int
-    attempts: int
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Rows one collector holds for one destination until it settles them."""
-
-    destination: str
-    rows: Tuple[PendingRow, ...]
-    owner: str
-
-
-class StoredEvent(NamedTuple):
-    """A stored event as a destination receives it (a named tuple: one per event)."""
-
-    id: int
-    write_key: str
-    message: Dict[str, Any]  # wire form with receivedAt, timestamp, originalTimestamp
-    attempts: int  # failed attempts so far for this destination
-
-
-class WireEvent(NamedTuple):
-    """A stored event as bytes ready to send: its wire-form JSON, and what routing reads."""
-
-    id: int
-    write_key: str
-    message_id: str
-    wire: bytes  # the wire form (receivedAt, timestamp, originalTimestamp set) as JSON
-    integrations: Optional[Dict[str, Any]]  # the message's integrations object, if it has one
-    attempts: int
-
-
-def wire_events(events: Sequence[StoredEvent]) -> List[WireEvent]:
-    """Encode decoded events (for an outbox that cannot build the wire form itself)."""
-    result = []
-    for event in events:
-        message = event.message
-        integrations = message.get("integrations")
-        result.append(
-            WireEvent(
-                event.id,
-                event.write_key,
-                str(message.get("messageId", "")),
-                dumps(message),
-                integrations if isinstance(integrations, dict) else None,
-                event.attempts,
-            )
-        )
-    return result
-
-
-@dataclass(frozen=True)
-class Retry:
-    """An event to try again at ``due_at`` (unix time)."""
-
-    event_id: int
-    attempts: int
-    due_at: float
-    error: str
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """An event given up on for a destination."""
-
-    event_id: int
-    attempts: int
-    error: str
-    message_id: Optional[str] = None
-    type: Optional[str] = None
-    event: Optional[str] = None
-    dead_at: Optional[str] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        """The wire form served by ``GET /v1/destinations/<name>/dead-letters``."""
-        return {
-            "eventId": self.event_id,
-            "messageId": self.message_id,
-            "type": self.type,
-            "event": self.event,
-            "attempts": self.attempts,
-            "lastError": self.error,
-            "deadAt": self.dead_at,
-        }
-
-
-@dataclass
-class Settlement:
-    """What became of a claim.
-
-    Every event of the claim not listed as filtered, skipped, retried or dead was
-    delivered. ``filtered_ids`` and ``skipped_ids`` name the events counted in
-    ``filtered`` and ``skipped``: an outbox shared by collectors counts only the rows the
-    settling collector still held (another may have taken them over and counted them).
-    """
-
-    delivered: int = 0
-    filtered: int = 0
-    skipped: int = 0
-    retries: List[Retry] = field(default_factory=list)
-    dead: List[DeadLetter] = field(default_factory=list)
-    filtered_ids: List[int] = field(default_factory=list)
-    skipped_ids: List[int] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class DestinationStatus:
-    """Counters and state of one destination (``GET /v1/destinations``)."""
-
-    name: str
-    type: str
-    delivered: int
-    pending: int
-    failed: int  # messages waiting for a retry after a failed attempt
-    dead_lettered: int
-    filtered: int
-    skipped: int
-    last_error: Optional[str]
-    last_error_at: Optional[str]
-    last_delivered_at: Optional[str]
-    lag_seconds: float  # age of the oldest message not yet handled; 0 when none
-
-    def to_json(self) -> Dict[str, Any]:
-        """The wire form."""
-        return {
-            "name": self.name,
-            "type": self.type,
-            "delivered": self.delivered,
-            "pending": self.pending,
-            "failed": self.failed,
-            "deadLettered": self.dead_lettered,
-            "filtered": self.filtered,
-            "skipped": self.skipped,
-            "lastError": self.last_error,
-            "lastErrorAt": self.last_error_at,
-            "lastDeliveredAt": self.last_delivered_at,
-            "lagSeconds": round(self.lag_seconds, 3),
-        }
-
-
-@dataclass(frozen=True)
-class DeliveryTrace:
-    """What the outbox still holds about some events for one destination (the debugger)."""
-
-    destination: str
-    position: int  # events with id <= position have been claimed
-    start: int  # events with id <= start were stored before the destination was added
-    pending: Dict[int, Tuple[int, float, Optional[str]]]  # id -> (attempts, due_at, error)
-    dead: Dict[int, Tuple[int, str]]  # id -> (attempts, last error)
-
-
-def _traces(
-    cursors: Sequence[Tuple[Any, ...]],
-    pending: Sequence[Tuple[Any, ...]],
-    dead: Sequence[Tuple[Any, ...]],
-    wanted: Sequence[int],
-) -> List[DeliveryTrace]:
-    ids = set(wanted)
-    result = []
-    for name, position, start in cursors:
-        waiting: Dict[int, Tuple[int, float, Optional[str]]] = {}
-        for dest, first, last, attempts, due_at, error in pending:
-            if dest == name:
-                for event_id in ids.intersection(range(int(first), int(last) + 1)):
-                    waiting[event_id] = (int(attempts), float(due_at), error)
-        given_up = {int(r[1]): (int(r[2]), str(r[3])) for r in dead if r[0] == name}
-        result.append(DeliveryTrace(str(name), int(position), int(start), waiting, given_up))
-    return result
-
-
-class Outbox(Protocol):
-    """What the router needs of an outbox (SQLite here, PostgreSQL in ``outbox_pg``)."""
-
-    def register(self, destinations: Iterable[str]) -> None:
-        """Start queueing stored events for each new destination."""
-
-    def claim(self, destination: str, limit: int, now: Optional[float] = None) -> Optional[Claim]:
-        """Lease up to ``limit`` events due for ``destination``; ``None`` when idle."""
-
-    def events(self, claim: Claim) -> List[StoredEvent]:
-        """The stored events a claim covers, oldest first."""
-
-    def wire_events(self, claim: Claim) -> List[WireEvent]:
-        """The stored events a claim covers, oldest first, encoded as they are sent."""
-
-    def settle(self, claim: Claim, outcome: Settlement) -> None:
-        """Record a claim's outcome in one transaction and release it."""
-
-    def status(self, destinations: Sequence[Tuple[str, str]]) -> List[DestinationStatus]:
-        """The status of each ``(name, type)``."""
-
-    def dead_letters(self, destination: str, limit: int = 100) -> List[DeadLetter]:
-        """The newest dead letters of ``destination``."""
-
-    def replay(self, destination: str, now: Optional[float] = None) -> int:
-        """Send every dead letter of ``destination`` again; return how many."""
-
-    def traces(self, event_ids: Sequence[int]) -> List[DeliveryTrace]:
-        """Each destination's cursor, pending rows and dead letters among ``event_ids``."""
-
-    def close(self) -> None:
-        """Release what the outbox holds."""
-
-
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # The wire form built by SQLite; the integrations object as JSON text, when it is one.
 _WIRE_SELECT = (
     "SELECT id, write_key, message_id, CAST(json_set(body, '$.receivedAt', received_at,"
@@ -324,7 +122,7 @@ class SQLiteOutbox:
         """Create the outbox tables if needed and release leases of a previous process."""
         self.storage = storage
         self.lease_seconds = lease_seconds
-        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = collector_id()
         self._read_lock = threading.Lock()
         try:
             with storage.write_transaction() as db:
@@ -422,12 +220,10 @@ class SQLiteOutbox:
                     " FROM events WHERE id BETWEEN ? AND ? ORDER BY id",
                     (row.first, row.last),
                 ).fetchall()
-                for event_id, key, received_at, timestamp, original, body in records:
-                    message: Dict[str, Any] = loads_stored(body)
-                    message["receivedAt"] = received_at
-                    message["timestamp"] = timestamp
-                    message["originalTimestamp"] = original
-                    found.append(StoredEvent(event_id, key, message, row.attempts))
+                found.extend(
+                    stored_event(event_id, key, received, timestamp, original, body, row.attempts)
+                    for event_id, key, received, timestamp, original, body in records
+                )
         return found
 
     def wire_events(self, claim: Claim) -> List[WireEvent]:
@@ -456,7 +252,7 @@ class SQLiteOutbox:
 
     def settle(self, claim: Claim, outcome: Settlement) -> None:
         """Record a claim's outcome in one transaction and release it."""
-        now_text = _iso_now()
+        now_text = iso_now()
         last_error = (outcome.dead or outcome.retries or [None])[-1]
         with self.storage.write_transaction(durable=False) as db:
             db.executemany(
@@ -543,22 +339,10 @@ class SQLiteOutbox:
                 ).fetchone()
                 lag = 0.0
                 if received is not None and (unclaimed or claimed):
-                    moment = datetime.fromisoformat(received[0].replace("Z", "+00:00"))
-                    lag = max(0.0, now - moment.timestamp())
+                    lag = lag_seconds(received[0], now)
                 result.append(
-                    DestinationStatus(
-                        name=name,
-                        type=kind,
-                        delivered=row[1],
-                        pending=int(unclaimed + claimed),
-                        failed=int(retrying),
-                        dead_lettered=int(dead),
-                        filtered=row[2],
-                        skipped=row[3],
-                        last_error=row[4],
-                        last_error_at=row[5],
-                        last_delivered_at=row[6],
-                        lag_seconds=lag,
+                    DestinationStatus.from_counters(
+                        name, kind, row[1:7], unclaimed + claimed, retrying, dead, lag
                     )
                 )
         return result
@@ -607,7 +391,7 @@ class SQLiteOutbox:
                 " WHERE event_id BETWEEN ? AND ?",
                 (low, high),
             ).fetchall()
-        return _traces(cursors, pending, dead, event_ids)
+        return build_traces(cursors, pending, dead, event_ids)
 
     def close(self) -> None:
         """Close the reader connection (the store owns the writer)."""

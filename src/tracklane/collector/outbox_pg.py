@@ -11,7 +11,15 @@ it delivers, so only a collector that stopped renewing (killed, hung, cut off) l
 and once they expire any other collector claims the rows again. A **settlement** deletes
 delivered rows, puts failures back due at their retry time, moves dead letters to
 ``tracklane_outbox_dead`` with the last error and adds to the counters, in one
-transaction and only for rows the collector still holds.
+statement and only for rows the collector still holds. A claim reads its events in the
+same statement that leases them.
+
+Claims, settlements and lease renewals commit without waiting for their WAL flush
+(``synchronous_commit = off`` on the outbox's connections; ingest, registration and
+replay wait as usual): a ``kill -9`` of a collector loses nothing, and a crash of the
+PostgreSQL server itself can only undo the last fraction of a second of outbox progress,
+which is then delivered again (at least once). PostgreSQL writes WAL in order, so no later
+durable commit can survive without them.
 
 Times are unix seconds from the collectors' clocks (keep them in sync, e.g. NTP).
 Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``).
@@ -20,15 +28,12 @@ Needs the ``postgres`` extra (``pip install 'tracklane[postgres]'``).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import uuid
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
-from tracklane.collector._json import loads_stored
-from tracklane.collector.outbox import (
+from tracklane.collector._outbox_pg_sql import CLAIM, SCHEMA, SETTLE
+from tracklane.collector.outbox_base import (
     Claim,
     DeadLetter,
     DeliveryTrace,
@@ -37,8 +42,14 @@ from tracklane.collector.outbox import (
     Settlement,
     StoredEvent,
     WireEvent,
-    _traces,
+    build_traces,
+    collector_id,
+    iso_now,
+    lag_seconds,
+    spliced_wire,
+    stored_event,
     wire_events,
+    wire_integrations,
 )
 from tracklane.collector.storage import StorageError
 
@@ -50,96 +61,6 @@ __all__ = ["DEFAULT_LEASE_SECONDS", "PostgresOutbox", "collector_id"]
 logger = logging.getLogger("tracklane.collector.outbox")
 
 DEFAULT_LEASE_SECONDS = 30.0
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tracklane_route_destinations (
-    destination TEXT PRIMARY KEY,
-    delivered BIGINT NOT NULL DEFAULT 0,
-    filtered BIGINT NOT NULL DEFAULT 0,
-    skipped BIGINT NOT NULL DEFAULT 0,
-    failures BIGINT NOT NULL DEFAULT 0,   -- failed attempts, retried or dead-lettered
-    last_error TEXT,
-    last_error_at TEXT,
-    last_delivered_at TEXT,
-    registered_at TIMESTAMPTZ NOT NULL DEFAULT now()
-);
--- events with id <= start_event were stored before the destination was added
-ALTER TABLE tracklane_route_destinations ADD COLUMN IF NOT EXISTS start_event BIGINT NOT NULL
-    DEFAULT 0;
-CREATE TABLE IF NOT EXISTS tracklane_outbox (
-    destination TEXT NOT NULL,
-    event_id BIGINT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    due_at DOUBLE PRECISION NOT NULL,            -- unix time from which it may be (re)tried
-    lease_until DOUBLE PRECISION,                -- held by lease_owner until then
-    lease_owner TEXT,
-    last_error TEXT,
-    PRIMARY KEY (destination, event_id)
-);
-CREATE INDEX IF NOT EXISTS tracklane_outbox_due ON tracklane_outbox (destination, due_at, event_id);
-CREATE INDEX IF NOT EXISTS tracklane_outbox_owner ON tracklane_outbox (lease_owner)
-    WHERE lease_owner IS NOT NULL;
-CREATE TABLE IF NOT EXISTS tracklane_outbox_dead (
-    destination TEXT NOT NULL,
-    event_id BIGINT NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_error TEXT NOT NULL,
-    dead_at TEXT NOT NULL,
-    PRIMARY KEY (destination, event_id)
-);
-CREATE OR REPLACE FUNCTION tracklane_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO tracklane_outbox (destination, event_id, due_at)
-    SELECT d.destination, e.id, extract(epoch FROM now()) FROM tracklane_new_events e
-    CROSS JOIN tracklane_route_destinations d;
-    RETURN NULL;
-END
-$$;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'tracklane_events_enqueue'
-                   AND tgrelid = 'tracklane_events'::regclass) THEN
-        CREATE TRIGGER tracklane_events_enqueue AFTER INSERT ON tracklane_events
-        REFERENCING NEW TABLE AS tracklane_new_events
-        FOR EACH STATEMENT EXECUTE FUNCTION tracklane_enqueue();
-    END IF;
-END
-$$;
-"""
-# One statement (atomic in autocommit): lock due, unleased rows nobody else is claiming,
-# then lease them. Rows another collector leased meanwhile fail the re-checked WHERE. New
-# rows are due from their insert time and retries from their retry time, so ordering by
-# due_at (the index order) serves both first come, first served: a backlog of new events
-# does not starve retries that fell due.
-_CLAIM = """
-WITH picked AS (
-    SELECT event_id FROM tracklane_outbox
-    WHERE destination = %(d)s AND due_at <= %(now)s
-      AND (lease_until IS NULL OR lease_until < %(now)s)
-    ORDER BY due_at, event_id LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE tracklane_outbox o SET lease_until = %(lease)s, lease_owner = %(owner)s
-FROM picked WHERE o.destination = %(d)s AND o.event_id = picked.event_id
-RETURNING o.event_id, o.attempts
-"""
-_COUNTERS = """
-UPDATE tracklane_route_destinations SET delivered = delivered + %s, filtered = filtered + %s,
-    skipped = skipped + %s, failures = failures + %s,
-    last_error = COALESCE(%s, last_error),
-    last_error_at = CASE WHEN %s::text IS NULL THEN last_error_at ELSE %s END,
-    last_delivered_at = CASE WHEN %s > 0 THEN %s ELSE last_delivered_at END
-WHERE destination = %s
-"""
-
-
-def collector_id() -> str:
-    """This process's collector id (host, pid and a random part): the owner of its leases."""
-    return f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class PostgresOutbox:
@@ -183,11 +104,12 @@ class PostgresOutbox:
             timeout=connect_timeout,
             open=False,
             name="tracklane-outbox",
+            configure=_configure,
         )
         try:
             with psycopg.connect(dsn, connect_timeout=timeout) as conn, conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('tracklane.collector.schema'))")
-                conn.execute(_SCHEMA)
+                conn.execute(SCHEMA)
             self._pool.open(wait=True, timeout=connect_timeout)
         except self._errors as exc:
             self._pool.close()
@@ -195,16 +117,24 @@ class PostgresOutbox:
         except BaseException:
             self._pool.close()
             raise
+        self._held: Dict[int, Claim] = {}  # claims not yet settled, by id(): renewed
+        self._held_lock = threading.Lock()
         self._heartbeat = threading.Thread(
             target=self._renew_leases, name="tracklane.outbox.heartbeat", daemon=True
         )
         self._heartbeat.start()
 
-    def _run(self, sql: str, params: Any = None) -> List[Tuple[Any, ...]]:
+    def _run(self, sql: str, params: Any = None, durable: bool = False) -> List[Tuple[Any, ...]]:
+        """One statement in its own transaction; ``durable`` waits for its WAL flush."""
         if self._closed.is_set():
             raise StorageError("the outbox is closed")
         try:
             with self._pool.connection() as conn:
+                if durable:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL synchronous_commit TO on")
+                        cursor = conn.execute(sql, params)
+                        return list(cursor) if cursor.description is not None else []
                 cursor = conn.execute(sql, params)
                 return list(cursor) if cursor.description is not None else []
         except self._errors as exc:
@@ -221,6 +151,7 @@ class PostgresOutbox:
             " SELECT unnest(%s::text[]), (SELECT COALESCE(MAX(id), 0) FROM tracklane_events)"
             " ON CONFLICT DO NOTHING",
             [names],
+            durable=True,
         )
 
     def head(self) -> int:
@@ -228,10 +159,13 @@ class PostgresOutbox:
         return int(self._run("SELECT COALESCE(MAX(id), 0) FROM tracklane_events")[0][0])
 
     def claim(self, destination: str, limit: int, now: Optional[float] = None) -> Optional[Claim]:
-        """Lease up to ``limit`` due rows nobody holds, oldest due first; ``None`` when idle."""
+        """Lease up to ``limit`` due rows nobody holds, oldest due first; ``None`` when idle.
+
+        Their events are read in the same statement and kept in the claim.
+        """
         now = time.time() if now is None else now
-        rows = self._run(
-            _CLAIM,
+        records = self._run(
+            CLAIM,
             {
                 "d": destination,
                 "now": now,
@@ -240,113 +174,82 @@ class PostgresOutbox:
                 "owner": self.owner,
             },
         )
-        if not rows:
+        if not records:
             return None
-        pending = tuple(PendingRow(int(e), int(e), int(e), int(a)) for e, a in sorted(rows))
-        return Claim(destination, pending, self.owner)
+        rows = tuple(PendingRow(r[0], r[0], r[0], r[1]) for r in records)
+        claim = Claim(destination, rows, self.owner, tuple(records))
+        with self._held_lock:
+            self._held[id(claim)] = claim
+        return claim
 
     def events(self, claim: Claim) -> List[StoredEvent]:
         """The stored events a claim covers, oldest first."""
-        attempts = {row.first: row.attempts for row in claim.rows}
-        records = self._run(
-            "SELECT id, write_key, received_at, timestamp, original_timestamp, body"
-            " FROM tracklane_events WHERE id = ANY(%s) ORDER BY id",
-            [list(attempts)],
-        )
-        found: List[StoredEvent] = []
-        for event_id, key, received_at, timestamp, original, body in records:
-            message: Dict[str, Any] = loads_stored(body)
-            message["receivedAt"] = received_at
-            message["timestamp"] = timestamp
-            message["originalTimestamp"] = original
-            found.append(StoredEvent(int(event_id), key, message, attempts[int(event_id)]))
-        return found
+        return [
+            stored_event(event_id, key, received, timestamp, original, body, attempts)
+            for event_id, attempts, key, _, received, timestamp, original, body in claim.records
+            if body is not None
+        ]
 
     def wire_events(self, claim: Claim) -> List[WireEvent]:
-        """The stored events a claim covers, oldest first, encoded as they are sent."""
-        return wire_events(self.events(claim))
+        """The stored events a claim covers, oldest first, encoded as they are sent.
+
+        The body's text is edited (:func:`spliced_wire`) rather than decoded and encoded;
+        a message is decoded only to read its ``integrations`` object, when it has one,
+        or when the edit is not sure of the result.
+        """
+        found: List[WireEvent] = []
+        for (
+            event_id,
+            attempts,
+            key,
+            message_id,
+            received,
+            timestamp,
+            original,
+            body,
+        ) in claim.records:
+            if body is None:
+                continue
+            wire = spliced_wire(body, received, timestamp, original)
+            if wire is None:
+                event = stored_event(event_id, key, received, timestamp, original, body, attempts)
+                found.extend(wire_events([event]))
+                continue
+            integrations = None
+            if b'"integrations"' in wire:
+                integrations = wire_integrations(wire)
+            found.append(WireEvent(event_id, key, message_id, wire, integrations, attempts))
+        return found
 
     def settle(self, claim: Claim, outcome: Settlement) -> None:
-        """Record a claim's outcome in one transaction, for the rows this collector holds.
+        """Record a claim's outcome in one statement, for the rows this collector holds.
 
         Rows another collector took over (this one's lease expired) are left to it, and
         so are their counts: each outbox row is counted once, by whoever settles it.
         """
-        now_text = _iso_now()
-        retried = {retry.event_id for retry in outcome.retries}
-        done = [row.first for row in claim.rows if row.first not in retried]
-        if self._closed.is_set():
-            raise StorageError("the outbox is closed")
-        try:
-            with self._pool.connection() as conn, conn.transaction():
-                held = {
-                    int(row[0])
-                    for row in conn.execute(
-                        "DELETE FROM tracklane_outbox WHERE destination = %s"
-                        " AND event_id = ANY(%s) AND lease_owner = %s RETURNING event_id",
-                        [claim.destination, done, self.owner],
-                    )
-                }
-                retries = outcome.retries
-                kept = 0
-                if retries:
-                    kept = conn.execute(
-                        "UPDATE tracklane_outbox o SET attempts = r.attempts, due_at = r.due_at,"
-                        " last_error = r.error, lease_until = NULL, lease_owner = NULL"
-                        " FROM unnest(%s::bigint[], %s::int[], %s::float8[], %s::text[])"
-                        " AS r(event_id, attempts, due_at, error)"
-                        " WHERE o.destination = %s AND o.event_id = r.event_id"
-                        " AND o.lease_owner = %s",
-                        [
-                            [r.event_id for r in retries],
-                            [r.attempts for r in retries],
-                            [r.due_at for r in retries],
-                            [r.error for r in retries],
-                            claim.destination,
-                            self.owner,
-                        ],
-                    ).rowcount
-                dead = [d for d in outcome.dead if d.event_id in held]
-                if dead:
-                    conn.execute(
-                        "INSERT INTO tracklane_outbox_dead"
-                        " (destination, event_id, attempts, last_error, dead_at)"
-                        " SELECT %s::text, u.e, u.a, u.m, %s::text"
-                        " FROM unnest(%s::bigint[], %s::int[], %s::text[]) AS u(e, a, m)"
-                        " ON CONFLICT (destination, event_id) DO UPDATE SET"
-                        " attempts = EXCLUDED.attempts, last_error = EXCLUDED.last_error,"
-                        " dead_at = EXCLUDED.dead_at",
-                        [
-                            claim.destination,
-                            now_text,
-                            [d.event_id for d in dead],
-                            [d.attempts for d in dead],
-                            [d.error for d in dead],
-                        ],
-                    )
-                filtered = sum(1 for event_id in outcome.filtered_ids if event_id in held)
-                skipped = sum(1 for event_id in outcome.skipped_ids if event_id in held)
-                delivered = len(held) - len(dead) - filtered - skipped
-                last_error = (dead or (retries if kept else []) or [None])[-1]
-                error = None if last_error is None else last_error.error
-                conn.execute(
-                    _COUNTERS,
-                    [
-                        delivered,
-                        filtered,
-                        skipped,
-                        kept + len(dead),
-                        error,
-                        error,
-                        now_text,
-                        delivered,
-                        now_text,
-                        claim.destination,
-                    ],
-                )
-        except self._errors as exc:
-            raise StorageError(f"outbox in {self.path}: {self._reason(exc)}") from exc
-        lost = len(claim.rows) - len(held) - kept
+        retries = outcome.retries
+        retried = {retry.event_id for retry in retries}
+        dead = outcome.dead
+        params = {
+            "d": claim.destination,
+            "owner": self.owner,
+            "now": iso_now(),
+            "done": _ids(row.first for row in claim.rows if row.first not in retried),
+            "retry_ids": _ids(r.event_id for r in retries),
+            "retry_attempts": [r.attempts for r in retries],
+            "retry_due": [r.due_at for r in retries],
+            "retry_errors": [r.error for r in retries],
+            "retry_error": retries[-1].error if retries else None,
+            "dead_ids": _ids(d.event_id for d in dead),
+            "dead_attempts": [d.attempts for d in dead],
+            "dead_errors": [d.error for d in dead],
+            "filtered_ids": _ids(outcome.filtered_ids),
+            "skipped_ids": _ids(outcome.skipped_ids),
+        }
+        held, kept = self._run(SETTLE, params)[0]
+        with self._held_lock:
+            self._held.pop(id(claim), None)
+        lost = len(claim.rows) - int(held) - int(kept)
         if lost:
             logger.warning(
                 "%s: %d claimed row(s) were taken over by another collector after this"
@@ -385,25 +288,9 @@ class PostgresOutbox:
         result: List[DestinationStatus] = []
         for name, kind in destinations:
             row = found.get(name, (name, 0, 0, 0, None, None, None, 0, 0, 0, None))
-            lag = 0.0
-            if row[10] is not None:
-                moment = datetime.fromisoformat(str(row[10]).replace("Z", "+00:00"))
-                lag = max(0.0, now - moment.timestamp())
+            lag = lag_seconds(row[10], now)
             result.append(
-                DestinationStatus(
-                    name=name,
-                    type=kind,
-                    delivered=int(row[1]),
-                    pending=int(row[7]),
-                    failed=int(row[8]),
-                    dead_lettered=int(row[9]),
-                    filtered=int(row[2]),
-                    skipped=int(row[3]),
-                    last_error=row[4],
-                    last_error_at=row[5],
-                    last_delivered_at=row[6],
-                    lag_seconds=lag,
-                )
+                DestinationStatus.from_counters(name, kind, row[1:7], row[7], row[8], row[9], lag)
             )
         return result
 
@@ -427,6 +314,7 @@ class PostgresOutbox:
             " SELECT destination, event_id, %s FROM moved"
             " ON CONFLICT (destination, event_id) DO NOTHING RETURNING event_id",
             [destination, now],
+            durable=True,
         )
         return len(rows)
 
@@ -453,35 +341,66 @@ class PostgresOutbox:
             [wanted],
         )
         cursors = [(row[0], 2**63 - 1, row[1]) for row in names]
-        return _traces(cursors, pending, dead, wanted)
+        return build_traces(cursors, pending, dead, wanted)
+
+    def _held_ids(self) -> Dict[str, str]:
+        """The event ids of the claims not yet settled, per destination (array literals)."""
+        with self._held_lock:
+            claims = list(self._held.values())
+        ids: Dict[str, List[int]] = {}
+        for claim in claims:
+            ids.setdefault(claim.destination, []).extend(row.first for row in claim.rows)
+        return {destination: _ids(held) for destination, held in ids.items()}
 
     def _renew_leases(self) -> None:
         """Extend this collector's leases every third of a lease until closed."""
         while not self._closed.wait(self.lease_seconds / 3):
-            try:
-                self._run(
-                    "UPDATE tracklane_outbox SET lease_until = %s WHERE lease_owner = %s",
-                    [time.time() + self.lease_seconds, self.owner],
-                )
-            except StorageError as exc:
-                if not self._closed.is_set():
-                    logger.warning("renewing outbox leases failed: %s", exc)
+            for destination, ids in self._held_ids().items():
+                try:
+                    self._run(
+                        "UPDATE tracklane_outbox SET lease_until = %s WHERE destination = %s"
+                        " AND event_id = ANY(%s::bigint[]) AND lease_owner = %s",
+                        [time.time() + self.lease_seconds, destination, ids, self.owner],
+                    )
+                except StorageError as exc:
+                    if not self._closed.is_set():
+                        logger.warning("renewing outbox leases failed: %s", exc)
 
     def close(self) -> None:
         """Release this collector's leases (others may claim the rows at once); idempotent."""
         if self._closed.is_set():
             return
-        try:
-            self._run(
-                "UPDATE tracklane_outbox SET lease_until = NULL, lease_owner = NULL"
-                " WHERE lease_owner = %s",
-                [self.owner],
-            )
-        except StorageError as exc:
-            logger.warning("releasing outbox leases failed (they expire): %s", exc)
+        for destination, ids in self._held_ids().items():
+            try:
+                self._run(
+                    "UPDATE tracklane_outbox SET lease_until = NULL, lease_owner = NULL"
+                    " WHERE destination = %s AND event_id = ANY(%s::bigint[])"
+                    " AND lease_owner = %s",
+                    [destination, ids, self.owner],
+                )
+            except StorageError as exc:
+                logger.warning("releasing outbox leases failed (they expire): %s", exc)
         self._closed.set()
         self._heartbeat.join(5.0)
         self._pool.close()
 
     def __repr__(self) -> str:
         return f"<PostgresOutbox {self.path!r} owner={self.owner!r}>"
+
+
+def _configure(conn: Any) -> None:
+    """Session settings of the outbox's connections.
+
+    Claims and settlements commit without waiting for the WAL flush (see the module).
+    The outbox fills and empties faster than autovacuum's statistics follow, and with a
+    stale row estimate PostgreSQL read every due row of a destination (a bitmap scan) and
+    sorted them for each claim: 16 ms per claim at 13,000 rows, growing with the backlog.
+    Without bitmap scans a claim walks the due index in order and stops at its limit.
+    """
+    conn.execute("SET synchronous_commit TO off")
+    conn.execute("SET enable_bitmapscan TO off")
+
+
+def _ids(ids: Iterable[int]) -> str:
+    """Event ids as a PostgreSQL array literal (cheaper than psycopg adapting a list)."""
+    return "{" + ",".join(map(str, ids)) + "}"

@@ -30,7 +30,7 @@ from tracklane.collector._routing import Verdict, filters_for, integration_choic
 from tracklane.collector.config import DestinationConfig, FilterConfig, RoutingConfig
 from tracklane.collector.destinations import Destination, destination_class
 from tracklane.collector.destinations.base import Envelope, Failure, Outcome
-from tracklane.collector.outbox import (
+from tracklane.collector.outbox_base import (
     Claim,
     DeadLetter,
     DestinationStatus,
