@@ -258,6 +258,21 @@ def process_tree(pid: int) -> List[int]:
     return [pid, *sorted(children)]
 
 
+def _process_names(pids: List[int]) -> List[str]:
+    """ "collector" for the server, "worker N" for its workers, other children by role."""
+    names = ["collector"]
+    for pid in pids[1:]:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            command = b""
+        if b"resource_tracker" in command:
+            names.append("multiprocessing's resource tracker")
+        else:
+            names.append(f"worker {sum(name.startswith('worker') for name in names) + 1}")
+    return names
+
+
 SERVER_PID: Dict[str, int] = {}  # url -> pid of a collector subprocess
 
 
@@ -335,9 +350,10 @@ def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, in
     cpu_after = [cpu_seconds(p) for p in pids]
     CPU_USED.clear()
     CPU_USED["clients"] = time.process_time() - client_cpu_before
-    for index, (before, after) in enumerate(zip(cpu_before, cpu_after)):
+    names = _process_names(pids)
+    for name, before, after in zip(names, cpu_before, cpu_after):
         if before is not None and after is not None:
-            CPU_USED["collector" if index == 0 else f"worker {index}"] = after - before
+            CPU_USED[name] = after - before
     with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as http:
         stored = http.get("/v1/events/count").json()["count"]
     sent = sum(r.events for r in results)
