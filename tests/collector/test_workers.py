@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
@@ -114,6 +115,44 @@ def test_workers_exit_when_the_server_is_killed(spawn: Spawn, tmp_path: Path) ->
     server.proc.kill()
     assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
     assert _gone(workers, time.monotonic() + EXIT_DEADLINE)
+
+
+def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL is replaced: at most the requests it held get 503, and
+    later batches are stored and acknowledged as before."""
+    db = tmp_path / "events.db"
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", "1"])
+    before = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.post("/v1/batch", json={"batch": [_track("m-0")]}).json()["stored"] == 1
+        workers = [
+            pid for pid in before if b"resource_tracker" not in _cmdline(pid)
+        ]  # the worker, not multiprocessing's resource tracker
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        acknowledged = set()
+        statuses = []
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 20 and time.monotonic() < deadline:
+            message_id = f"m-{len(statuses) + 1}"
+            answer = http.post("/v1/batch", json={"batch": [_track(message_id)]})
+            statuses.append(answer.status_code)
+            if answer.status_code == 200:
+                acknowledged.add(message_id)
+        assert len(acknowledged) == 20, statuses
+        assert set(statuses) <= {200, 503}
+        assert statuses.count(503) <= 1  # only the request that found the worker gone
+        assert http.get("/v1/events/count").json()["count"] == 21
+    after = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    assert workers[0] not in after
+    assert "ingest worker 1" in server.stderr()  # the replacement is logged
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 @pytest.mark.parametrize("value", ["-1", "65", "two"])

@@ -20,6 +20,7 @@ pipes and waits for each worker to finish its requests in flight.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import queue
@@ -29,7 +30,7 @@ import struct
 import threading
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import FrozenSet, List, Optional, Sequence
+from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -43,6 +44,7 @@ from tracklane.collector.stores import EventStore, open_store
 __all__ = ["MAX_WORKERS", "IngestWorkers", "WorkerError", "answer_for"]
 
 MAX_WORKERS = 64
+_log = logging.getLogger("tracklane.collector")
 # Requests one worker holds at a time (each waits in a thread of its own for the group commit).
 CHANNELS_PER_WORKER = 8
 STARTUP_TIMEOUT = 60.0
@@ -78,8 +80,20 @@ def answer_for(store: EventStore, prepared: Prepared) -> Answer:
     return Answer(200, dumps(body))
 
 
+class _Worker:
+    """One worker process and the server's ends of its channels."""
+
+    def __init__(self, process: multiprocessing.process.BaseProcess, channels: List[Connection]):
+        self.process = process
+        self.channels = channels
+
+
 class IngestWorkers:
-    """``count`` worker processes storing into ``location``; ``handle`` blocks per request."""
+    """``count`` worker processes storing into ``location``; ``handle`` blocks per request.
+
+    A worker that dies (killed, out of memory) is replaced: the requests it held are answered
+    503 (nothing of theirs was acknowledged, so clients retry), later ones go to the new one.
+    """
 
     def __init__(self, count: int, location: StrPath, write_keys: FrozenSet[str]) -> None:
         """Start the workers (spawned: the server has threads) and wait until each is ready.
@@ -88,48 +102,54 @@ class IngestWorkers:
         """
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, not {count}")
-        context = multiprocessing.get_context("spawn")
-        self._free: queue.Queue[Connection] = queue.Queue()
-        self._all: List[Connection] = []
-        self.processes: List[multiprocessing.process.BaseProcess] = []
+        self._context = multiprocessing.get_context("spawn")
+        self._location = str(location)
+        self._write_keys = write_keys
+        self._free: queue.Queue[Tuple[_Worker, Connection]] = queue.Queue()
+        self._workers: List[_Worker] = []
+        self._restart_lock = threading.Lock()
+        self._closed = False
         try:
             for number in range(count):
-                ends = [context.Pipe() for _ in range(CHANNELS_PER_WORKER)]
-                process = context.Process(
-                    target=_worker_main,
-                    args=(str(location), write_keys, [end for _, end in ends], os.getpid()),
-                    name=f"tracklane-ingest-worker-{number + 1}",
-                    daemon=True,
-                )
-                process.start()
-                for _, end in ends:
-                    end.close()  # the worker's ends live in the worker only
-                self.processes.append(process)
-                self._all += [mine for mine, _ in ends]
-            for channel in self._all:
-                self._await_ready(channel)
+                self._workers.append(self._spawn(number))
+            for worker in self._workers:
+                self._await_ready(worker)
         except BaseException:
             self.close()
             raise
         # Interleave the workers' channels so that concurrent requests spread over them.
         for index in range(CHANNELS_PER_WORKER):
-            for number in range(count):
-                self._free.put(self._all[number * CHANNELS_PER_WORKER + index])
+            for worker in self._workers:
+                self._free.put((worker, worker.channels[index]))
+
+    def _spawn(self, number: int) -> _Worker:
+        ends = [self._context.Pipe() for _ in range(CHANNELS_PER_WORKER)]
+        process = self._context.Process(
+            target=_worker_main,
+            args=(self._location, self._write_keys, [end for _, end in ends], os.getpid()),
+            name=f"tracklane-ingest-worker-{number + 1}",
+            daemon=True,
+        )
+        process.start()
+        for _, end in ends:
+            end.close()  # the worker's ends live in the worker only
+        return _Worker(process, [mine for mine, _ in ends])
 
     @property
     def pids(self) -> List[int]:
         """The worker processes' ids."""
-        return [process.pid for process in self.processes if process.pid is not None]
+        return [w.process.pid for w in self._workers if w.process.pid is not None]
 
-    def _await_ready(self, channel: Connection) -> None:
-        if not channel.poll(STARTUP_TIMEOUT):
-            raise WorkerError(f"an ingest worker did not start within {STARTUP_TIMEOUT:.0f} s")
-        try:
-            said = channel.recv_bytes()
-        except EOFError:
-            raise WorkerError("an ingest worker stopped while starting") from None
-        if said != _READY:
-            raise StorageError(said.decode("utf-8", "replace"))
+    def _await_ready(self, worker: _Worker) -> None:
+        for channel in worker.channels:
+            if not channel.poll(STARTUP_TIMEOUT):
+                raise WorkerError(f"an ingest worker did not start within {STARTUP_TIMEOUT:.0f} s")
+            try:
+                said = channel.recv_bytes()
+            except (EOFError, OSError):
+                raise WorkerError("an ingest worker stopped while starting") from None
+            if said != _READY:
+                raise StorageError(said.decode("utf-8", "replace"))
 
     def handle(
         self,
@@ -139,28 +159,75 @@ class IngestWorkers:
         received_at: datetime,
     ) -> Answer:
         """Have a worker check and store one request; return its answer (blocking)."""
-        channel = self._free.get()
+        worker, channel = self._free.get()
+        while worker not in self._workers:  # a channel of a worker replaced since: dropped
+            worker, channel = self._free.get()
         try:
             header = orjson.dumps([header_key, message_type, received_at.isoformat()])
             channel.send_bytes(b"".join([_LENGTH.pack(len(header)), header, raw]))
             reply = channel.recv_bytes()
         except (EOFError, OSError):
-            return json_error(503, "storage unavailable: an ingest worker stopped")
-        finally:
-            self._free.put(channel)
+            self._replace(worker)
+            return json_error(503, "storage unavailable: an ingest worker stopped; retry")
+        self._free.put((worker, channel))
         status, challenge = _ANSWER.unpack_from(reply)
         return Answer(status, reply[_ANSWER.size :], challenge)
 
+    def _replace(self, dead: _Worker) -> None:
+        """Start a worker in place of ``dead`` (once, whichever request noticed first)."""
+        with self._restart_lock:
+            if self._closed or dead not in self._workers:
+                return
+            number = self._workers.index(dead)
+            _log.error(
+                "ingest worker %d (pid %s) stopped (exit code %s); starting another",
+                number + 1,
+                dead.process.pid,
+                dead.process.exitcode,
+            )
+            for channel in dead.channels:
+                channel.close()
+            dead.process.join(STOP_TIMEOUT)
+            try:
+                worker = self._spawn(number)
+                self._await_ready(worker)
+            except Exception:
+                _log.exception("could not start another ingest worker")
+                # Keep the slot, so that the next request tries again.
+                worker = _Worker(dead.process, [])
+                self._workers[number] = worker
+                for _ in range(CHANNELS_PER_WORKER):
+                    self._free.put((worker, _DeadChannel()))  # type: ignore[arg-type]
+                return
+            self._workers[number] = worker
+        for channel in worker.channels:
+            self._free.put((worker, channel))
+
     def close(self) -> None:
         """Close the pipes and wait for the workers to finish; idempotent."""
-        for channel in self._all:
-            channel.close()
-        for process in self.processes:
-            process.join(STOP_TIMEOUT)
-            if process.is_alive():
-                process.kill()
-                process.join(STOP_TIMEOUT)
-        self._all = []
+        with self._restart_lock:
+            self._closed = True
+        for worker in self._workers:
+            for channel in worker.channels:
+                channel.close()
+        for worker in self._workers:
+            worker.process.join(STOP_TIMEOUT)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(STOP_TIMEOUT)
+
+
+class _DeadChannel:
+    """Stands for a channel of a worker that could not be restarted: every use fails."""
+
+    def send_bytes(self, _data: bytes) -> None:
+        raise OSError("no ingest worker")
+
+    def recv_bytes(self) -> bytes:
+        raise OSError("no ingest worker")
+
+    def close(self) -> None:
+        pass
 
 
 def _worker_main(
