@@ -26,7 +26,6 @@ from typing import (
     Callable,
     Dict,
     Iterable,
-    List,
     Mapping,
     Optional,
     Union,
@@ -130,7 +129,6 @@ def create_app(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
     )
     app.state.storage = store
-    app.state.worker_pids = collector.worker_pids
     # POSTs to the ingest paths skip Starlette's router (added first: the debugger's refusal
     # recorder, added next, wraps it).
     ingest_types: Dict[str, Optional[str]] = dict.fromkeys(BATCH_PATHS)
@@ -163,11 +161,6 @@ class _Collector:
         # own, so requests arriving meanwhile join the next commit. A plain executor costs less
         # per request than Starlette's run_in_threadpool (anyio's capacity limiter and events).
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
-
-    @property
-    def worker_pids(self) -> List[int]:
-        """The process ids of the ``--workers`` processes (empty without them)."""
-        return self._workers.pids if self._workers is not None else []
 
     def close(self) -> None:
         """Stop the insert threads (and worker processes) once requests in flight are answered."""
