@@ -283,9 +283,13 @@ class Storage:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StorageError(f"{self.path} has unknown schema version {version}")
-            self._writer.executescript(
-                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+            # IMMEDIATE, under the lock file: a deferred transaction upgraded to a write while
+            # another process (an ingest worker) commits fails at once with "database is
+            # locked" instead of waiting its turn.
+            with self._process_lock.held():
+                self._writer.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot use {self.path}: {exc}") from exc
 
