@@ -309,6 +309,7 @@ def alias_fields(previous_id: Any, user_id: Any) -> Message:
 # The field each type needs besides an identity, in wire names (alias needs userId too).
 REQUIRED_WIRE_FIELD = {"track": "event", "group": "groupId", "alias": "previousId"}
 _OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_WIRE_TYPES = frozenset(MESSAGE_TYPES)
 
 
 def check_wire_message(message: Mapping[str, Any]) -> tuple[str, Optional[str], Optional[str]]:
@@ -317,27 +318,38 @@ def check_wire_message(message: Mapping[str, Any]) -> tuple[str, Optional[str], 
     Returns ``(type, userId, anonymousId)`` with the ids as text. Raises ValidationError
     whose ``field`` is the wire name and whose ``problem`` is a sentence naming it.
     """
-    kind = message.get("type")
-    if kind is None:
-        raise ValidationError("type", "missing 'type'")
-    if kind not in MESSAGE_TYPES:
+    get = message.get
+    kind = get("type")
+    if (type(kind) is not str or kind not in _WIRE_TYPES) and kind not in MESSAGE_TYPES:
+        if kind is None:
+            raise ValidationError("type", "missing 'type'")
         raise ValidationError(
             "type", f"unknown type {kind!r}, expected one of {', '.join(MESSAGE_TYPES)}"
         )
-    user_id = wire_id(message, "userId")
-    anonymous_id = wire_id(message, "anonymousId")
+    # Ids are non-empty text in nearly every message: test that first (the collector checks
+    # every message it receives), and let wire_id judge anything else.
+    user_id = get("userId")
+    if type(user_id) is not str or not user_id:
+        user_id = wire_id(message, "userId")
+    anonymous_id = get("anonymousId")
+    if type(anonymous_id) is not str or not anonymous_id:
+        anonymous_id = wire_id(message, "anonymousId")
     if kind == "alias" and user_id is None:
         raise ValidationError("userId", "alias requires 'userId'")
     if user_id is None and anonymous_id is None:
         raise ValidationError("userId", "missing both 'userId' and 'anonymousId'")
     required = REQUIRED_WIRE_FIELD.get(kind)
-    if required is not None and wire_id(message, required, numbers=required != "event") is None:
-        raise ValidationError(required, f"{kind} requires {required!r}")
+    if required is not None:
+        value = get(required)
+        if (type(value) is not str or not value) and wire_id(
+            message, required, numbers=required != "event"
+        ) is None:
+            raise ValidationError(required, f"{kind} requires {required!r}")
     for name in _OBJECT_FIELDS:
-        value = message.get(name)
+        value = get(name)
         if value is not None and type(value) is not dict and not isinstance(value, Mapping):
             raise ValidationError(name, f"{name!r} must be an object")
-    message_id = message.get("messageId")
+    message_id = get("messageId")
     if message_id is not None:
         if not isinstance(message_id, str) or not message_id:
             raise ValidationError("messageId", "'messageId' must be a non-empty string")

@@ -159,12 +159,16 @@ KILL_BATCH = 50
 KILL_AFTER_REQUESTS = 40  # requests acknowledged (all clients) before the collector is killed
 
 
+@pytest.mark.parametrize("workers", ["0", "2"])
 def test_events_acknowledged_by_concurrent_requests_survive_kill_9(
-    spawn: Spawn, tmp_path: Path
+    spawn: Spawn, tmp_path: Path, workers: str
 ) -> None:
-    """Clients post at once (their rows share commits); SIGKILL mid-stream loses no 200."""
+    """Clients post at once (their rows share commits); SIGKILL mid-stream loses no 200.
+
+    With ``--workers 2`` the worker processes store the rows; the server is killed.
+    """
     db = tmp_path / "events.db"
-    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db)])
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", workers])
     acked: Set[str] = set()
     lock = threading.Lock()
     enough = threading.Event()

@@ -24,6 +24,7 @@ __all__ = [
 
 DEFAULT_DB = "tracklane-events.db"
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_WORKERS = 1
 ENV_WRITE_KEYS = "TRACKLANE_COLLECTOR_WRITE_KEYS"
 INSTALL_HINT = "pip install 'tracklane[collector]'"
 _EXTRA_MODULES = frozenset({"starlette", "uvicorn", "anyio", "h11"})
@@ -39,6 +40,19 @@ def _port(text: str) -> int:
     return port
 
 
+MAX_WORKERS = 64  # the same bound as collector._check.MAX_WORKERS (this module is stdlib-only)
+
+
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 0 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_WORKERS}, not {workers}")
+    return workers
+
+
 def _write_key(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a write key must not be empty")
@@ -46,7 +60,7 @@ def _write_key(text: str) -> str:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the collector's flags: --port, --host, --db, --config and --write-key."""
+    """Add the collector's flags: --port, --host, --db, --config, --write-key, --workers."""
     parser.add_argument(
         "--port", type=_port, default=0, help="port to listen on; 0 (default) picks a free one"
     )
@@ -74,6 +88,16 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "accept only this write key (repeatable; also comma-separated in "
             f"${ENV_WRITE_KEYS}); with none, any key is accepted"
+        ),
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=DEFAULT_WORKERS,
+        metavar="N",
+        help=(
+            "processes that parse and validate ingest bodies beside the server process "
+            f"(default {DEFAULT_WORKERS}; 0 does everything in one process); see docs/collector.md"
         ),
     )
 
@@ -114,7 +138,9 @@ def serve(args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None)
             print(f"tracklane collector: {exc}", file=sys.stderr)
             return 2
     try:
-        return run_until_signalled(args.db, keys, args.host, args.port, config=config)
+        return run_until_signalled(
+            args.db, keys, args.host, args.port, config=config, workers=args.workers
+        )
     except (StorageError, CollectorStartError) as exc:
         print(f"tracklane collector: {exc}", file=sys.stderr)
     except OSError as exc:

@@ -45,6 +45,7 @@ class CollectorServer:
         write_keys: Tuple[str, ...],
         sock: socket.socket,
         router: Optional[Router] = None,
+        workers: int = 0,
     ) -> None:
         """Prepare (but do not start) a server on the bound, listening ``sock``."""
         self.storage = storage
@@ -58,7 +59,7 @@ class CollectorServer:
         shown = f"[{self.host}]" if ":" in self.host else self.host
         self.url = f"http://{shown}:{self.port}"
         config = uvicorn.Config(
-            create_app(storage, write_keys, router),
+            create_app(storage, write_keys, router, workers),
             log_level="warning",
             log_config=None,  # leave the host process's logging configuration alone
             access_log=False,
@@ -139,6 +140,7 @@ def serve_in_thread(
     *,
     startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     config: Optional[RoutingConfig] = None,
+    workers: int = 0,
 ) -> CollectorServer:
     """Start a collector in a background thread and return once it accepts requests.
 
@@ -146,6 +148,7 @@ def serve_in_thread(
     the sources' write keys are accepted too and stored events are delivered to its
     destinations. Raises CollectorStartError when the server cannot start, OSError when
     the address cannot be bound and StorageError when the database cannot be used.
+    ``workers`` > 0 checks ingest bodies in that many processes (``tracklane serve --workers``).
     """
     if config is not None:
         write_keys = (*write_keys, *config.write_keys())
@@ -160,7 +163,7 @@ def serve_in_thread(
     try:
         if config is not None and config.destinations:
             router = _build_router(storage, config, db_path)
-        server = CollectorServer(storage, keys, sock, router)
+        server = CollectorServer(storage, keys, sock, router, workers)
     except BaseException:
         sock.close()
         if router is not None:
@@ -219,6 +222,7 @@ def run_until_signalled(
     *,
     out: Optional[TextIO] = None,
     config: Optional[RoutingConfig] = None,
+    workers: int = 0,
 ) -> int:
     """Serve until SIGTERM or SIGINT (Ctrl-C), then stop cleanly; return the exit code.
 
@@ -233,7 +237,9 @@ def run_until_signalled(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with serve_in_thread(db_path, write_keys, host, port, config=config) as server:
+        with serve_in_thread(
+            db_path, write_keys, host, port, config=config, workers=workers
+        ) as server:
             print(f"tracklane collector listening on {server.url}", file=out, flush=True)
             # The wait is interrupted by the signal handler; the timeout only notices a dead server.
             while not stop.wait(1.0):

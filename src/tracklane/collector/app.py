@@ -41,20 +41,18 @@ from starlette.routing import Route
 from tracklane._iso import utc_now
 from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
+from tracklane.collector._check import check_request, json_error, unauthorized
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
     MESSAGE_TYPES,
     Prepared,
     RequestError,
-    body_write_key,
-    parse_body,
-    prepare_batch,
-    prepare_single,
 )
 from tracklane.collector._ingest_route import CHALLENGE, Answer, IngestRoute
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
+from tracklane.collector._workers import IngestWorkers, answer_for
 from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
@@ -76,6 +74,7 @@ def create_app(
     storage: Union[StrPath, EventStore],
     write_keys: Iterable[str] = (),
     router: Optional[Router] = None,
+    workers: int = 0,
 ) -> Starlette:
     """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
@@ -83,10 +82,21 @@ def create_app(
     opened from a path here is closed at the app's lifespan shutdown; a Storage
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
     A ``router`` (on the same store) is started and stopped with the app's lifespan.
+    ``workers`` > 0 starts that many ingest worker processes (``--workers``, ``_workers``).
     """
     owned = isinstance(storage, (str, os.PathLike))
     store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
-    collector = _Collector(store, write_keys)
+    try:
+        location: StrPath = (
+            storage
+            if isinstance(storage, (str, os.PathLike))
+            else getattr(store, "dsn", store.path)
+        )
+        collector = _Collector(store, write_keys, workers, location)
+    except BaseException:
+        if owned:
+            store.close()
+        raise
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -133,17 +143,30 @@ def create_app(
 class _Collector:
     """Request handlers sharing one store and one set of accepted write keys."""
 
-    def __init__(self, storage: EventStore, write_keys: Iterable[str]) -> None:
+    def __init__(
+        self,
+        storage: EventStore,
+        write_keys: Iterable[str],
+        workers: int = 0,
+        location: Optional[StrPath] = None,
+    ) -> None:
         self.storage = storage
         self.write_keys = frozenset(write_keys)
+        self._workers = (
+            IngestWorkers(workers, location or storage.path, self.write_keys)
+            if workers > 0
+            else None
+        )
         # Inserts block until their (group) commit is durable; each waits in a thread of its
         # own, so requests arriving meanwhile join the next commit. A plain executor costs less
         # per request than Starlette's run_in_threadpool (anyio's capacity limiter and events).
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
 
     def close(self) -> None:
-        """Stop the insert threads once the requests in flight are answered."""
+        """Stop the insert threads (and worker processes) once requests in flight are answered."""
         self._inserts.shutdown(wait=True)
+        if self._workers is not None:
+            self._workers.close()
 
     async def batch(self, request: Request) -> Response:
         """Store a batch, keeping its valid messages and reporting the others."""
@@ -172,10 +195,10 @@ class _Collector:
             header_key = basic_user(header("authorization"))
         except ValueError as exc:
             if self.write_keys:
-                return _unauthorized(str(exc))
+                return unauthorized(str(exc))
             header_key = None
         if header_key is not None and self.write_keys and header_key not in self.write_keys:
-            return _unauthorized("unknown write key")
+            return unauthorized("unknown write key")
         try:
             raw = await read_limited(
                 chunks,
@@ -185,14 +208,15 @@ class _Collector:
                 what="request body" if message_type is None else "message",
             )
         except RequestError as exc:
-            return _json_error(400, str(exc))
+            return json_error(400, str(exc))
         received_at = utc_now()
         loop = asyncio.get_running_loop()
-        if len(raw) > INLINE_CHECK_BYTES:  # a big body: parse it off the event loop
+        if self._workers is not None or len(raw) > INLINE_CHECK_BYTES:
+            # A worker process checks and stores it; or a big body, checked off the event loop.
             return await loop.run_in_executor(
                 self._inserts, self._store, raw, header_key, message_type, received_at
             )
-        checked = self._check(raw, header_key, message_type, received_at)
+        checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         if isinstance(checked, Answer):
             return checked
         return await loop.run_in_executor(self._inserts, self._insert, checked)
@@ -204,51 +228,15 @@ class _Collector:
         message_type: Optional[str],
         received_at: datetime,
     ) -> Answer:
-        """Check and store one request (blocking; runs in a thread)."""
-        checked = self._check(raw, header_key, message_type, received_at)
+        """Check and store one request, here or in a worker process (blocking; a thread)."""
+        if self._workers is not None:
+            return self._workers.handle(raw, header_key, message_type, received_at)
+        checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         return checked if isinstance(checked, Answer) else self._insert(checked)
-
-    def _check(
-        self,
-        raw: bytes,
-        header_key: Optional[str],
-        message_type: Optional[str],
-        received_at: datetime,
-    ) -> Union[Answer, Prepared]:
-        """Parse, authorize and validate one request: what to store, or the refusal."""
-        try:
-            payload = parse_body(raw)
-            body_key = body_write_key(payload)
-        except RequestError as exc:
-            return _json_error(400, str(exc))
-        key = header_key if header_key is not None else body_key
-        if self.write_keys and key not in self.write_keys:
-            return _unauthorized("missing write key" if key is None else "unknown write key")
-        try:
-            if message_type is None:
-                return prepare_batch(payload, key or "", received_at)
-            single = prepare_single(payload, message_type, key or "", received_at)
-            return Prepared([single], [])
-        except RequestError as exc:
-            return _json_error(400, str(exc))
 
     def _insert(self, prepared: Prepared) -> Answer:
         """Store what a request brought (blocking: returns once it is durable)."""
-        try:
-            stored = self.storage.insert(prepared.messages)
-        except (sqlite3.Error, StorageError) as exc:
-            return _json_error(503, f"storage unavailable: {exc}")
-        body: Dict[str, Any] = {
-            "success": True,
-            "stored": stored,
-            "duplicates": len(prepared.messages) - stored,
-            "rejected": [rejection.to_json() for rejection in prepared.rejected],
-        }
-        if prepared.rejected and not prepared.messages:
-            body["success"] = False
-            body["error"] = f"all {len(prepared.rejected)} messages were rejected"
-            return Answer(400, dumps(body))
-        return Answer(200, dumps(body))
+        return answer_for(self.storage, prepared)
 
     async def events(self, request: Request) -> Response:
         """Serve ``GET /v1/events``: ``{"events": [...]}``, newest first."""
@@ -263,12 +251,12 @@ class _Collector:
             key = basic_user(request.headers.get("authorization"))
         except ValueError as exc:
             if self.write_keys:
-                return _response(_unauthorized(str(exc)))
+                return _response(unauthorized(str(exc)))
             key = None
         if self.write_keys and key is None:
-            return _response(_unauthorized("reading events needs a write key (HTTP Basic auth)"))
+            return _response(unauthorized("reading events needs a write key (HTTP Basic auth)"))
         if self.write_keys and key not in self.write_keys:
-            return _response(_unauthorized("unknown write key"))
+            return _response(unauthorized("unknown write key"))
         try:
             where, limit = parse_query(
                 request.query_params.multi_items(),
@@ -276,7 +264,7 @@ class _Collector:
                 key,
             )
         except RequestError as exc:
-            return _response(_json_error(400, str(exc)))
+            return _response(json_error(400, str(exc)))
         try:
             if counting:
                 return _json_response(
@@ -284,7 +272,7 @@ class _Collector:
                 )
             events = await run_in_threadpool(self.storage.query, where, limit)
         except (sqlite3.Error, StorageError) as exc:
-            return _response(_json_error(503, f"storage unavailable: {exc}"))
+            return _response(json_error(503, f"storage unavailable: {exc}"))
         return _json_response(200, {"events": events})
 
     async def health(self, _request: Request) -> Response:
@@ -296,14 +284,6 @@ def _json_response(
     status: int, body: Dict[str, Any], headers: Optional[Mapping[str, str]] = None
 ) -> Response:
     return Response(dumps(body), status, headers, media_type="application/json")
-
-
-def _json_error(status: int, message: str) -> Answer:
-    return Answer(status, dumps({"success": False, "error": message}))
-
-
-def _unauthorized(message: str) -> Answer:
-    return Answer(status=401, body=dumps({"success": False, "error": message}), challenge=True)
 
 
 def _response(answer: Answer) -> Response:

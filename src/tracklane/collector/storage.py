@@ -76,6 +76,45 @@ def _insert_many(connection: sqlite3.Connection, rows: Sequence[Sequence[Optiona
 
 StrPath = Union[str, "os.PathLike[str]"]
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: SQLite's busy handler alone orders writers
+    fcntl = None  # type: ignore[assignment]
+
+
+class _ProcessWriteLock:
+    """An exclusive lock on ``<db>-writelock`` taken around each write transaction.
+
+    Several processes write to one file with ``tracklane serve --workers``: SQLite lets one
+    at a time in and makes the others retry from its busy handler, sleeping 1 to 100 ms
+    between tries; a waiter on this lock wakes as soon as the holder commits. Held only
+    with the store's own write lock, so one thread per process waits on it.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self._fd: Optional[int] = None
+        if fcntl is not None:
+            try:
+                self._fd = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError:  # a read-only directory: SQLite's own locking still holds
+                self._fd = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if self._fd is None:
+            yield
+            return
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
 
 class StorageError(Exception):
     """The database file cannot be used by the collector."""
@@ -209,12 +248,14 @@ class Storage:
         self._pending: List[_Ticket] = []
         self._read_lock = threading.Lock()
         self._closed = False
+        self._process_lock = _ProcessWriteLock(self.path)
         self._writer = self._connect()
         try:
             self._init_schema()
             self._reader = self._connect()
         except BaseException:
             self._writer.close()
+            self._process_lock.close()
             raise
 
     def _connect(self) -> sqlite3.Connection:
@@ -242,9 +283,13 @@ class Storage:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise StorageError(f"{self.path} has unknown schema version {version}")
-            self._writer.executescript(
-                f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-            )
+            # IMMEDIATE, under the lock file: a deferred transaction upgraded to a write while
+            # another process (an ingest worker) commits fails at once with "database is
+            # locked" instead of waiting its turn.
+            with self._process_lock.held():
+                self._writer.executescript(
+                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot use {self.path}: {exc}") from exc
 
@@ -272,6 +317,10 @@ class Storage:
 
     def _commit(self, group: List[_Ticket]) -> None:
         """Insert every ticket's rows in one transaction (write lock held)."""
+        with self._process_lock.held():
+            self._commit_group(group)
+
+    def _commit_group(self, group: List[_Ticket]) -> None:
         error: Optional[Exception] = None
         committed = False
         try:
@@ -302,7 +351,7 @@ class Storage:
         ``durable=False`` commits without an fsync (``synchronous=NORMAL``): a kill -9
         loses nothing, a power cut may undo it (never what a later durable commit wrote).
         """
-        with self._write_lock:
+        with self._write_lock, self._process_lock.held():
             self._check_open()
             if not durable:
                 self._writer.execute("PRAGMA synchronous=NORMAL")
@@ -359,3 +408,4 @@ class Storage:
             self._closed = True
             self._reader.close()
             self._writer.close()
+            self._process_lock.close()

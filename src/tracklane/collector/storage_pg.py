@@ -113,6 +113,7 @@ class PostgresStorage:
                 f"{INSTALL_HINT}"
             ) from None
         self.path = _redacted(dsn)
+        self.dsn = dsn  # for the ingest worker processes (``--workers``), which connect too
         self._closed = False
         self._close_lock = threading.Lock()
         self._errors: Tuple[Type[BaseException], ...] = (psycopg.Error, PoolTimeout)

@@ -1,0 +1,58 @@
+"""Checking one ingest request: parse, authorize, validate (pure: no I/O, no shared state).
+
+The collector calls :func:`check_request` on the event loop for small bodies, in an
+insert thread for big ones, and in its ingest worker processes (``_workers``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import FrozenSet, Optional, Union
+
+from tracklane.collector._ingest import (
+    Prepared,
+    RequestError,
+    body_write_key,
+    parse_body,
+    prepare_batch,
+    prepare_single,
+)
+from tracklane.collector._ingest_route import Answer
+from tracklane.collector._json import dumps
+
+__all__ = ["check_request", "json_error", "unauthorized"]
+
+
+def check_request(
+    raw: bytes,
+    header_key: Optional[str],
+    message_type: Optional[str],
+    received_at: datetime,
+    write_keys: FrozenSet[str],
+) -> Union[Answer, Prepared]:
+    """Parse, authorize and validate one request: what to store, or the refusal."""
+    try:
+        payload = parse_body(raw)
+        body_key = body_write_key(payload)
+    except RequestError as exc:
+        return json_error(400, str(exc))
+    key = header_key if header_key is not None else body_key
+    if write_keys and key not in write_keys:
+        return unauthorized("missing write key" if key is None else "unknown write key")
+    try:
+        if message_type is None:
+            return prepare_batch(payload, key or "", received_at)
+        single = prepare_single(payload, message_type, key or "", received_at)
+        return Prepared([single], [])
+    except RequestError as exc:
+        return json_error(400, str(exc))
+
+
+def json_error(status: int, message: str) -> Answer:
+    """An error answer: ``{"success": false, "error": message}``."""
+    return Answer(status, dumps({"success": False, "error": message}))
+
+
+def unauthorized(message: str) -> Answer:
+    """A 401 answer asking for HTTP Basic credentials."""
+    return Answer(status=401, body=dumps({"success": False, "error": message}), challenge=True)

@@ -1,0 +1,164 @@
+"""``tracklane serve --workers N``: ingest worker processes beside the server process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Sequence
+
+import httpx
+import pytest
+
+from tracklane._cli import main
+
+from .test_cli import EXIT_DEADLINE, Running, Spawn, _tracklane
+
+API = "/debugger/api"
+
+
+def _children(pid: int) -> List[int]:
+    """The child processes of ``pid`` (Linux /proc)."""
+    found: List[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pids: List[int], deadline: float) -> bool:
+    """Whether every process in ``pids`` has exited by ``deadline`` (polled)."""
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _track(message_id: str, **extra: Any) -> Dict[str, Any]:
+    return {"type": "track", "userId": "u", "event": "E", "messageId": message_id, **extra}
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start collector subprocesses that are always reaped after the test."""
+    started: List[Running] = []
+
+    def start(args: Sequence[str], **env: str) -> Running:
+        running = Running(args, tmp_path, **env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()
+
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+
+
+def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Path) -> None:
+    """With --workers 2: batches are stored and read back, a bad message is refused naming its
+    field (the rest stored, the refusal in the debugger), and SIGTERM stops every process."""
+    db = tmp_path / "events.db"
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", "2"])
+    workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    ids = [str(uuid.uuid4()) for _ in range(200)]
+    with httpx.Client(base_url=server.url, auth=("k", ""), timeout=10) as http:
+        for start in range(0, 200, 50):  # several requests, so both workers take some
+            batch = [_track(i) for i in ids[start : start + 50]]
+            answer = http.post("/v1/batch", json={"batch": batch})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["stored"] == 50
+        bad = http.post(
+            "/v1/batch", json={"batch": [_track("good-1"), _track("bad-1", userId=["u"])]}
+        ).json()
+        assert bad["stored"] == 1
+        assert [r["messageId"] for r in bad["rejected"]] == ["bad-1"]
+        assert "userId" in bad["rejected"][0]["reason"]
+        assert http.post("/v1/track", json=_track("single-1")).json()["stored"] == 1
+        count = http.get("/v1/events/count").json()["count"]
+        assert count == 202
+        events = http.get("/v1/events", params={"limit": 500}).json()["events"]
+        assert {e["messageId"] for e in events} == {*ids, "good-1", "single-1"}
+        seqs = [e["seq"] for e in events]
+        assert seqs == sorted(seqs, reverse=True)
+        assert len(set(seqs)) == len(seqs)
+        refused = http.get(f"{API}/rejected").json()["rejected"]
+        assert any(r.get("messageId") == "bad-1" for r in refused), refused
+    code, _ = server.stop(signal.SIGTERM)
+    assert code == 0, server.stderr()
+    assert _gone(workers, time.monotonic() + EXIT_DEADLINE)
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 202
+
+
+def test_workers_exit_when_the_server_is_killed(spawn: Spawn, tmp_path: Path) -> None:
+    """After a kill -9 of the server its worker processes exit by themselves."""
+    server = spawn(
+        [*_tracklane(), "serve", "--port", "0", "--db", str(tmp_path / "e.db"), "--workers", "2"]
+    )
+    workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    assert len(workers) >= 2
+    server.proc.kill()
+    assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
+    assert _gone(workers, time.monotonic() + EXIT_DEADLINE)
+
+
+def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
+    """A worker killed with SIGKILL is replaced: at most the requests it held get 503, and
+    later batches are stored and acknowledged as before."""
+    db = tmp_path / "events.db"
+    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", "1"])
+    before = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        assert http.post("/v1/batch", json={"batch": [_track("m-0")]}).json()["stored"] == 1
+        workers = [
+            pid for pid in before if b"resource_tracker" not in _cmdline(pid)
+        ]  # the worker, not multiprocessing's resource tracker
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        acknowledged = set()
+        statuses = []
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 20 and time.monotonic() < deadline:
+            message_id = f"m-{len(statuses) + 1}"
+            answer = http.post("/v1/batch", json={"batch": [_track(message_id)]})
+            statuses.append(answer.status_code)
+            if answer.status_code == 200:
+                acknowledged.add(message_id)
+        assert len(acknowledged) == 20, statuses
+        assert set(statuses) <= {200, 503}
+        assert statuses.count(503) <= 1  # only the request that found the worker gone
+        assert http.get("/v1/events/count").json()["count"] == 21
+    after = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    assert workers[0] not in after
+    assert "ingest worker 1" in server.stderr()  # the replacement is logged
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+@pytest.mark.parametrize("value", ["-1", "65", "two"])
+def test_bad_workers_value_names_the_flag(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--workers outside 0..64 or not a number stops ``serve`` with an error naming the flag."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--workers", value])
+    assert exited.value.code == 2
+    assert "--workers" in capsys.readouterr().err
