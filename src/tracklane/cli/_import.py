@@ -323,14 +323,22 @@ class Importer:
                 else:
                     record = build()
                 message = to_message(record)
+                # The line itself is sent when the message is (no second encoding); a
+                # derived messageId goes in front of its fields.
+                encoded = raw if message is record and build is raw else None
                 message_id = message.get("messageId")
                 if message_id is None:
-                    message_id = message["messageId"] = derived_message_id(label, number, raw)
+                    message_id = derived_message_id(label, number, raw)
+                    if encoded is not None and "messageId" not in message:
+                        encoded = b'{"messageId":"%s",%s' % (message_id.encode(), raw[1:])
+                    else:
+                        encoded = None
+                    message["messageId"] = message_id
                 if not dry_run:
                     # Looked up by on_error for a rejected message; pruned at checkpoints.
                     numbers[message_id] = number
                     order.append((number, message_id))
-                queued, _ = forward(message)
+                queued, _ = forward(message, encoded=encoded)
                 while not queued:
                     if self.too_large is not None:
                         too_large, self.too_large = self.too_large, None
@@ -341,7 +349,7 @@ class Importer:
                         raise _Stop(describe_error(self.failure))
                     if self.interrupted:
                         raise KeyboardInterrupt
-                    queued, _ = forward(message)
+                    queued, _ = forward(message, encoded=encoded)
                 enqueued += 1
             except (LineError, tracklane.ValidationError) as exc:
                 where = (
