@@ -161,7 +161,8 @@ def test_forward_sends_the_given_encoding_byte_for_byte(server, make_client):
     )
     message = orjson.loads(text)
     queued, sent = client.forward(message, encoded=text)
-    assert queued is True and sent is message
+    assert queued is True
+    assert sent is message
     assert client.flush(timeout=5)
     (request,) = server.requests
     assert text in request.body
@@ -177,7 +178,9 @@ def test_forward_encodes_again_when_something_is_filled_in(server, make_client):
     assert queued is True
     assert client.flush(timeout=5)
     (got,) = server.requests[0].batch
-    assert got == sent and got["userId"] == "7" and got["messageId"]
+    assert got == sent
+    assert got["userId"] == "7"
+    assert got["messageId"]
 
 
 @pytest.mark.parametrize("encoded", ["{}", b"[1]", b'{"type":"track"}\n', bytearray(b"{}")])
