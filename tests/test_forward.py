@@ -7,6 +7,7 @@ import datetime as dt
 import uuid
 from typing import Any, Dict
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -147,6 +148,59 @@ def test_forward_drops_a_message_over_the_size_limit_and_counts_it(server, make_
     assert client.flush(timeout=5)
     assert client.stats().dropped == {"too_large": 1}
     assert isinstance(errors[0], tracklane.MessageTooLargeError)
+    assert server.requests == []
+
+
+def test_forward_sends_the_given_encoding_byte_for_byte(server, make_client):
+    """With ``encoded`` (the text the message was parsed from) and nothing to fill in,
+    those bytes go out as they are: key order, spacing and number spelling kept."""
+    client = make_client()
+    text = (
+        b'{ "type": "track", "messageId": "m-1", "userId": "u", "event": "E",'
+        b' "properties": {"total": 1.50, "n": 1e3}, "timestamp": "2023-04-05T06:07:08.912Z" }'
+    )
+    message = orjson.loads(text)
+    queued, sent = client.forward(message, encoded=text)
+    assert queued is True
+    assert sent is message
+    assert client.flush(timeout=5)
+    (request,) = server.requests
+    assert text in request.body
+    assert request.batch == [message]
+
+
+def test_forward_encodes_again_when_something_is_filled_in(server, make_client):
+    """``encoded`` is not used when the message needs a messageId, a timestamp or an id
+    as text: what is sent is the completed message."""
+    client = make_client()
+    text = b'{"type":"track","userId":7,"event":"E","timestamp":"2023-04-05T06:07:08.912Z"}'
+    queued, sent = client.forward(orjson.loads(text), encoded=text)
+    assert queued is True
+    assert client.flush(timeout=5)
+    (got,) = server.requests[0].batch
+    assert got == sent
+    assert got["userId"] == "7"
+    assert got["messageId"]
+
+
+@pytest.mark.parametrize("encoded", ["{}", b"[1]", b'{"type":"track"}\n', bytearray(b"{}")])
+def test_forward_refuses_an_encoding_that_is_not_json_object_bytes(make_client, encoded):
+    """``encoded`` must be bytes holding a JSON object; anything else is refused naming it,
+    and nothing is queued."""
+    client = make_client()
+    with pytest.raises(tracklane.ValidationError, match="encoded: must be"):
+        client.forward(received(), encoded=encoded)
+    assert client.stats().tracked == 0
+
+
+def test_forward_drops_an_encoding_over_the_size_limit(server, make_client):
+    """The 32 KB limit applies to the given bytes: over it, dropped and counted."""
+    client = make_client()
+    message = received(properties={"blob": "x" * 40_000})
+    queued, _ = client.forward(message, encoded=orjson.dumps(message))
+    assert queued is False
+    assert client.flush(timeout=5)
+    assert client.stats().dropped == {"too_large": 1}
     assert server.requests == []
 
 

@@ -433,7 +433,21 @@ def prepare_wire_message(message: Any) -> Message:
         message = _ids_as_text(message)
     prepared: Message = message
     stamp = get("timestamp")
-    if type(stamp) is not str or not _RFC3339.fullmatch(stamp):
+    if (
+        type(stamp) is str
+        and len(stamp) == 24
+        and stamp[4:20:3] == "--T::."  # the characters at 4, 7, 10, 13, 16 and 19
+        and stamp[23] == "Z"
+        and stamp[20:23].isdigit()
+        and stamp.isascii()
+    ):
+        # The usual shape, 2023-04-05T06:07:08.912Z, checked without the regular
+        # expression (an eighth of this function's cost); the rest is fromisoformat's.
+        try:
+            _from_iso(stamp[:19])
+        except ValueError:
+            raise ValidationError("timestamp", f"not an ISO-8601 time: {stamp!r}") from None
+    elif type(stamp) is not str or not _RFC3339.fullmatch(stamp):
         prepared = dict(message)
         prepared["timestamp"] = now_timestamp() if stamp is None else format_timestamp(stamp)
     else:

@@ -271,6 +271,34 @@ def test_records_rejected_by_the_server_are_reported_with_reason(tmp_path: Path)
         server.close()
 
 
+def test_rejections_far_into_a_file_name_their_records(tmp_path: Path) -> None:
+    """Rejected records thousands of lines in (past the first checkpoint's bookkeeping) are
+    named by their line; every other line arrives as written, a generated messageId added,
+    and a line whose messageId is null gets a generated one too."""
+    server = poison_refusing_server()
+    try:
+        path = tmp_path / "events.jsonl"
+        lines = [line_for(n) for n in range(5_000)]
+        for number in (2_500, 4_900):
+            lines[number - 1] = {"type": "track", "userId": "u", "event": "Poison"}
+        lines[2_999] = {**line_for(2_999), "messageId": None}
+        path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        result = run_cli("import", str(path), "--writeKey=k", f"--host={server.url}", "--retries=0")
+        assert result.returncode == 1, result.stderr
+        assert "5,000 records, 4,998 sent, 2 rejected by the server" in result.stdout
+        reason = "rejected 2x: the server answered HTTP 400: poison pill"
+        assert f"{reason}; e.g. records 2500, 4900" in result.stdout
+        accepted = {m["context"]["import"]["n"]: m for m in server.accepted()}
+        assert len(accepted) == 4_998
+        for n in (0, 2_999, 4_999):
+            got = dict(accepted[n])
+            assert got.pop("messageId"), n
+            expected = {k: v for k, v in lines[n].items() if k != "messageId"}
+            assert got == expected
+    finally:
+        server.close()
+
+
 def test_refused_write_key_stops_without_moving_the_checkpoint(
     keyed_collector: CollectorServer, tmp_path: Path
 ) -> None:

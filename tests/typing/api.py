@@ -7,6 +7,8 @@ import logging
 from decimal import Decimal
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import orjson
+
 import tracklane
 from tracklane.testing import CapturingClient, capture
 
@@ -30,6 +32,8 @@ def main() -> None:
     client.identify("u", {"name": "Ada"}, timestamp=dt.datetime.now(dt.timezone.utc))
     forwarded, as_sent = client.forward({"type": "track", "userId": "u", "event": "Replayed"})
     assert isinstance(forwarded, bool)
+    line = b'{"type":"track","userId":"u","event":"Replayed"}'
+    forwarded, as_sent = client.forward(orjson.loads(line), encoded=line)
     assert as_sent["event"] == "Replayed"
     result: tracklane.FlushResult = client.flush(timeout=1.0)
     stats: tracklane.Stats = result.stats

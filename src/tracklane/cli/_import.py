@@ -136,8 +136,9 @@ class Importer:
         self.lock = threading.Lock()
         self.failure: Optional[BaseException] = None
         self.too_large: Optional[BaseException] = None
-        self.numbers: Dict[Any, int] = {}  # messageId -> record number, until checkpointed
-        self.order: Deque[Tuple[int, Any]] = collections.deque()
+        # messageId -> record number until checkpointed, in blocks of about _UPDATE_EVERY
+        # records, each with the first record number it may hold (pruned a block at a time).
+        self.numbers: Deque[Tuple[int, Dict[Any, int]]] = collections.deque()
         self.rejections: List[Tuple[int, str]] = []  # (record number, reason), not yet saved
         self.examples: Dict[str, List[int]] = {}
         self.skipped_examples: List[str] = []
@@ -167,11 +168,16 @@ class Importer:
             return  # the reading thread offers the record again
         if isinstance(exc, tracklane.APIError) and exc.status_code in _MESSAGE_STATUSES:
             reason = describe_error(exc)
+            # A copy (atomic), as the reading thread adds blocks: the latest first.
+            blocks = [block for _, block in reversed(list(self.numbers))]
             with self.lock:
                 for message in batch:
-                    number = self.numbers.get(message.get("messageId"))
-                    if number is not None:
-                        self.rejections.append((number, reason))
+                    message_id = message.get("messageId")
+                    for block in blocks:
+                        number = block.get(message_id)
+                        if number is not None:
+                            self.rejections.append((number, reason))
+                            break
             return
         with self.lock:
             if self.failure is None:
@@ -190,8 +196,9 @@ class Importer:
             upto = self.base.done + done
             mine = [r for r in self.rejections if r[0] <= upto]
             self.rejections = [r for r in self.rejections if r[0] > upto]
-            while self.order and self.order[0][0] <= upto:
-                self.numbers.pop(self.order.popleft()[1], None)
+            numbers = self.numbers
+            while len(numbers) > 1 and numbers[1][0] <= upto + 1:
+                numbers.popleft()  # every record of the first block is settled
         progress = self.progress
         for number, reason in mine:
             progress.reasons[reason] = progress.reasons.get(reason, 0) + 1
@@ -278,7 +285,9 @@ class Importer:
         forward = self.client.forward
         label = source.label_bytes
         numbers = self.numbers
-        order = self.order
+        numbers.clear()
+        block: Dict[Any, int] = {}
+        numbers.append((skip + 1, block))
         rate = args.rate
         started = time.monotonic()
         enqueued = skipped = 0
@@ -323,14 +332,21 @@ class Importer:
                 else:
                     record = build()
                 message = to_message(record)
+                # The line itself is sent when the message is (no second encoding); a
+                # derived messageId goes in front of its fields.
+                encoded = raw if message is record and build is raw else None
                 message_id = message.get("messageId")
                 if message_id is None:
-                    message_id = message["messageId"] = derived_message_id(label, number, raw)
+                    message_id = derived_message_id(label, number, raw)
+                    if encoded is not None and "messageId" not in message:
+                        encoded = b'{"messageId":"%s",%s' % (message_id.encode(), raw[1:])
+                    else:
+                        encoded = None
+                    message["messageId"] = message_id
                 if not dry_run:
                     # Looked up by on_error for a rejected message; pruned at checkpoints.
-                    numbers[message_id] = number
-                    order.append((number, message_id))
-                queued, _ = forward(message)
+                    block[message_id] = number
+                queued, _ = forward(message, encoded=encoded)
                 while not queued:
                     if self.too_large is not None:
                         too_large, self.too_large = self.too_large, None
@@ -341,7 +357,7 @@ class Importer:
                         raise _Stop(describe_error(self.failure))
                     if self.interrupted:
                         raise KeyboardInterrupt
-                    queued, _ = forward(message)
+                    queued, _ = forward(message, encoded=encoded)
                 enqueued += 1
             except (LineError, tracklane.ValidationError) as exc:
                 where = (
@@ -366,6 +382,9 @@ class Importer:
             if self.interrupted:
                 raise KeyboardInterrupt
             if not done % _UPDATE_EVERY:
+                if not dry_run:
+                    block = {}
+                    numbers.append((number + 1, block))
                 if self.failure is not None:
                     raise _Stop(describe_error(self.failure))
                 if reporter is not None:
