@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/tail_handler_analysis.py [--repeat 3] [--seconds 6] [--src TREE]
+    python bench/tail_handler_analysis.py [--repeat 3] [--seconds 6] [--steps] [--src TREE]
 
 Runs case e of bench/run.py in this process: the main thread paced at 1,000 requests/s,
 each request ~50 µs of pure Python (``work()``), building the event (``make_event``) and
@@ -23,7 +23,8 @@ see the same machine state. For every request it records:
 
 It prints, for the baseline and for tracklane, the p50 and p99 and how the requests at or
 above the p99 divide by cause, with how much of their time is in ``track()`` and how much
-of it the thread was not running.
+of it the thread was not running. ``--steps`` then runs the loop once more with
+``track()``'s steps done one by one and timed (``time_steps``).
 """
 
 from __future__ import annotations
@@ -205,6 +206,76 @@ def describe(rec: Dict[str, List[int]], spans: List[tuple[int, int, str, int]]) 
     return out
 
 
+def time_steps(url: str, requests: int, iters: int) -> Dict[str, str]:
+    """Case e's loop with ``track()``'s common path done step by step, each step timed.
+
+    The same steps as ``BaseClient.track`` (inline common call) and ``_enqueue``: the scope
+    check, the timestamp, the message id, the message dict, the orjson encode, the
+    exact-size copy and ``Pipeline.put``; p50 and p99 of each.
+    """
+    import orjson
+
+    from tracklane._context import current_scope
+    from tracklane._encode import ORJSON_OPTIONS
+    from tracklane.messages import LIBRARY, new_message_id, now_timestamp
+
+    SinkControl(url).reset()
+    adapter = get_adapter("tracklane")
+    adapter.make_client(url)
+    client = adapter.client
+    put, default = client._pipeline.put, client._default
+    names = ("scope", "timestamp", "message id", "dict", "encode", "copy", "put", "whole call")
+    rec: Dict[str, List[int]] = {k: [] for k in names}
+    perf = time.perf_counter_ns
+    warm = int(0.3 * RATE)
+    start = perf() + 1_000_000
+    for i in range(warm + requests):
+        scheduled = start + i * int(1e9 / RATE)
+        now = perf()
+        if scheduled > now:
+            time.sleep((scheduled - now) / 1e9)
+        work(iters)
+        ev = make_event(i)
+        t0 = perf()
+        current_scope()
+        t1 = perf()
+        stamp = now_timestamp()
+        t2 = perf()
+        mid = new_message_id()
+        t3 = perf()
+        message = {
+            "type": "track",
+            "event": ev["event"],
+            "anonymousId": None,
+            "properties": ev["properties"],
+            "userId": ev["user_id"],
+            "context": {"library": LIBRARY},
+            "integrations": {},
+            "timestamp": stamp,
+            "messageId": mid,
+        }
+        t4 = perf()
+        data = orjson.dumps(message, default=default, option=ORJSON_OPTIONS)
+        t5 = perf()
+        data = bytes(memoryview(data))
+        t6 = perf()
+        put(data)
+        t7 = perf()
+        if i >= warm:
+            marks = (t0, t1, t2, t3, t4, t5, t6, t7)
+            for k, name in enumerate(names[:-1]):
+                rec[name].append(marks[k + 1] - marks[k])
+            rec["whole call"].append(t7 - t0)
+    adapter.flush(10.0)
+    adapter.close(5.0)
+    out = {}
+    for name, values in rec.items():
+        values.sort()
+        n = len(values)
+        out[name] = f"p50 {values[n // 2] / 1000:.2f} µs, p99 {values[int(n * 0.99)] / 1000:.2f} µs"
+    return out
+
+
 def show(label: str, result: Dict[str, Any]) -> None:
     print(f"  {label}:")
     for key, value in result.items():
@@ -221,6 +292,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--src", default="", help="the tracklane source tree (default: this one's)")
     p.add_argument("--work-iters", type=int, default=0, help="0: calibrate to ~50 µs")
+    p.add_argument("--steps", action="store_true", help="also time track()'s steps one by one")
     args = p.parse_args()
     iters = args.work_iters or int(
         scenario_calibrate(argparse.Namespace(target_us=WORK_US))["work_iters"]
@@ -243,6 +315,8 @@ def main() -> int:
             adapter.close(5.0)
             clock.restore()
             show("tracklane", describe(rec, clock.stretches()))
+            if args.steps:
+                show("track() step by step", time_steps(url, requests, iters))
     finally:
         proc.terminate()
         proc.wait(5)
