@@ -1,8 +1,9 @@
 """The asyncio twin of ``_worker.Pipeline``: one delivery task on the event loop.
 
 The same rules as the thread worker, decided by the same core (``next_batch_wait``,
-``BatchJob``, ``Ledger``, ``intake``, ``settling``, ``PipelineCounters``): a batch when ``batch_size`` messages wait, when the oldest is
-``flush_interval`` old, or on flush; one request in flight; every wait has a deadline.
+``BatchJob``, ``Ledger``, ``intake``, ``settling``, ``PipelineCounters``): a batch when
+``batch_size`` messages wait, when the oldest is ``flush_interval`` old, or on flush; one
+request in flight; every wait has a deadline.
 
 The pipeline binds to the loop of its first use (the first call made on a running loop,
 or ``flush``/``shutdown``); calls from other threads append under a lock and wake the
@@ -27,7 +28,7 @@ from ._aio_finish import FlushAndShutdown
 from ._aio_intake import Intake
 from ._aio_queue import DiskQueue, MemoryQueue
 from ._core.batching import seconds_until_due, take_batch
-from ._core.counters import reset_in_forked_child
+from ._core.counters import open_queue, reset_in_forked_child
 from ._core.delivery import Action, BatchJob, Done, Drop, Outcome, Send
 from ._core.intake import FullQueueWarning
 from ._core.ledger import Ledger
@@ -35,7 +36,7 @@ from ._core.retry import RetryPolicy
 from ._core.settling import count_outcome, kept_for_next_process, redeem_written_off
 from ._stats import DropReason
 from .config import Options
-from .exceptions import ConfigurationError, DeliveryError
+from .exceptions import DeliveryError
 from .messages import now_timestamp
 from .transports import AsyncTransport, SendResult
 
@@ -99,18 +100,13 @@ class AsyncPipeline(Intake, FlushAndShutdown):
         self._full_warning = FullQueueWarning()
 
     def _open_queue(self) -> Queue:
-        options = self._options
-        if options.queue_path is None:
+        path = self._options.queue_path
+        if path is None:
             return MemoryQueue()
-        try:
-            return DiskQueue(os.fspath(options.queue_path), options.queue_fsync)
-        except Exception as exc:
-            if self._queue is None:
-                raise ConfigurationError(
-                    f"queue_path: cannot open {options.queue_path!r}: {exc}"
-                ) from exc
-            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
-            return MemoryQueue()
+        fsync = self._options.queue_fsync
+        return open_queue(
+            lambda: DiskQueue(os.fspath(path), fsync), MemoryQueue, self._queue is None, path
+        )
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's queue and loop stay the parent's; start empty."""

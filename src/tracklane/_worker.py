@@ -10,7 +10,7 @@ from typing import Callable, List, Optional
 
 from ._buffer import Buffer, MemoryBuffer, open_buffer
 from ._core.batching import seconds_until_full
-from ._core.counters import PipelineCounters, reset_in_forked_child
+from ._core.counters import PipelineCounters, open_queue, reset_in_forked_child
 from ._core.delivery import Drop, Outcome
 from ._core.intake import FullQueueWarning, queue_full, refuse_closed
 from ._core.ledger import Ledger
@@ -24,7 +24,7 @@ from ._core.settling import (
 from ._delivery import Sender
 from ._stats import DropReason, FlushResult
 from .config import Options, OverflowPolicy
-from .exceptions import ConfigurationError, DeliveryError
+from .exceptions import DeliveryError
 
 __all__ = ["Pipeline"]
 
@@ -100,15 +100,8 @@ class Pipeline(PipelineCounters):
         self._full_warning = FullQueueWarning()
 
     def _open_buffer(self) -> Buffer:
-        try:
-            return self._new_buffer()
-        except Exception as exc:
-            if self._queue is None:  # at construction: the caller hears of it
-                raise ConfigurationError(
-                    f"queue_path: cannot open {self._options.queue_path!r}: {exc}"
-                ) from exc
-            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
-            return MemoryBuffer()
+        first = self._queue is None  # at construction: the caller hears of it
+        return open_queue(self._new_buffer, MemoryBuffer, first, self._options.queue_path)
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start empty."""

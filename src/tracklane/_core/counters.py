@@ -8,21 +8,44 @@ or I/O, lives here once.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from tracklane._stats import DropReason, FlushResult, Stats
 from tracklane.config import Options
+from tracklane.exceptions import ConfigurationError
 
 from .batching import next_batch_wait
 from .delivery import Drop, Outcome
 from .ledger import Ledger
 from .settling import count_outcome, flush_result, warn_if_incomplete
 
-__all__ = ["PipelineCounters", "reset_in_forked_child"]
+__all__ = ["PipelineCounters", "open_queue", "reset_in_forked_child"]
+
+logger = logging.getLogger("tracklane")
+Q = TypeVar("Q")
+
+
+def open_queue(
+    open_durable: Callable[[], Q], open_memory: Callable[[], Q], first: bool, queue_path: object
+) -> Q:
+    """The queue a pipeline starts with: durable if it opens, else the caller hears of it.
+
+    At construction (``first``) a durable queue that cannot be opened is a
+    ``ConfigurationError`` naming ``queue_path``; when a forked child reopens it, the child
+    queues in memory instead (logged), since nobody is there to catch the error.
+    """
+    try:
+        return open_durable()
+    except Exception as exc:
+        if first:
+            raise ConfigurationError(f"queue_path: cannot open {queue_path!r}: {exc}") from exc
+        logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
+        return open_memory()
 
 
 def reset_in_forked_child(reset: Callable[[], None]) -> None:
