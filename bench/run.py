@@ -2,7 +2,7 @@
 
 Usage (``make bench`` runs the first line)::
 
-    python bench/run.py                      # full run: 3 rounds, ~9 minutes on 2 cores
+    python bench/run.py                      # full run: 3 rounds, ~11 minutes on 2 cores
     python bench/run.py --quick              # smaller counts, 1 round, < 60 s
     python bench/run.py --only tracklane --only segment --metric throughput
     python bench/run.py --quick --only tracklane --no-peers-install   # current interpreter
@@ -452,7 +452,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
             "latency_warmup": 500,
             "throughput_events": 100_000,
             "memory_messages": 100_000,
-            "handler_seconds": 3.0,
+            "handler_seconds": 6.0,
             "floor_calls": 20_000,
             "sink_requests": 2_000,
             **tail_cases.FULL_COUNTS,
@@ -542,11 +542,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                 if doc and "result" in doc:
                     sink_ceilings.append(doc["result"]["events_per_s"])
             for scenario in args.scenarios:
-                paced = scenario in ("handler", "paced_handler")
-                libs_here: list[str] = ["none", *order] if paced else order
-                if paced and rnd % 2 == 1:
-                    libs_here = [*order, "none"]
-                for lib in libs_here:
+                libs_here: list[str] = order
+                pairs: list[str] = []
+                if scenario == "paced_handler":
+                    libs_here = ["none", *order] if rnd % 2 == 0 else [*order, "none"]
+                elif scenario == "handler":
+                    # Each library's run right next to its own no-analytics run (order
+                    # alternating), so both see the same machine state (tail_cases.py).
+                    libs_here, pairs = tail_cases.handler_schedule(order, rnd)
+                for slot, lib in enumerate(libs_here):
                     coerce = ",".join(libraries.get(lib, {}).get("coerce") or [])
                     extra = ["--coerce", coerce] if coerce else []
                     if scenario in tail_cases.SCENARIOS:
@@ -579,6 +583,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         extra += ["--duration", str(c["handler_seconds"])]
                         deadline = 90.0
                     doc = runner.run(lib, scenario, extra, deadline=deadline)
+                    if pairs and doc and "result" in doc:
+                        doc["result"].update(round=rnd, paired_with=pairs[slot])
                     record(lib, scenario, doc)
                     progress(scenario, lib, doc)
             rounds_done += 1
@@ -606,11 +612,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         present = [float(v) for v in vals if isinstance(v, (int, float))]
         baseline[key] = median(present) if present else None
     for lib in args.libs:
-        for key, base_key in (("handler_p50_us", "p50_us"), ("handler_p99_us", "p99_us")):
-            value, base = results[lib].get(key), baseline.get(base_key)
-            results[lib][key.replace("_us", "_overhead_us")] = (
-                value - base if value is not None and base is not None else None
-            )
+        # Case e's increase: each run minus its own paired baseline, median over rounds.
+        results[lib].update(tail_cases.handler_overhead_paired(raw, lib))
 
     floor: dict[str, Any] = {}
     for name in ("timer", "build_event", "deque_append", "orjson_dumps"):
@@ -779,8 +782,11 @@ def render_notes(
         f"upload interval {UPLOAD_INTERVAL} s, gzip {'on' if args.gzip else 'off'}.",
         f"Counts: a. {c['latency_calls']:,} timed calls (bursts of 100, 2 ms pauses); "
         f"b./d. {c['throughput_events']:,} events; c. {c['memory_messages']:,} queued messages; "
-        f"e. {c['handler_seconds']:g} s at 1,000 requests/s, {work_iters} loop iterations "
-        f"≈ {work_us} µs of work per request.",
+        f"e. {c['handler_seconds']:g} s at 1,000 requests/s "
+        f"({c['handler_seconds'] * 1000:,.0f} timed requests per run), {work_iters} loop "
+        f"iterations ≈ {work_us} µs of work per request; each library's run is paired with a "
+        "no-analytics run next to it in the same round, and its increase is the median over "
+        "rounds of the paired differences.",
         "Ratios are tracklane ÷ peer: below 1 is better except for events/s.",
         f"Floors: building the event {fmt_value(floor.get('build_event_p50_us'), 'us')} µs (p50, "
         f"included in b./d./e. for every library); timer pair "

@@ -74,6 +74,12 @@ def test_bench_quick_tracklane_only(tmp_path: Path) -> None:
     ):
         assert results[metric] is not None, metric
         assert results[metric] > 0, metric
+    # Case e: the library's run and its own no-analytics run, paired within the round.
+    (base,) = doc["runs"]["none"]["handler"]
+    (mine,) = doc["runs"]["tracklane"]["handler"]
+    assert base["paired_with"] == mine["paired_with"] == "tracklane"
+    assert base["round"] == mine["round"] == 0
+    assert results["handler_p99_overhead_us"] == mine["p99_us"] - base["p99_us"]
     assert "| metric |" in doc["table_markdown"]
     assert "| a. `track()` p50" in proc.stdout
     assert "| f. tight loop: `track()` p99" in proc.stdout

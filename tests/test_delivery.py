@@ -209,6 +209,9 @@ def test_one_bad_message_does_not_sink_the_batch(server, make_client):
     stats = client.stats()
     assert stats.delivered == 9
     assert stats.dropped == {"rejected": 1}
+    # Every acknowledged request counts, the parts of a split batch each on their own.
+    assert stats.batches == sum(1 for r in server.requests if 200 <= r.status < 300)
+    assert stats.batches >= 2
 
 
 def test_retries_exhausted_reports_and_counts(server, make_client):

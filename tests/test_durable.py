@@ -17,6 +17,7 @@ import pytest
 import tracklane
 from helpers import Action
 from tracklane.collector import serve_in_thread
+from tracklane.exceptions import ConfigurationError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the durable queue needs POSIX")
 
@@ -224,3 +225,12 @@ def test_sigterm_mid_stream_loses_nothing_with_a_durable_queue(server, tmp_path)
     received = {m["properties"]["i"] for m in server.accepted()}
     assert accepted <= received
     assert rows(path) == 0
+
+
+@pytest.mark.parametrize("cls", ["Client", "AsyncClient"])
+def test_a_queue_path_that_cannot_be_opened_is_a_configuration_error(tmp_path, cls):
+    """Both clients refuse a queue_path they cannot open, naming the option, at construction."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigurationError, match="queue_path"):
+        getattr(tracklane, cls)("k", host="http://127.0.0.1:9", queue_path=str(blocker / "q.db"))

@@ -14,12 +14,13 @@ from typing import Any, Callable, List, Optional
 
 from ._aio_queue import DiskQueue
 from ._core.batching import take_batch
+from ._core.counters import PipelineCounters
 from ._core.delivery import Drop
 from ._core.ledger import Ledger
+from ._core.settling import count_outcome, drop_unsent, write_off
 from ._delivery import Sender
-from ._stats import DropReason, FlushResult
+from ._stats import FlushResult
 from .config import Options
-from .exceptions import DeliveryError, ShutdownError
 from .transports import AsyncTransport
 
 __all__ = ["FlushAndShutdown"]
@@ -27,7 +28,7 @@ __all__ = ["FlushAndShutdown"]
 logger = logging.getLogger("tracklane")
 
 
-class FlushAndShutdown:
+class FlushAndShutdown(PipelineCounters):
     """Ending work: waiting for what is queued, and stopping the task within a deadline."""
 
     _options: Options
@@ -60,9 +61,6 @@ class FlushAndShutdown:
     def _bind(self, loop: asyncio.AbstractEventLoop, force: bool = False) -> bool:
         raise NotImplementedError  # pragma: no cover - defined by the pipeline
 
-    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        raise NotImplementedError  # pragma: no cover - defined by the pipeline
-
     async def flush(self, timeout: float) -> FlushResult:
         """Send everything queued now, waiting at most ``timeout`` seconds."""
         if self._pid != os.getpid():
@@ -89,19 +87,6 @@ class FlushAndShutdown:
             self._flushers.append(waiter)
             await asyncio.wait({waiter}, timeout=remaining)
         return self._flush_result(target, timeout)
-
-    def _flush_result(self, target: int, timeout: float) -> FlushResult:
-        with self._lock:
-            complete = self._ledger.resolved >= target
-            stats = self._ledger.snapshot(len(self._queue))
-            pending = target - self._ledger.resolved if not complete else 0
-        if not complete:
-            logger.warning(
-                "tracklane: flush timed out after %.1fs with %d messages still pending",
-                timeout,
-                pending,
-            )
-        return FlushResult(complete=complete, pending=pending, stats=stats)
 
     async def shutdown(self, timeout: float) -> FlushResult:
         """Deliver what is queued within ``timeout``, drop the rest, stop the task. Idempotent."""
@@ -180,10 +165,7 @@ class FlushAndShutdown:
             outcome = sender.deliver(batch, never, deadline)
             with self._lock:
                 self._ledger.inflight = 0
-                self._ledger.delivered += outcome.delivered
-                self._ledger.batches += outcome.requests
-                for drop in outcome.drops:
-                    self._ledger.drop(drop.reason, len(drop.messages))
+                count_outcome(self._ledger, outcome.delivered, outcome.requests, outcome.drops)
                 self._ledger.resolved += len(batch)
             for drop in outcome.drops:
                 self._report(drop)
@@ -208,28 +190,15 @@ class FlushAndShutdown:
         with self._lock:
             if not self._ledger.inflight or self._written_off or self._queue.durable:
                 return
-            batch = self._inflight_batch
             self._written_off = True
-            self._ledger.resolved += len(batch)
-            self._ledger.inflight = 0
-            error = ShutdownError("the deadline passed while this batch was still being sent")
-            drop = self._count_drop(DropReason.SHUTDOWN, error, batch)
+            drop = write_off(self._ledger, self._inflight_batch)
         self._report(drop)
 
     def _drop_queued_locked(self) -> Optional[Drop]:
         if not len(self._queue):
             return None
-        messages = self._queue.drain()
-        if not messages:  # durable: everything stays on disk for the next process
-            logger.info(
-                "tracklane: %d messages stay in %s for the next process",
-                len(self._queue),
-                self._options.queue_path,
-            )
-            return None
-        self._ledger.resolved += len(messages)
-        error = ShutdownError("the client shut down before these messages could be sent")
-        return self._count_drop(DropReason.SHUTDOWN, error, messages)
+        messages = self._queue.drain()  # durable: empty, the rows stay for the next process
+        return drop_unsent(self._ledger, messages, len(self._queue), self._options.queue_path)
 
     def _notify_flushers(self) -> None:
         flushers, self._flushers = self._flushers, []

@@ -5,25 +5,21 @@ Split from ``_aio_worker`` to keep modules small; the attributes are the pipelin
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Optional
 
-from ._core.delivery import Drop, Outcome
+from ._core.counters import PipelineCounters
+from ._core.delivery import Drop
+from ._core.intake import FullQueueWarning, queue_full, refuse_closed
 from ._core.ledger import Ledger
-from ._stats import DropReason, Stats
-from .config import Options, OverflowPolicy
-from .exceptions import DeliveryError, QueueFullError, ShutdownError
+from .config import Options
 
 __all__ = ["Intake"]
 
-logger = logging.getLogger("tracklane")
-_FULL_WARNING_INTERVAL = 60.0
 
-
-class Intake:
+class Intake(PipelineCounters):
     """Queueing a message without blocking, and the counts of what is refused."""
 
     _options: Options
@@ -36,7 +32,7 @@ class Intake:
     _closed: bool
     _stopping: bool
     _queue_since: float
-    _last_full_warning: float
+    _full_warning: FullQueueWarning
     _pid: int
 
     def _after_fork(self) -> None:  # pragma: no cover - defined by the pipeline
@@ -63,54 +59,20 @@ class Intake:
                 elif size + 1 != self._batch_size:
                     return True
             elif self._closed:
-                dropped = self._count_drop(
-                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-                )
+                dropped = refuse_closed(ledger, data)
             else:
-                dropped = self._overflow(data)
+                policy = self._options.overflow
+                self._full_warning.warn(time.monotonic(), self._max_queue_size, policy)
+                dropped = queue_full(ledger, queue, data, policy, self._max_queue_size)
         if dropped is None:
             self._poke()  # the first message of a batch, or a full batch
             return True
         self._report(dropped)
         return dropped.messages[0] is not data
 
-    def _overflow(self, data: bytes) -> Drop:
-        """A full queue (lock held): drop the newest, or the oldest (``drop_oldest``)."""
-        now = time.monotonic()
-        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
-            self._last_full_warning = now
-            logger.warning(
-                "tracklane: queue full (%d messages), dropping by policy %s; "
-                "see client.stats() for counts",
-                self._max_queue_size,
-                self._options.overflow.value,
-            )
-        error = QueueFullError(f"queue full ({self._max_queue_size} messages)")
-        if self._options.overflow is OverflowPolicy.DROP_OLDEST:
-            try:
-                oldest = self._queue.popleft()
-            except IndexError:  # durable: the oldest are on disk already; drop the newest
-                return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-            self._ledger.resolved += 1
-            self._queue.append(data)
-            self._ledger.accepted += 1
-            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
-        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-
-    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        self._ledger.drop(reason, len(messages))
-        return Drop(reason, error, messages)
-
-    def refuse(self, reason: DropReason) -> None:
-        """Count a message refused before queueing (too large)."""
-        with self._lock:
-            self._ledger.refuse(reason)
-
-    def stubbed(self, data: bytes) -> bool:
-        """A stub client's message: tracked and delivered nowhere."""
-        with self._lock:
-            self._ledger.stubbed()
-        return True
+    # The names AsyncClient and the testing helpers use.
+    refuse = PipelineCounters.count_refused
+    stubbed = PipelineCounters.count_stubbed
 
     def begin_inline(self) -> bool:
         """An inline delivery starts (tracked, pending); False if the client is shut down."""
@@ -120,31 +82,9 @@ class Intake:
             self._ledger.begin_inline()
             return True
 
-    def end_inline(self, outcome: Outcome) -> None:
-        """Settle an inline delivery begun with :meth:`begin_inline`."""
-        with self._lock:
-            self._ledger.end_inline()
-            self._ledger.delivered += outcome.delivered
-            self._ledger.batches += outcome.requests
-            for drop in outcome.drops:
-                self._ledger.drop(drop.reason, len(drop.messages))
-        for drop in outcome.drops:
-            self._report(drop)
-
     def refuse_closed(self, data: bytes) -> None:
         """A message for a client already shut down: tracked, dropped, reported."""
         with self._lock:
             self._ledger.tracked += 1
-            drop = self._count_drop(
-                DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-            )
+            drop = refuse_closed(self._ledger, data)
         self._report(drop)
-
-    def stats(self) -> Stats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            return self._ledger.snapshot(len(self._queue))
-
-    def stopped(self) -> bool:
-        """True once shutdown has begun."""
-        return self._stopping

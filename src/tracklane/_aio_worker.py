@@ -1,8 +1,9 @@
 """The asyncio twin of ``_worker.Pipeline``: one delivery task on the event loop.
 
-The same rules as the thread worker, decided by the same core (``seconds_until_due``,
-``BatchJob``, ``Ledger``): a batch when ``batch_size`` messages wait, when the oldest is
-``flush_interval`` old, or on flush; one request in flight; every wait has a deadline.
+The same rules as the thread worker, decided by the same core (``next_batch_wait``,
+``BatchJob``, ``Ledger``, ``intake``, ``settling``, ``PipelineCounters``): a batch when
+``batch_size`` messages wait, when the oldest is ``flush_interval`` old, or on flush; one
+request in flight; every wait has a deadline.
 
 The pipeline binds to the loop of its first use (the first call made on a running loop,
 or ``flush``/``shutdown``); calls from other threads append under a lock and wake the
@@ -21,26 +22,27 @@ import logging
 import os
 import threading
 import time
-import weakref
 from typing import Any, Awaitable, Callable, List, Optional, Tuple
 
 from ._aio_finish import FlushAndShutdown
 from ._aio_intake import Intake
 from ._aio_queue import DiskQueue, MemoryQueue
 from ._core.batching import seconds_until_due, take_batch
+from ._core.counters import open_queue, reset_in_forked_child
 from ._core.delivery import Action, BatchJob, Done, Drop, Outcome, Send
+from ._core.intake import FullQueueWarning
 from ._core.ledger import Ledger
 from ._core.retry import RetryPolicy
+from ._core.settling import count_outcome, kept_for_next_process, redeem_written_off
 from ._stats import DropReason
 from .config import Options
-from .exceptions import ConfigurationError, DeliveryError
+from .exceptions import DeliveryError
 from .messages import now_timestamp
 from .transports import AsyncTransport, SendResult
 
 __all__ = ["AsyncPipeline"]
 
 logger = logging.getLogger("tracklane")
-_FULL_WARNING_INTERVAL = 60.0
 Queue = Any  # MemoryQueue or DiskQueue
 
 
@@ -69,15 +71,7 @@ class AsyncPipeline(Intake, FlushAndShutdown):
         self._max_queue_size = options.max_queue_size
         self._queue: Queue = None
         self._reset()
-        if hasattr(os, "register_at_fork"):
-            method = weakref.WeakMethod(self._after_fork)
-
-            def _child() -> None:
-                bound = method()
-                if bound is not None:
-                    bound()
-
-            os.register_at_fork(after_in_child=_child)
+        reset_in_forked_child(self._after_fork)
 
     def _reset(self) -> None:
         self._lock = threading.Lock()
@@ -103,21 +97,16 @@ class AsyncPipeline(Intake, FlushAndShutdown):
         self._handed: Optional[Action] = None
         self._written_off = False
         self._pid = os.getpid()
-        self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._full_warning = FullQueueWarning()
 
     def _open_queue(self) -> Queue:
-        options = self._options
-        if options.queue_path is None:
+        path = self._options.queue_path
+        if path is None:
             return MemoryQueue()
-        try:
-            return DiskQueue(os.fspath(options.queue_path), options.queue_fsync)
-        except Exception as exc:
-            if self._queue is None:
-                raise ConfigurationError(
-                    f"queue_path: cannot open {options.queue_path!r}: {exc}"
-                ) from exc
-            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
-            return MemoryQueue()
+        fsync = self._options.queue_fsync
+        return open_queue(
+            lambda: DiskQueue(os.fspath(path), fsync), MemoryQueue, self._queue is None, path
+        )
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's queue and loop stay the parent's; start empty."""
@@ -225,23 +214,10 @@ class AsyncPipeline(Intake, FlushAndShutdown):
         loop = asyncio.get_running_loop()
         while True:
             with self._lock:
-                size = len(self._queue)
-                wait: Optional[float] = None
-                if self._stopping:
-                    if not size or (
-                        self._deadline is not None and time.monotonic() >= self._deadline
-                    ):
-                        return None
-                    wait = 0.0
-                elif size:
-                    wait = seconds_until_due(
-                        size,
-                        options.batch_size,
-                        self._ledger.resolved < self._flush_target,
-                        time.monotonic() - self._queue_since,
-                        options.flush_interval,
-                    )
-            if wait is not None and not wait:
+                wait = self._batch_wait()
+                if wait is None and self._stopping:
+                    return None
+            if wait == 0.0:
                 break
             waiter = self._waiter = loop.create_future()
             timer = loop.call_later(wait, _resolve, waiter) if wait is not None else None
@@ -300,7 +276,7 @@ class AsyncPipeline(Intake, FlushAndShutdown):
                 await asyncio.sleep(action.seconds)
             if not aborted:
                 with self._lock:
-                    self._ledger.retries += 1
+                    self._ledger.retried()
             action = job.waited(clock(), aborted)
         return action.outcome
 
@@ -371,34 +347,26 @@ class AsyncPipeline(Intake, FlushAndShutdown):
             self._sleeper = None
 
     async def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
-        drops = outcome.drops
-        keep: List[bytes] = []
-        if self._queue.durable:
-            keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
-            drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
+        keep, drops = kept_for_next_process(outcome.drops, self._queue.durable)
         await self._queue.finish(batch, keep, self._lock, self._ledger)
-        self._settle_counts(batch, outcome.delivered, drops, keep)
+        self._settle_counts(batch, outcome, drops, keep)
 
     def _settle_now(self, batch: List[bytes], outcome: Outcome) -> None:
         """``_settle`` for the memory queue, without awaiting (from ``_follow``)."""
-        self._settle_counts(batch, outcome.delivered, outcome.drops, [])
+        self._settle_counts(batch, outcome, outcome.drops, [])
 
     def _settle_counts(
-        self, batch: List[bytes], delivered: int, drops: List[Drop], keep: List[bytes]
+        self, batch: List[bytes], outcome: Outcome, drops: List[Drop], keep: List[bytes]
     ) -> None:
-        count = len(batch)
         with self._lock:
             if self._written_off:  # counted as dropped at shutdown; correct the count
                 self._written_off = False
-                self._ledger.undrop(DropReason.SHUTDOWN, delivered)
-                self._ledger.delivered += delivered
+                redeem_written_off(self._ledger, outcome.delivered, outcome.requests)
                 return
             self._ledger.inflight = 0
             self._inflight_batch = []
-            self._ledger.delivered += delivered
-            for drop in drops:
-                self._count_drop(drop.reason, drop.error, drop.messages)
-            count -= len(keep)
+            count_outcome(self._ledger, outcome.delivered, outcome.requests, drops)
+            count = len(batch) - len(keep)
         for drop in drops:
             self._report(drop)
         with self._lock:

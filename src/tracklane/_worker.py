@@ -6,24 +6,31 @@ import logging
 import os
 import threading
 import time
-import weakref
 from typing import Callable, List, Optional
 
 from ._buffer import Buffer, MemoryBuffer, open_buffer
-from ._core.batching import seconds_until_due, seconds_until_full
+from ._core.batching import seconds_until_full
+from ._core.counters import PipelineCounters, open_queue, reset_in_forked_child
 from ._core.delivery import Drop, Outcome
+from ._core.intake import FullQueueWarning, queue_full, refuse_closed
 from ._core.ledger import Ledger
+from ._core.settling import (
+    count_outcome,
+    drop_unsent,
+    kept_for_next_process,
+    redeem_written_off,
+    write_off,
+)
 from ._delivery import Sender
-from ._stats import DropReason, FlushResult, Stats
+from ._stats import DropReason, FlushResult
 from .config import Options, OverflowPolicy
-from .exceptions import ConfigurationError, DeliveryError, QueueFullError, ShutdownError
+from .exceptions import DeliveryError
 
 __all__ = ["Pipeline"]
 
 logger = logging.getLogger("tracklane")
 
 _IDLE_WAIT = 5.0  # an idle worker re-checks its state this often, in case a wake-up was missed
-_FULL_WARNING_INTERVAL = 60.0
 # While messages arrive, the worker sleeps until the batch should be full (at least
 # _NAP_MIN); when that is at most _NAP_MAX away, the call completing the batch need not wake it.
 _NAP_MIN = 0.002
@@ -35,7 +42,7 @@ _CHECK_PID = not hasattr(os, "register_at_fork")
 DropReporter = Callable[[Drop], None]
 
 
-class Pipeline:
+class Pipeline(PipelineCounters):
     """A bounded FIFO of encoded messages and the worker that sends them in batches.
 
     Every counter changes under one lock together with the queue, so a snapshot always
@@ -68,15 +75,7 @@ class Pipeline:
         self._reset()
         if self._queue:
             self._start()  # messages recovered from a durable queue: deliver them now
-        if hasattr(os, "register_at_fork"):
-            method = weakref.WeakMethod(self._after_fork)
-
-            def _child() -> None:
-                bound = method()
-                if bound is not None:
-                    bound()
-
-            os.register_at_fork(after_in_child=_child)
+        reset_in_forked_child(self._after_fork)
 
     def _reset(self) -> None:
         """Fresh locks, queue, counters and no thread: at start and in a forked child."""
@@ -98,18 +97,11 @@ class Pipeline:
         self._abort = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._pid = os.getpid()
-        self._last_full_warning = -_FULL_WARNING_INTERVAL
+        self._full_warning = FullQueueWarning()
 
     def _open_buffer(self) -> Buffer:
-        try:
-            return self._new_buffer()
-        except Exception as exc:
-            if self._queue is None:  # at construction: the caller hears of it
-                raise ConfigurationError(
-                    f"queue_path: cannot open {self._options.queue_path!r}: {exc}"
-                ) from exc
-            logger.exception("tracklane: cannot reopen the durable queue; queueing in memory")
-            return MemoryBuffer()
+        first = self._queue is None  # at construction: the caller hears of it
+        return open_queue(self._new_buffer, MemoryBuffer, first, self._options.queue_path)
 
     def _after_fork(self) -> None:
         """In a forked child: the parent's queue stays the parent's; start empty."""
@@ -163,9 +155,7 @@ class Pipeline:
                 if (size + 1) % (batch if size < self._urgent_backlog else self._urgent_step):
                     return True
             elif self._closed:
-                dropped = self._count_drop(
-                    DropReason.SHUTDOWN, ShutdownError("the client is shut down"), [data]
-                )
+                dropped = refuse_closed(ledger, data)
             else:
                 dropped = self._overflow(data)
         if dropped is None:
@@ -176,10 +166,13 @@ class Pipeline:
 
     def _append(self, data: bytes) -> None:
         """Queue ``data`` (lock held), waking the worker by the same rules as :meth:`put`."""
-        queue = self._queue
-        queue.append(data)
+        self._queue.append(data)
         self._ledger.accepted += 1
-        size = len(queue)
+        self._appended()
+
+    def _appended(self) -> None:
+        """Wake the worker (lock held) as :meth:`put` would, after a message was queued."""
+        size = len(self._queue)
         if size == 1:
             self._queue_since = time.monotonic()
             if self._wake_on_first:
@@ -201,69 +194,22 @@ class Pipeline:
             if len(self._queue) < self._options.max_queue_size and not self._closed:
                 self._append(data)
                 return None
-        self._warn_full()
-        error = QueueFullError(f"queue full ({self._options.max_queue_size} messages)")
-        if policy is OverflowPolicy.DROP_OLDEST:
-            oldest = self._queue.popleft()
-            self._ledger.resolved += 1
-            self._append(data)
-            return self._count_drop(DropReason.QUEUE_FULL, error, [oldest])
-        return self._count_drop(DropReason.QUEUE_FULL, error, [data])
-
-    def _warn_full(self) -> None:
-        now = time.monotonic()
-        if now - self._last_full_warning >= _FULL_WARNING_INTERVAL:
-            self._last_full_warning = now
-            logger.warning(
-                "tracklane: queue full (%d messages), dropping by policy %s; "
-                "see client.stats() for counts",
-                self._options.max_queue_size,
-                self._options.overflow.value,
-            )
-
-    def _count_drop(self, reason: DropReason, error: DeliveryError, messages: List[bytes]) -> Drop:
-        self._ledger.drop(reason, len(messages))
-        return Drop(reason, error, messages)
-
-    def count_refused(self, reason: DropReason) -> None:
-        """Count a message refused before queueing (too large): tracked and dropped at once."""
-        with self._lock:
-            self._ledger.refuse(reason)
-
-    def count_stubbed(self, data: bytes) -> bool:
-        """Count a message a stub client accepted and sent nowhere: tracked and delivered."""
-        with self._lock:
-            self._ledger.stubbed()
-        return True
+        size = self._options.max_queue_size
+        self._full_warning.warn(time.monotonic(), size, policy)
+        drop = queue_full(self._ledger, self._queue, data, policy, size)
+        if drop.messages[0] is not data:  # drop_oldest queued it in place of the oldest
+            self._appended()
+        return drop
 
     def begin_inline(self) -> None:
         """A ``sync_mode`` call starts delivering one message in the caller's thread."""
         with self._lock:
             self._ledger.begin_inline()
 
-    def end_inline(self, outcome: Outcome) -> None:
-        """Settle a ``sync_mode`` delivery started with :meth:`begin_inline`."""
-        with self._lock:
-            self._ledger.end_inline()
-            self._ledger.delivered += outcome.delivered
-            self._ledger.batches += outcome.requests
-            for drop in outcome.drops:
-                self._count_drop(drop.reason, drop.error, drop.messages)
-        for drop in outcome.drops:
-            self._report(drop)
-
     def count_retry(self) -> None:
         """One more retry attempt (called by the sender)."""
         with self._lock:
-            self._ledger.retries += 1
-
-    def stats(self) -> Stats:
-        """A consistent snapshot of the counters."""
-        with self._lock:
-            return self._stats_locked()
-
-    def _stats_locked(self) -> Stats:
-        return self._ledger.snapshot(len(self._queue))
+            self._ledger.retried()
 
     def flush(self, timeout: float) -> FlushResult:
         """Send everything queued now, waiting at most ``timeout`` seconds."""
@@ -292,19 +238,6 @@ class Pipeline:
         if inline:
             self._run_inline(deadline, stop_when_flushed=True)
         return self._flush_result(target, timeout)
-
-    def _flush_result(self, target: int, timeout: float) -> FlushResult:
-        with self._lock:
-            complete = self._ledger.resolved >= target
-            stats = self._stats_locked()
-            pending = target - self._ledger.resolved if not complete else 0
-        if not complete:
-            logger.warning(
-                "tracklane: flush timed out after %.1fs with %d messages still pending",
-                timeout,
-                pending,
-            )
-        return FlushResult(complete=complete, pending=pending, stats=stats)
 
     def shutdown(self, timeout: float) -> FlushResult:
         """Deliver what is queued within ``timeout``, drop the rest, stop the worker. Idempotent."""
@@ -393,29 +326,13 @@ class Pipeline:
     def _next_batch_locked(self, no_wait: bool) -> Optional[List[bytes]]:
         options = self._options
         while True:
-            queue = self._queue
-            size = len(queue)
-            if self._stopping:
-                if not size or (self._deadline is not None and time.monotonic() >= self._deadline):
-                    return None
+            wait = self._batch_wait()
+            if wait == 0.0:
                 break
-            if size:
-                wait = seconds_until_due(
-                    size,
-                    options.batch_size,
-                    self._ledger.resolved < self._flush_target,
-                    time.monotonic() - self._queue_since,
-                    options.flush_interval,
-                )
-                if not wait:
-                    break
-                if no_wait:
-                    return None
-                self._sleep(wait, size)
-            else:
-                if no_wait:
-                    return None
-                self._sleep(self._idle_wait, 0)
+            if no_wait or self._stopping:
+                return None
+            self._sleep(self._idle_wait if wait is None else wait, len(self._queue))
+        size = len(self._queue)
         if size >= options.batch_size and not self._stopping:
             now = time.monotonic()
             self._pace = max(now - self._queue_since, 0.0) / size
@@ -464,30 +381,19 @@ class Pipeline:
         with self._lock:
             if not self._ledger.inflight or self._written_off or self._queue.durable:
                 return
-            batch = self._inflight_batch
             self._written_off = True
-            self._ledger.resolved += len(batch)
-            self._ledger.inflight = 0
+            drop = write_off(self._ledger, self._inflight_batch)
             self._done.notify_all()
-            error = ShutdownError("the deadline passed while this batch was still being sent")
-            drop = self._count_drop(DropReason.SHUTDOWN, error, batch)
         self._report(drop)
 
     def _drop_queued_locked(self) -> Optional[Drop]:
         if not self._queue:
             return None
-        messages = self._queue.drain()
-        if not messages:  # durable: everything stays on disk for the next process
-            logger.info(
-                "tracklane: %d messages stay in %s for the next process",
-                len(self._queue),
-                self._options.queue_path,
-            )
-            return None
-        self._ledger.resolved += len(messages)
-        self._done.notify_all()
-        error = ShutdownError("the client shut down before these messages could be sent")
-        return self._count_drop(DropReason.SHUTDOWN, error, messages)
+        messages = self._queue.drain()  # durable: empty, the rows stay for the next process
+        drop = drop_unsent(self._ledger, messages, len(self._queue), self._options.queue_path)
+        if drop is not None:
+            self._done.notify_all()
+        return drop
 
     def _settle(self, batch: List[bytes], outcome: Outcome) -> None:
         """Count the outcome, tell ``on_error``, then wake flushers: a flush that returns has
@@ -495,33 +401,19 @@ class Pipeline:
 
         A durable queue keeps what shutdown cut short, for the next process: not dropped.
         """
-        count = len(batch)
-        drops = outcome.drops
         with self._lock:
             if self._written_off:  # already counted as dropped at shutdown; correct the count
                 self._written_off = False
-                self._ledger.undrop(DropReason.SHUTDOWN, outcome.delivered)
-                self._ledger.delivered += outcome.delivered
-                self._ledger.batches += outcome.requests
+                redeem_written_off(self._ledger, outcome.delivered, outcome.requests)
                 self._queue.finish(batch, ())
                 return
-            keep: List[bytes] = []
-            if self._queue.durable:
-                keep = [m for d in drops if d.reason is DropReason.SHUTDOWN for m in d.messages]
-                drops = [d for d in drops if d.reason is not DropReason.SHUTDOWN]
+            keep, drops = kept_for_next_process(outcome.drops, self._queue.durable)
             self._queue.finish(batch, keep)
             self._ledger.inflight = 0
-            self._ledger.delivered += outcome.delivered
-            self._ledger.batches += outcome.requests
-            for drop in drops:
-                self._count_drop(drop.reason, drop.error, drop.messages)
-            count -= len(keep)
+            count_outcome(self._ledger, outcome.delivered, outcome.requests, drops)
+            count = len(batch) - len(keep)
         for drop in drops:
             self._report(drop)
         with self._lock:
             self._ledger.resolved += count
             self._done.notify_all()
-
-    def stopped(self) -> bool:
-        """True once shutdown has begun."""
-        return self._stopping

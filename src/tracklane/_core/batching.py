@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import islice, repeat
-from typing import Deque, List
+from typing import Deque, List, Optional
 
 from tracklane.config import MAX_REQUEST_BYTES
 
@@ -11,6 +11,7 @@ __all__ = [
     "ENVELOPE_BYTES",
     "batch_body",
     "body_size",
+    "next_batch_wait",
     "seconds_until_due",
     "seconds_until_full",
     "take_batch",
@@ -95,6 +96,28 @@ def seconds_until_due(
     if queued >= batch_size or flushing:
         return 0.0
     return max(flush_interval - age, 0.0)
+
+
+def next_batch_wait(
+    queued: int,
+    batch_size: int,
+    flushing: bool,
+    age: float,
+    flush_interval: float,
+    stopping: bool,
+    past_deadline: bool,
+) -> Optional[float]:
+    """The worker's rule for its next batch: 0.0 now, a wait in seconds, or None.
+
+    None means nothing is to be sent: stopping with the queue empty or past the deadline
+    (the worker ends), or an empty queue (it waits for work). While stopping, whatever is
+    queued goes out at once, batch after batch.
+    """
+    if stopping:
+        return None if not queued or past_deadline else 0.0
+    if not queued:
+        return None
+    return seconds_until_due(queued, batch_size, flushing, age, flush_interval)
 
 
 def seconds_until_full(queued: int, batch_size: int, age: float) -> float:

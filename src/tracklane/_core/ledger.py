@@ -78,6 +78,10 @@ class Ledger:
         else:
             self.dropped.pop(key, None)
 
+    def retried(self) -> None:
+        """One more attempt at a request that failed (the retry, not its outcome)."""
+        self.retries += 1
+
     def begin_inline(self) -> None:
         """A message is tracked and delivered inline, outside the queue."""
         self.tracked += 1
