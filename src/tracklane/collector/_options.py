@@ -24,7 +24,7 @@ __all__ = [
 
 DEFAULT_DB = "tracklane-events.db"
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_WORKERS = 1
+DEFAULT_WORKERS = 0
 ENV_WRITE_KEYS = "TRACKLANE_COLLECTOR_WRITE_KEYS"
 INSTALL_HINT = "pip install 'tracklane[collector]'"
 _EXTRA_MODULES = frozenset({"starlette", "uvicorn", "anyio", "h11"})
