@@ -75,8 +75,8 @@ class AsyncClient(BaseClient):
         )
         self._inline_transport: Optional[AsyncTransport] = None
         self._pipeline = AsyncPipeline(opts, self._transport, self._policy, self._report)
-        self._refuse = self._pipeline.refuse
-        self._put = self._pipeline.stubbed if self._stub else self._pipeline.put
+        self._refuse = self._pipeline.count_refused
+        self._put = self._pipeline.count_stubbed if self._stub else self._pipeline.put
         self.deliver = DeliverNow(self)
         """The six calls, each delivering its message inside the call (awaitable)."""
         self._atexit: Optional[Callable[[], None]] = None
@@ -166,7 +166,7 @@ class AsyncClient(BaseClient):
             return False, message
         pipeline = self._pipeline
         if self._stub:
-            return pipeline.stubbed(data), message
+            return pipeline.count_stubbed(data), message
         # The task on this loop also closes the inline connection when the loop ends.
         pipeline._bind(asyncio.get_running_loop())
         if not pipeline.begin_inline():

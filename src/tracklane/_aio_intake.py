@@ -70,10 +70,6 @@ class Intake(PipelineCounters):
         self._report(dropped)
         return dropped.messages[0] is not data
 
-    # The names AsyncClient and the testing helpers use.
-    refuse = PipelineCounters.count_refused
-    stubbed = PipelineCounters.count_stubbed
-
     def begin_inline(self) -> bool:
         """An inline delivery starts (tracked, pending); False if the client is shut down."""
         with self._lock:

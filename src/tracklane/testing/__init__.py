@@ -184,7 +184,7 @@ class CapturingAsyncClient(AsyncClient):
         self._put = self._capture
 
     def _capture(self, data: bytes) -> bool:
-        accepted = self._pipeline.stubbed(data)
+        accepted = self._pipeline.count_stubbed(data)
         with self.transport._lock:
             self.transport.bodies.append(batch_body([data], now_timestamp()))
         return accepted
