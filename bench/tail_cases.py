@@ -389,14 +389,22 @@ def paired_increase_ratios(
             m.get("round"): m["p99_us"] - b["p99_us"] for m, b in handler_pairs(raw, peer)
         }
         ratios = []
+        left_out = 0
         for m, b in handler_pairs(raw, "tracklane"):
             theirs = theirs_by_round.get(m.get("round"))
             if theirs is not None and theirs > 0:
                 ratios.append((m["p99_us"] - b["p99_us"]) / theirs)
+            elif theirs is not None:
+                left_out += 1  # the peer's p99 was not above its own baseline: no ratio
         if ratios:
             each = ", ".join(f"{r:.2f}\u00d7" for r in ratios)
+            note = (
+                f"; {left_out} round(s) left out, where {peer}'s p99 was not above its baseline"
+                if left_out
+                else ""
+            )
             lines.append(
                 f"- e. handler, p99 increase ÷ {peer}'s round by round (each over its own "
-                f"paired baseline): {each} (median {statistics.median(ratios):.2f}\u00d7)."
+                f"paired baseline): {each} (median {statistics.median(ratios):.2f}\u00d7{note})."
             )
     return lines
