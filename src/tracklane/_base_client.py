@@ -25,7 +25,7 @@ import orjson
 from ._context import current_scope
 from ._core.delivery import Drop
 from ._core.retry import RetryPolicy
-from ._encode import ORJSON_OPTIONS, default_for, encode_slowly
+from ._encode import FAST_OPTIONS, default_for, encode_refused
 from ._segment_attrs import SegmentAttributes
 from ._stats import DropReason
 from .config import MAX_MESSAGE_BYTES, OnError, Options
@@ -292,13 +292,15 @@ class BaseClient(Calls[Result], SegmentAttributes):
 
     def _enqueue(self, message: Message) -> Result:
         try:
-            data = orjson.dumps(message, default=self._default, option=ORJSON_OPTIONS)
-        except (TypeError, ValueError, RecursionError):
-            # handles what orjson refused
-            data = encode_slowly(message, self._json_default, self.options.decimal_as)
+            data = orjson.dumps(message, default=self._default, option=FAST_OPTIONS)
+        except (TypeError, ValueError, RecursionError):  # keys that are not text, and worse
+            data = encode_refused(
+                message, self._default, self._json_default, self.options.decimal_as
+            )
         # orjson returns bytes that keep its 4 KB working buffer allocated; a queue of them
-        # would cost 4 KB a message. An exact-size copy costs 0.2 µs and saves 90 % of that.
-        data = bytes(memoryview(data))
+        # would cost 4 KB a message. An exact-size copy costs 0.2 µs and saves 90 % of that
+        # (``.tobytes()`` is 0.05 µs cheaper than ``bytes(memoryview(data))``).
+        data = memoryview(data).tobytes()
         if len(data) > MAX_MESSAGE_BYTES:
             self._refuse_too_large(data)
             return False, message
@@ -313,13 +315,15 @@ class BaseClient(Calls[Result], SegmentAttributes):
     def _encode(self, message: Message) -> Optional[bytes]:
         """The message encoded as :meth:`_enqueue` does; None (counted, reported) if too large."""
         try:
-            data = orjson.dumps(message, default=self._default, option=ORJSON_OPTIONS)
-        except (TypeError, ValueError, RecursionError):
-            data = encode_slowly(message, self._json_default, self.options.decimal_as)
+            data = orjson.dumps(message, default=self._default, option=FAST_OPTIONS)
+        except (TypeError, ValueError, RecursionError):  # keys that are not text, and worse
+            data = encode_refused(
+                message, self._default, self._json_default, self.options.decimal_as
+            )
         if len(data) > MAX_MESSAGE_BYTES:
             self._refuse_too_large(data)
             return None
-        return bytes(memoryview(data))
+        return memoryview(data).tobytes()
 
     def _refuse_too_large(self, data: bytes) -> None:
         self._refuse(DropReason.TOO_LARGE)

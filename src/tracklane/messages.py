@@ -51,13 +51,14 @@ _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_message_id() -> str:
-    """A random version-4 UUID string.
+    """A random version-4 UUID string (RFC 4122: version nibble 4, variant bits 10).
 
-    ``random.getrandbits`` is seeded from the OS and reseeded in a forked child; it costs a
-    third of ``uuid.uuid4()``, which matters on the hot path, and ids need to be unique, not
-    secret.
+    ``random.getrandbits`` is seeded from the OS and reseeded in a forked child; ids need to
+    be unique, not secret. Measured per call (2026-11-30, 2-core machine): ``str(uuid4())``
+    3.3 µs; 16 bytes of ``os.urandom`` (a system call) set and formatted by hand 1.5 µs;
+    ``"%032x" %`` of the bits 0.94 µs; ``int.to_bytes(...).hex()`` as here 0.75 µs.
     """
-    h = "%032x" % ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
+    h = ((getrandbits(128) & _UUID_CLEAR) | _UUID_SET).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
