@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, Dict, Iterator
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Sequence
 
 import httpx
 import pytest
 
 from tracklane.collector import CollectorServer, serve_in_thread
 
+from .processes import Running, Spawn
 from .support import KEYS, Message
 
 
@@ -60,3 +62,18 @@ def make_message() -> Callable[..., Message]:
         return {key: value for key, value in message.items() if value is not ...}
 
     return make
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """Start collector subprocesses that are always reaped after the test."""
+    started: List[Running] = []
+
+    def start(args: Sequence[str], **env: str) -> Running:
+        running = Running(args, tmp_path, **env)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.close()

@@ -2,105 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import re
-import selectors
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import httpx
 import pytest
 
-import tracklane.collector
 from tracklane._cli import main
 from tracklane.collector._options import ENV_WRITE_KEYS, INSTALL_HINT, write_keys_from
 
-SRC = Path(tracklane.collector.__file__).resolve().parents[2]
-URL_LINE = re.compile(r"tracklane collector listening on (http://127\.0\.0\.1:(\d+))\n")
-STARTUP_DEADLINE = 20.0  # a cold interpreter on a busy CI machine
-EXIT_DEADLINE = 5.0
-
-
-def _env(**extra: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != ENV_WRITE_KEYS}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def _tracklane() -> List[str]:
-    """The installed ``tracklane`` script, or the same entry point through ``-m``."""
-    script = Path(sys.executable).with_name("tracklane")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "tracklane._cli"]
-
-
-class Running:
-    """A collector subprocess whose URL line has been read."""
-
-    def __init__(self, args: Sequence[str], tmp_path: Path, **env: str) -> None:
-        self.stderr_path = tmp_path / f"stderr-{uuid.uuid4().hex}.txt"
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = subprocess.Popen(
-                list(args), stdout=subprocess.PIPE, stderr=stderr, env=_env(**env), cwd=tmp_path
-            )
-        self.url, self.port = self._read_url()
-
-    def _read_url(self) -> Tuple[str, int]:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + STARTUP_DEADLINE
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if selector.select(deadline - time.monotonic()):
-                    line = self.proc.stdout.readline().decode()
-                    match = URL_LINE.fullmatch(line)
-                    assert match, f"unexpected output {line!r}; stderr: {self.stderr()}"
-                    return match[1], int(match[2])
-        raise AssertionError(f"no URL printed in {STARTUP_DEADLINE}s; stderr: {self.stderr()}")
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, sig: int) -> Tuple[int, float]:
-        """Send ``sig``; return the exit code and how long the exit took."""
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        code = self.proc.wait(EXIT_DEADLINE)
-        return code, time.monotonic() - started
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(EXIT_DEADLINE)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-Spawn = Callable[..., Running]
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Start collector subprocesses that are always reaped after the test."""
-    started: List[Running] = []
-
-    def start(args: Sequence[str], **env: str) -> Running:
-        running = Running(args, tmp_path, **env)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.close()
+from .processes import EXIT_DEADLINE, STARTUP_DEADLINE, Spawn, child_env, tracklane_command
 
 
 def _batch(count: int) -> Dict[str, object]:
@@ -115,7 +34,7 @@ def _batch(count: int) -> Dict[str, object]:
 def test_serve_prints_its_url_and_exits_0_on_sigterm(spawn: Spawn, tmp_path: Path) -> None:
     """``tracklane serve --port 0`` prints its real URL, honours its keys and exits 0 on SIGTERM."""
     db = tmp_path / "events.db"
-    args = [*_tracklane(), "serve", "--port", "0", "--db", str(db), "--write-key", "k1"]
+    args = [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--write-key", "k1"]
     server = spawn(args, **{ENV_WRITE_KEYS: " k2, k3,"})
     assert server.port > 0
     with httpx.Client(base_url=server.url, timeout=10) as http:
@@ -144,7 +63,7 @@ def test_module_entry_point_uses_defaults_and_exits_0_on_ctrl_c(
 def test_acknowledged_events_survive_kill_9(spawn: Spawn, tmp_path: Path) -> None:
     """Every event acknowledged with 200 is in the database after the server is SIGKILLed."""
     db = tmp_path / "events.db"
-    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db)])
+    server = spawn([*tracklane_command(), "serve", "--port", "0", "--db", str(db)])
     with httpx.Client(base_url=server.url, timeout=10) as http:
         for _ in range(5):
             assert http.post("/v1/batch", json=_batch(100)).status_code == 200
@@ -168,7 +87,9 @@ def test_events_acknowledged_by_concurrent_requests_survive_kill_9(
     With ``--workers 2`` the worker processes store the rows; the server is killed.
     """
     db = tmp_path / "events.db"
-    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", workers])
+    server = spawn(
+        [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", workers]
+    )
     acked: Set[str] = set()
     lock = threading.Lock()
     enough = threading.Event()
@@ -213,10 +134,10 @@ def test_port_in_use_exits_1_with_a_message(tmp_path: Path) -> None:
         taken.listen()
         port = str(taken.getsockname()[1])
         result = subprocess.run(
-            [*_tracklane(), "serve", "--port", port, "--db", str(tmp_path / "e.db")],
+            [*tracklane_command(), "serve", "--port", port, "--db", str(tmp_path / "e.db")],
             capture_output=True,
             text=True,
-            env=_env(),
+            env=child_env(),
             timeout=STARTUP_DEADLINE,
         )
     assert result.returncode == 1
@@ -245,7 +166,7 @@ def test_missing_extra_prints_the_install_command(entry: str) -> None:
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(),
         timeout=STARTUP_DEADLINE,
     )
     assert result.returncode == 2, result.stderr
@@ -260,7 +181,7 @@ def test_cli_does_not_import_the_collector_until_serve() -> None:
         "print(sorted(m for m in ('starlette', 'uvicorn') if m in sys.modules))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=30
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=30
     )
     assert result.stdout.strip() == "[]", result.stderr
 

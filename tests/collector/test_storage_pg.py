@@ -17,8 +17,8 @@ from tracklane.collector.storage import EventFilter, StorageError
 from tracklane.collector.storage_pg import PostgresStorage
 from tracklane.collector.stores import is_postgres_url, open_store
 
+from .processes import Running, tracklane_command
 from .support import row
-from .test_cli import Running, _tracklane
 
 pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
@@ -97,7 +97,7 @@ def test_a_server_restart_costs_one_503_then_requests_succeed(tmp_path: Path) ->
 
 def test_serve_with_a_postgres_url_stores_there(dsn: str, tmp_path: Path) -> None:
     """``tracklane serve --db postgresql://...`` ingests into and reads from PostgreSQL."""
-    server = Running([*_tracklane(), "serve", "--port", "0", "--db", dsn], tmp_path)
+    server = Running([*tracklane_command(), "serve", "--port", "0", "--db", dsn], tmp_path)
     try:
         with httpx.Client(base_url=server.url, auth=("k", ""), timeout=10) as http:
             batch = {"batch": [track(f"m{n}") for n in range(5)]}

@@ -9,14 +9,14 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence
+from typing import Any, Dict, List
 
 import httpx
 import pytest
 
 from tracklane._cli import main
 
-from .test_cli import EXIT_DEADLINE, Running, Spawn, _tracklane
+from .processes import EXIT_DEADLINE, Spawn, tracklane_command
 
 API = "/debugger/api"
 
@@ -50,21 +50,6 @@ def _track(message_id: str, **extra: Any) -> Dict[str, Any]:
     return {"type": "track", "userId": "u", "event": "E", "messageId": message_id, **extra}
 
 
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """Start collector subprocesses that are always reaped after the test."""
-    started: List[Running] = []
-
-    def start(args: Sequence[str], **env: str) -> Running:
-        running = Running(args, tmp_path, **env)
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        running.close()
-
-
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 
 
@@ -72,7 +57,9 @@ def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Pat
     """With --workers 2: batches are stored and read back, a bad message is refused naming its
     field (the rest stored, the refusal in the debugger), and SIGTERM stops every process."""
     db = tmp_path / "events.db"
-    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", "2"])
+    server = spawn(
+        [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", "2"]
+    )
     workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
     assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
     ids = [str(uuid.uuid4()) for _ in range(200)]
@@ -108,7 +95,16 @@ def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Pat
 def test_workers_exit_when_the_server_is_killed(spawn: Spawn, tmp_path: Path) -> None:
     """After a kill -9 of the server its worker processes exit by themselves."""
     server = spawn(
-        [*_tracklane(), "serve", "--port", "0", "--db", str(tmp_path / "e.db"), "--workers", "2"]
+        [
+            *tracklane_command(),
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "e.db"),
+            "--workers",
+            "2",
+        ]
     )
     workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
     assert len(workers) >= 2
@@ -121,7 +117,9 @@ def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
     """A worker killed with SIGKILL is replaced: at most the requests it held get 503, and
     later batches are stored and acknowledged as before."""
     db = tmp_path / "events.db"
-    server = spawn([*_tracklane(), "serve", "--port", "0", "--db", str(db), "--workers", "1"])
+    server = spawn(
+        [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", "1"]
+    )
     before = [pid for pid in _children(server.proc.pid) if _alive(pid)]
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.post("/v1/batch", json={"batch": [_track("m-0")]}).json()["stored"] == 1
