@@ -246,3 +246,12 @@ def run_script(code: str, timeout: float = 60) -> subprocess.CompletedProcess[st
         timeout=timeout,
         check=False,
     )
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -201,3 +201,15 @@ class PostgresServer:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def sessions_waiting_on_locks(dsn: str) -> int:
+    """How many sessions of ``dsn``'s database wait for a lock right now."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(found[0]) if found else 0

@@ -11,12 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Set
+from typing import Iterator, List, Set
 
 import httpx
 import pytest
 
-from pg import PostgresServer
+from helpers import wait_until
+from pg import PostgresServer, sessions_waiting_on_locks
 from tracklane.collector import serve_in_thread
 from tracklane.collector.storage import EventFilter, StorageError
 from tracklane.collector.stores import EventStore, open_store
@@ -169,25 +170,6 @@ def dsn(postgres: PostgresServer) -> str:
     return postgres.create_database("cursor")
 
 
-def _waiting_on_locks(dsn: str) -> int:
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(found[0]) if found else 0
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
-
-
 def test_a_row_committed_late_is_not_skipped_by_an_after_reader(dsn: str) -> None:
     """Collector A draws its seq, then its commit is held up; collector B inserts meanwhile.
     A reader following after=<seq> gets both rows, each once, in seq order."""
@@ -203,11 +185,14 @@ def test_a_row_committed_late_is_not_skipped_by_an_after_reader(dsn: str) -> Non
         )
         writers.append(threading.Thread(target=first.insert, args=([row("late"), row("late-2")],)))
         writers[0].start()
-        _until(lambda: _waiting_on_locks(dsn) >= 1, "collector A waits for the blocker")
+        wait_until(
+            lambda: sessions_waiting_on_locks(dsn) >= 1, 15.0, "collector A waits for the blocker"
+        )
         writers.append(threading.Thread(target=second.insert, args=([row("early")],)))
         writers[1].start()
-        _until(
-            lambda: not writers[1].is_alive() or _waiting_on_locks(dsn) >= 2,
+        wait_until(
+            lambda: not writers[1].is_alive() or sessions_waiting_on_locks(dsn) >= 2,
+            15.0,
             "collector B has stored its row or waits for its turn",
         )
         seen = first.rows(EventFilter(after=0), 100)  # what a live page polls meanwhile

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from pg import PostgresServer
+from helpers import wait_until
+from pg import PostgresServer, sessions_waiting_on_locks
 from tracklane.collector.destinations.warehouse import PostgresWarehouse, WarehouseError
 from tracklane.collector.destinations.warehouse_rows import snake_case
 
@@ -549,23 +549,6 @@ def test_long_nested_keys_are_cut_to_63_bytes_of_the_whole_name() -> None:
     assert ("a" * 40 + "_" + "b" * 22) in table.kinds
 
 
-def _waiting_on_locks(dsn: str) -> int:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        found = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ).fetchone()
-    return int(found[0]) if found else 0
-
-
-def _until(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)
-
-
 def test_a_load_held_up_in_the_database_does_not_hold_up_another_thread(
     warehouse: PostgresWarehouse,
 ) -> None:
@@ -597,7 +580,9 @@ def test_a_load_held_up_in_the_database_does_not_hold_up_another_thread(
     try:
         blocker.execute("SELECT * FROM backend.users WHERE id = 'held' FOR UPDATE")
         slow.start()
-        _until(lambda: _waiting_on_locks(warehouse.dsn) >= 1, "the first load waits")
+        wait_until(
+            lambda: sessions_waiting_on_locks(warehouse.dsn) >= 1, 15.0, "the first load waits"
+        )
         fast = threading.Thread(target=load, args=(free,))  # another session's load
         fast.start()
         fast.join(30)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import httpx
 
+from helpers import wait_until  # noqa: F401 (the routing tests import it from here)
 from tracklane.collector.config import RoutingConfig, parse_config
 
 
@@ -181,15 +182,6 @@ def destinations_status(url: str, key: Optional[str] = None) -> Dict[str, Dict[s
     response = httpx.get(f"{url}/v1/destinations", auth=auth)
     assert response.status_code == 200, response.text
     return {item["name"]: item for item in response.json()["destinations"]}
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> None:
-    """Poll ``predicate`` until true; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def signature(secret: str, body: bytes) -> str:
