@@ -41,7 +41,7 @@ from tracklane.collector._json import dumps
 from tracklane.collector.storage import StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
 
-__all__ = ["MAX_WORKERS", "IngestWorkers", "WorkerError", "answer_for"]
+__all__ = ["MAX_WORKERS", "IngestWorkers", "WorkerError", "answer_body", "answer_for"]
 
 MAX_WORKERS = 64
 _log = logging.getLogger("tracklane.collector")
@@ -67,6 +67,11 @@ def answer_for(store: EventStore, prepared: Prepared) -> Answer:
         stored = store.insert(prepared.messages)
     except (sqlite3.Error, StorageError) as exc:
         return json_error(503, f"storage unavailable: {exc}")
+    return answer_body(prepared, stored)
+
+
+def answer_body(prepared: Prepared, stored: int) -> Answer:
+    """The answer to a request whose messages were stored (``stored`` of them new)."""
     body = {
         "success": True,
         "stored": stored,

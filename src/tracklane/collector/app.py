@@ -42,6 +42,7 @@ from tracklane._iso import utc_now
 from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._check import check_request, json_error, unauthorized
+from tracklane.collector._group_writer import GroupWriter
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -54,7 +55,7 @@ from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._workers import IngestWorkers, answer_for
 from tracklane.collector.debugger import install_debugger
-from tracklane.collector.storage import StorageError, StrPath
+from tracklane.collector.storage import Storage, StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
 
 if TYPE_CHECKING:
@@ -157,14 +158,20 @@ class _Collector:
             if workers > 0
             else None
         )
-        # Inserts block until their (group) commit is durable; each waits in a thread of its
-        # own, so requests arriving meanwhile join the next commit. A plain executor costs less
-        # per request than Starlette's run_in_threadpool (anyio's capacity limiter and events).
+        # SQLite: one writer thread commits every request checked since its last commit
+        # (_group_writer). Other stores (PostgreSQL), and bodies too big to check on the loop:
+        # each insert blocks in a thread of its own until its (group) commit is durable. A
+        # plain executor costs less per request than Starlette's run_in_threadpool.
+        self._writer = (
+            GroupWriter(storage) if isinstance(storage, Storage) and self._workers is None else None
+        )
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
 
     def close(self) -> None:
         """Stop the insert threads (and worker processes) once requests in flight are answered."""
         self._inserts.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
         if self._workers is not None:
             self._workers.close()
 
@@ -219,6 +226,8 @@ class _Collector:
         checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         if isinstance(checked, Answer):
             return checked
+        if self._writer is not None and checked.messages:
+            return await self._writer.store(checked)
         return await loop.run_in_executor(self._inserts, self._insert, checked)
 
     def _store(

@@ -315,6 +315,25 @@ class Storage:
             raise ticket.error
         return ticket.stored
 
+    def insert_groups(self, groups: Sequence[Sequence[StoredMessage]]) -> List[int]:
+        """Store several requests' messages in one durable transaction; new rows of each.
+
+        For a caller that gathers requests itself (the collector's writer thread): one
+        ``COMMIT`` and one fsync for all of them, shared with concurrent :meth:`insert` calls.
+        """
+        tickets = [_Ticket(messages) for messages in groups]
+        with self._pending_lock:
+            self._pending.extend(tickets)
+        with self._write_lock:
+            if not all(ticket.done for ticket in tickets):
+                with self._pending_lock:
+                    group, self._pending = self._pending, []
+                self._commit(group)
+        for ticket in tickets:
+            if ticket.error is not None:
+                raise ticket.error
+        return [ticket.stored for ticket in tickets]
+
     def _commit(self, group: List[_Ticket]) -> None:
         """Insert every ticket's rows in one transaction (write lock held)."""
         with self._process_lock.held():
