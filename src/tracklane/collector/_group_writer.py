@@ -23,10 +23,11 @@ from typing import Dict, List, Optional, Tuple
 from tracklane.collector._check import json_error
 from tracklane.collector._ingest import Prepared
 from tracklane.collector._ingest_route import Answer
-from tracklane.collector._workers import answer_body
+from tracklane.collector._json import dumps
 from tracklane.collector.storage import Storage, StorageError
+from tracklane.collector.stores import EventStore
 
-__all__ = ["GroupWriter"]
+__all__ = ["GroupWriter", "answer_body", "answer_for"]
 
 _log = logging.getLogger("tracklane.collector")
 _Waiting = Tuple[Prepared, "asyncio.Future[Answer]", asyncio.AbstractEventLoop]
@@ -104,3 +105,27 @@ def _settle(settled: List[_Settled]) -> None:
             future.set_exception(RuntimeError("storing the request failed (see the log)"))
         else:
             future.set_result(answer)
+
+
+def answer_for(store: EventStore, prepared: Prepared) -> Answer:
+    """Store what a request brought (blocking: returns once durable); the answer to send."""
+    try:
+        stored = store.insert(prepared.messages)
+    except (sqlite3.Error, StorageError) as exc:
+        return json_error(503, f"storage unavailable: {exc}")
+    return answer_body(prepared, stored)
+
+
+def answer_body(prepared: Prepared, stored: int) -> Answer:
+    """The answer to a request whose messages were stored (``stored`` of them new)."""
+    body = {
+        "success": True,
+        "stored": stored,
+        "duplicates": len(prepared.messages) - stored,
+        "rejected": [rejection.to_json() for rejection in prepared.rejected],
+    }
+    if prepared.rejected and not prepared.messages:
+        body["success"] = False
+        body["error"] = f"all {len(prepared.rejected)} messages were rejected"
+        return Answer(400, dumps(body))
+    return Answer(200, dumps(body))

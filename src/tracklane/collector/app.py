@@ -42,7 +42,7 @@ from tracklane._iso import utc_now
 from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._check import check_request, json_error, unauthorized
-from tracklane.collector._group_writer import GroupWriter
+from tracklane.collector._group_writer import GroupWriter, answer_for
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -53,7 +53,7 @@ from tracklane.collector._ingest import (
 from tracklane.collector._ingest_route import CHALLENGE, Answer, IngestRoute
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
-from tracklane.collector._workers import IngestWorkers, answer_for
+from tracklane.collector._workers import IngestWorkers
 from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import Storage, StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
@@ -218,8 +218,9 @@ class _Collector:
             return json_error(400, str(exc))
         received_at = utc_now()
         loop = asyncio.get_running_loop()
-        if self._workers is not None or len(raw) > INLINE_CHECK_BYTES:
-            # A worker process checks and stores it; or a big body, checked off the event loop.
+        if self._workers is not None:  # a worker process checks and stores it
+            return await self._workers.handle(raw, header_key, message_type, received_at)
+        if len(raw) > INLINE_CHECK_BYTES:  # a big body, checked off the event loop
             return await loop.run_in_executor(
                 self._inserts, self._store, raw, header_key, message_type, received_at
             )
@@ -237,9 +238,7 @@ class _Collector:
         message_type: Optional[str],
         received_at: datetime,
     ) -> Answer:
-        """Check and store one request, here or in a worker process (blocking; a thread)."""
-        if self._workers is not None:
-            return self._workers.handle(raw, header_key, message_type, received_at)
+        """Check and store one request (blocking; a thread)."""
         checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         return checked if isinstance(checked, Answer) else self._insert(checked)
 
