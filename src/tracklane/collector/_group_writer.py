@@ -1,8 +1,9 @@
 """One writer thread storing checked requests into SQLite, a group commit at a time.
 
-Requests checked on the event loop are queued here; the thread takes every request queued
-since its last commit, inserts their rows in one transaction (``Storage.insert_groups``:
-one ``COMMIT``, one fsync) and then answers them all with one wake-up of the event loop.
+Requests checked on the event loop are queued here; once the thread holds the store's write
+locks it takes every request queued by then, inserts their rows in one transaction
+(``Storage.insert_gathered``: one ``COMMIT``, one fsync) and then answers them all with one
+wake-up of the event loop.
 Before it, each request waited in a thread of its own (an executor hop there and back, then
 the threads taking turns on the store's lock), so every request cost several thread
 switches; here a group costs two. Measured in docs/performance.md.
@@ -15,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tracklane.collector._check import json_error
 from tracklane.collector._ingest import Prepared
 from tracklane.collector._ingest_route import Answer
 from tracklane.collector._json import dumps
-from tracklane.collector.storage import Storage, StorageError
+from tracklane.collector.storage import Storage, StorageError, StoredMessage
 from tracklane.collector.stores import EventStore
 
 __all__ = ["GroupWriter", "answer_body", "answer_for"]
@@ -71,20 +73,36 @@ class GroupWriter:
                     self._wake.wait()
                 if not self._queued:
                     return  # closed, and everything queued was answered
-                group, self._queued = self._queued, []
-            _answer(group, self._commit(group))
+            taken: List[_Waiting] = []
+            answers = self._commit(functools.partial(self._take, taken), taken)
+            _answer(taken, answers)
 
-    def _commit(self, group: List[_Waiting]) -> List[Optional[Answer]]:
-        """Insert the group's rows in one transaction; one answer per request."""
+    def _take(self, taken: List[_Waiting]) -> List[Sequence[StoredMessage]]:
+        """Move every queued request into ``taken``; return their messages to store.
+
+        Called with the store's write locks held, so what queued meanwhile joins in.
+        """
+        with self._wake:
+            taken.extend(self._queued)
+            self._queued = []
+        return [prepared.messages for prepared, _, _ in taken]
+
+    def _commit(
+        self, gather: Callable[[], List[Sequence[StoredMessage]]], taken: List[_Waiting]
+    ) -> List[Optional[Answer]]:
+        """Insert the gathered requests' rows in one transaction; one answer per request."""
         try:
-            stored = self._storage.insert_groups([prepared.messages for prepared, _, _ in group])
+            stored = self._storage.insert_gathered(gather)
         except (sqlite3.Error, StorageError) as exc:
-            refusal = json_error(503, f"storage unavailable: {exc}")
-            return [refusal] * len(group)
+            if not taken:  # failed before gathering: these requests get the refusal
+                gather()
+            return [json_error(503, f"storage unavailable: {exc}")] * len(taken)
         except Exception:  # a bug: the requests fail (500), the thread carries on
             _log.exception("storing a group of ingest requests failed")
-            return [None] * len(group)
-        return [answer_body(prepared, count) for (prepared, _, _), count in zip(group, stored)]
+            if not taken:
+                gather()
+            return [None] * len(taken)
+        return [answer_body(prepared, count) for (prepared, _, _), count in zip(taken, stored)]
 
 
 def _answer(group: List[_Waiting], answers: List[Optional[Answer]]) -> None:
