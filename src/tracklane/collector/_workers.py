@@ -37,7 +37,7 @@ import struct
 import threading
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Dict, FrozenSet, List, Optional, Sequence
+from typing import FrozenSet, List, Optional, Sequence, Tuple
 
 import orjson
 
@@ -74,6 +74,7 @@ class _Channel:
 
     def __init__(self, sock: Optional[socket.socket]) -> None:
         self.sock = sock
+        self.worker: Optional[_Worker] = None  # set once the worker is built
 
     async def exchange(self, frame: bytes) -> bytes:
         """Send one request frame and return the answer frame; EOFError/OSError if it fails."""
@@ -150,11 +151,17 @@ class IngestWorkers:
         # Python 3.9); until then, the channels wait here in the order they are handed out.
         self._free: Optional[asyncio.Queue[_Channel]] = None
         self._free_channels: List[_Channel] = []
-        self._owner: Dict[int, _Worker] = {}
+        started: List[Tuple[multiprocessing.process.BaseProcess, List[Connection]]] = []
         try:
-            for number in range(count):
-                self._workers.append(self._spawn(number))
+            for number in range(count):  # all start at once, then each is waited for
+                started.append(self._start(number))
+            for process, ends in started:
+                self._workers.append(self._ready(process, ends))
         except BaseException:
+            in_service = {id(worker.process) for worker in self._workers}
+            for process, ends in started:
+                if id(process) not in in_service:
+                    _stop(process, ends)
             self.close()
             raise
         # Interleave the workers' channels so that concurrent requests spread over them.
@@ -164,6 +171,10 @@ class IngestWorkers:
 
     def _spawn(self, number: int) -> _Worker:
         """Start worker ``number`` and wait until it is ready (or raise)."""
+        return self._ready(*self._start(number))
+
+    def _start(self, number: int) -> Tuple[multiprocessing.process.BaseProcess, List[Connection]]:
+        """Start worker ``number``'s process; return it and the server's ends of its pipes."""
         ends = [self._context.Pipe() for _ in range(CHANNELS_PER_WORKER)]
         process = self._context.Process(
             target=_worker_main,
@@ -174,19 +185,20 @@ class IngestWorkers:
         process.start()
         for _, end in ends:
             end.close()  # the worker's ends live in the worker only
-        mine = [end for end, _ in ends]
+        return process, [end for end, _ in ends]
+
+    def _ready(
+        self, process: multiprocessing.process.BaseProcess, ends: List[Connection]
+    ) -> _Worker:
+        """Wait until a started worker is ready; stop it and raise if it is not."""
         try:
-            _await_ready(mine)
+            _await_ready(ends)
         except BaseException:
-            for end in mine:
-                end.close()
-            if process.is_alive():
-                process.kill()
-            process.join(STOP_TIMEOUT)
+            _stop(process, ends)
             raise
-        worker = _Worker(process, [_Channel(_raw_socket(end)) for end in mine])
+        worker = _Worker(process, [_Channel(_raw_socket(end)) for end in ends])
         for channel in worker.channels:
-            self._owner[id(channel)] = worker
+            channel.worker = worker
         return worker
 
     @property
@@ -212,7 +224,7 @@ class IngestWorkers:
         """Have a worker check and store one request; return its answer."""
         free = self._queue()
         channel = await free.get()
-        while self._owner.get(id(channel)) not in self._workers:  # of a replaced worker
+        while channel.worker not in self._workers:  # of a replaced worker
             channel = await free.get()
         header = orjson.dumps([header_key, message_type, received_at.isoformat()])
         frame = _frame(_LENGTH.pack(len(header)), header, raw)
@@ -225,7 +237,7 @@ class IngestWorkers:
         try:
             reply = await channel.exchange(frame)
         except (EOFError, OSError):
-            worker = self._owner.get(id(channel))
+            worker = channel.worker
             loop = asyncio.get_running_loop()
             if worker is not None:
                 for fresh in await loop.run_in_executor(None, self._replace, worker):
@@ -261,7 +273,7 @@ class IngestWorkers:
                 # Keep the slot, so that the next request tries again.
                 worker = _Worker(dead.process, [_Channel(None) for _ in range(CHANNELS_PER_WORKER)])
                 for channel in worker.channels:
-                    self._owner[id(channel)] = worker
+                    channel.worker = worker
             self._workers[number] = worker
             return list(worker.channels)
 
@@ -277,6 +289,15 @@ class IngestWorkers:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(STOP_TIMEOUT)
+
+
+def _stop(process: multiprocessing.process.BaseProcess, ends: List[Connection]) -> None:
+    """Stop a worker that is not in service: close its pipes, kill it, reap it."""
+    for end in ends:
+        end.close()
+    if process.is_alive():
+        process.kill()
+    process.join(STOP_TIMEOUT)
 
 
 def _await_ready(channels: List[Connection]) -> None:
