@@ -31,6 +31,7 @@ import contextlib
 import os
 import random
 import selectors
+import signal
 import socket
 import subprocess
 import sys
@@ -312,6 +313,36 @@ def _thread_server(db: str, key: str, workers: Optional[int]) -> Iterator[str]:
 
 
 CPU_USED: Dict[str, float] = {}
+PERF_COUNTS: Dict[str, float] = {}  # perf stat's counts for the collector's processes
+_PERF_EVENTS = ("instructions", "context-switches")
+
+
+def _perf_stat(pids: List[int]) -> Optional[subprocess.Popen[str]]:
+    """Start ``perf stat`` on the collector's processes (``--perf``); None without perf."""
+    command = ["perf", "stat", "-x", ",", "-e", ",".join(_PERF_EVENTS)]
+    try:
+        return subprocess.Popen(
+            [*command, "-p", ",".join(map(str, pids))],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
+    except OSError as exc:
+        print(f"  perf stat unavailable: {exc}")
+        return None
+
+
+def _perf_counts(perf: subprocess.Popen[str]) -> Dict[str, float]:
+    """Stop ``perf stat`` and parse its CSV lines (count,unit,event,...)."""
+    perf.send_signal(signal.SIGINT)
+    _, err = perf.communicate(timeout=10)
+    counts: Dict[str, float] = {}
+    for line in err.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in _PERF_EVENTS:
+            with contextlib.suppress(ValueError):
+                counts[fields[2]] = float(fields[0])
+    return counts
 
 
 def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, int, float, int]:
@@ -341,6 +372,7 @@ def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, in
     pid = SERVER_PID.get(url)
     pids = process_tree(pid) if pid is not None else []
     cpu_before = [cpu_seconds(p) for p in pids]
+    perf = _perf_stat(pids) if args.perf and pids else None
     start.wait(120)
     began = time.monotonic()
     client_cpu_before = time.process_time()
@@ -348,6 +380,9 @@ def _measure(url: str, key: str, args: argparse.Namespace) -> Tuple[int, int, in
         thread.join(args.duration + 60)
     elapsed = time.monotonic() - began
     cpu_after = [cpu_seconds(p) for p in pids]
+    PERF_COUNTS.clear()
+    if perf is not None:
+        PERF_COUNTS.update(_perf_counts(perf))
     CPU_USED.clear()
     CPU_USED["clients"] = time.process_time() - client_cpu_before
     names = _process_names(pids)
@@ -405,6 +440,14 @@ def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
             f"  collector CPU: {per_event:.1f} µs/event ({parts}; "
             f"{1e6 / per_event:,.0f} events/s per fully used core)"
         )
+    if PERF_COUNTS and sent:
+        counted = []
+        if "instructions" in PERF_COUNTS:  # no hardware counters in most virtual machines
+            counted.append(f"{PERF_COUNTS['instructions'] / sent:,.0f} instructions/event")
+        if "context-switches" in PERF_COUNTS:
+            switches = PERF_COUNTS["context-switches"] / max(requests, 1)
+            counted.append(f"{switches:.1f} context switches/request")
+        print(f"  collector (perf stat): {', '.join(counted) or 'nothing counted'}")
     if sent:
         print(
             f"  load generator CPU ({args.client} clients): "
@@ -474,6 +517,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="the collector's --workers (default: the collector's own default)",
     )
     parser.add_argument("--in-thread", action="store_true", help="serve in this process")
+    parser.add_argument(
+        "--perf",
+        action="store_true",
+        help="also count the collector's instructions and context switches (perf stat)",
+    )
     parser.add_argument(
         "--random-ids",
         action="store_true",

@@ -327,13 +327,13 @@ def check_wire_message(message: Mapping[str, Any]) -> tuple[str, Optional[str], 
         raise ValidationError(
             "type", f"unknown type {kind!r}, expected one of {', '.join(MESSAGE_TYPES)}"
         )
-    # Ids are non-empty text in nearly every message: test that first (the collector checks
-    # every message it receives), and let wire_id judge anything else.
+    # Ids are non-empty text or absent in nearly every message: test that first (the collector
+    # checks every message it receives), and let wire_id judge anything else.
     user_id = get("userId")
-    if type(user_id) is not str or not user_id:
+    if user_id is not None and (type(user_id) is not str or not user_id):
         user_id = wire_id(message, "userId")
     anonymous_id = get("anonymousId")
-    if type(anonymous_id) is not str or not anonymous_id:
+    if anonymous_id is not None and (type(anonymous_id) is not str or not anonymous_id):
         anonymous_id = wire_id(message, "anonymousId")
     if kind == "alias" and user_id is None:
         raise ValidationError("userId", "alias requires 'userId'")

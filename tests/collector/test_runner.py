@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -133,3 +134,14 @@ def test_storage_failure_answers_503(tmp_path: Path) -> None:
             }
             assert http.get("/v1/events").status_code == 503
             assert http.get("/health").json() == {"ok": True}
+
+
+def test_serving_in_a_thread_leaves_the_host_garbage_collector_alone(tmp_path: Path) -> None:
+    """serve_in_thread runs inside someone else's process: ingesting through it neither
+    freezes objects nor changes the collection thresholds (only `tracklane serve` does)."""
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with serve_in_thread(tmp_path / "events.db") as server:
+        batch = [{"type": "track", "userId": "u", "event": "E"} for _ in range(20)]
+        answer = httpx.post(f"{server.url}/v1/batch", json={"batch": batch}, timeout=10)
+        assert answer.json()["stored"] == 20
+    assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)

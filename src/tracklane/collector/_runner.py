@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, Optional, TextIO, Tuple, Type
 
 import uvicorn
 
+from tracklane.collector._gc import tune_gc_for_serving
 from tracklane.collector.app import create_app
 from tracklane.collector.storage import StrPath
 from tracklane.collector.stores import EventStore, open_store
@@ -20,7 +21,12 @@ if TYPE_CHECKING:
     from tracklane.collector.config import RoutingConfig
     from tracklane.collector.router import Router
 
-__all__ = ["CollectorServer", "CollectorStartError", "run_until_signalled", "serve_in_thread"]
+__all__ = [
+    "CollectorServer",
+    "CollectorStartError",
+    "run_until_signalled",
+    "serve_in_thread",
+]
 
 DEFAULT_STARTUP_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -227,7 +233,8 @@ def run_until_signalled(
     """Serve until SIGTERM or SIGINT (Ctrl-C), then stop cleanly; return the exit code.
 
     Prints ``tracklane collector listening on <url>`` (flushed) once requests are
-    accepted. Must be called from the main thread.
+    accepted. Must be called from the main thread of a process that only serves: it tunes
+    the process's garbage collector (:func:`tune_gc_for_serving`).
     """
     out = out if out is not None else sys.stdout
     stop = threading.Event()
@@ -240,6 +247,7 @@ def run_until_signalled(
         with serve_in_thread(
             db_path, write_keys, host, port, config=config, workers=workers
         ) as server:
+            tune_gc_for_serving()
             print(f"tracklane collector listening on {server.url}", file=out, flush=True)
             # The wait is interrupted by the signal handler; the timeout only notices a dead server.
             while not stop.wait(1.0):

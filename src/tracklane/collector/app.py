@@ -42,6 +42,7 @@ from tracklane._iso import utc_now
 from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._check import check_request, json_error, unauthorized
+from tracklane.collector._group_writer import GroupWriter, answer_for
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -52,9 +53,9 @@ from tracklane.collector._ingest import (
 from tracklane.collector._ingest_route import CHALLENGE, Answer, IngestRoute
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
-from tracklane.collector._workers import IngestWorkers, answer_for
+from tracklane.collector._workers import IngestWorkers
 from tracklane.collector.debugger import install_debugger
-from tracklane.collector.storage import StorageError, StrPath
+from tracklane.collector.storage import Storage, StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
 
 if TYPE_CHECKING:
@@ -157,14 +158,20 @@ class _Collector:
             if workers > 0
             else None
         )
-        # Inserts block until their (group) commit is durable; each waits in a thread of its
-        # own, so requests arriving meanwhile join the next commit. A plain executor costs less
-        # per request than Starlette's run_in_threadpool (anyio's capacity limiter and events).
+        # SQLite: one writer thread commits every request checked since its last commit
+        # (_group_writer). Other stores (PostgreSQL), and bodies too big to check on the loop:
+        # each insert blocks in a thread of its own until its (group) commit is durable. A
+        # plain executor costs less per request than Starlette's run_in_threadpool.
+        self._writer = (
+            GroupWriter(storage) if isinstance(storage, Storage) and self._workers is None else None
+        )
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
 
     def close(self) -> None:
         """Stop the insert threads (and worker processes) once requests in flight are answered."""
         self._inserts.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.close()
         if self._workers is not None:
             self._workers.close()
 
@@ -211,14 +218,17 @@ class _Collector:
             return json_error(400, str(exc))
         received_at = utc_now()
         loop = asyncio.get_running_loop()
-        if self._workers is not None or len(raw) > INLINE_CHECK_BYTES:
-            # A worker process checks and stores it; or a big body, checked off the event loop.
+        if self._workers is not None:  # a worker process checks and stores it
+            return await self._workers.handle(raw, header_key, message_type, received_at)
+        if len(raw) > INLINE_CHECK_BYTES:  # a big body, checked off the event loop
             return await loop.run_in_executor(
                 self._inserts, self._store, raw, header_key, message_type, received_at
             )
         checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         if isinstance(checked, Answer):
             return checked
+        if self._writer is not None and checked.messages:
+            return await self._writer.store(checked)
         return await loop.run_in_executor(self._inserts, self._insert, checked)
 
     def _store(
@@ -228,9 +238,7 @@ class _Collector:
         message_type: Optional[str],
         received_at: datetime,
     ) -> Answer:
-        """Check and store one request, here or in a worker process (blocking; a thread)."""
-        if self._workers is not None:
-            return self._workers.handle(raw, header_key, message_type, received_at)
+        """Check and store one request (blocking; a thread)."""
         checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         return checked if isinstance(checked, Answer) else self._insert(checked)
 

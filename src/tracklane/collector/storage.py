@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from tracklane.collector._json import loads_stored
 
@@ -51,20 +51,38 @@ _INSERT = (
     " received_at, timestamp, original_timestamp, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
-# Rows per INSERT statement: 10 values each stays under SQLite's oldest limit of 999 bound
-# variables. One statement for many rows matters more than it seems: the sqlite3 module
-# releases the GIL around every step, and executemany() steps once per row, so with request
-# threads busy in Python the writer waited for the GIL again at every row (measured: 130 µs
-# of wall time per row for 30 µs of CPU under load).
-_ROWS_PER_STATEMENT = 99
+# Rows per INSERT statement. One statement for many rows matters more than it seems: the
+# sqlite3 module releases the GIL around every step, and executemany() steps once per row,
+# so with request threads busy in Python the writer waited for the GIL again at every row
+# (measured: 130 µs of wall time per row for 30 µs of CPU under load). Each wait is for the
+# event loop to finish what it is doing in Python, so a group commit costs as many waits as
+# it has statements: one per request of up to 500 rows where SQLite allows 5,000 bound
+# variables (SQLite 3.32 and later allow 32,766; Python 3.11 reads the limit), else 99 rows,
+# under SQLite's oldest limit of 999.
+_MAX_ROWS_PER_STATEMENT = 500
+_OLD_ROWS_PER_STATEMENT = 99
+_COLUMNS = 10
 _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _insert_statements: Dict[int, str] = {}
 
 
-def _insert_many(connection: sqlite3.Connection, rows: Sequence[Sequence[Optional[str]]]) -> None:
-    """Insert ``rows`` with as few statements as the bound-variable limit allows."""
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+def _rows_per_statement(connection: sqlite3.Connection) -> int:
+    """How many rows one INSERT may bind on ``connection`` (its bound-variable limit)."""
+    getlimit = getattr(connection, "getlimit", None)  # Python 3.11+
+    if getlimit is None:
+        return _OLD_ROWS_PER_STATEMENT
+    variables: int = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
+    return max(1, min(_MAX_ROWS_PER_STATEMENT, variables // _COLUMNS))
+
+
+def _insert_many(
+    connection: sqlite3.Connection,
+    rows: Sequence[Sequence[Optional[str]]],
+    per_statement: int = _OLD_ROWS_PER_STATEMENT,
+) -> None:
+    """Insert ``rows`` with statements of at most ``per_statement`` rows."""
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
         statement = _insert_statements.get(len(chunk))
         if statement is None:
             values = ", ".join([_VALUES] * len(chunk))
@@ -250,6 +268,7 @@ class Storage:
         self._closed = False
         self._process_lock = _ProcessWriteLock(self.path)
         self._writer = self._connect()
+        self._rows_per_statement = _rows_per_statement(self._writer)
         try:
             self._init_schema()
             self._reader = self._connect()
@@ -315,6 +334,25 @@ class Storage:
             raise ticket.error
         return ticket.stored
 
+    def insert_gathered(self, gather: Callable[[], Sequence[Sequence[StoredMessage]]]) -> List[int]:
+        """Take the write locks, then store what ``gather()`` returns in one transaction.
+
+        ``gather`` returns several requests' messages; the result is how many of each were
+        new. For a caller that queues requests itself (the collector's writer thread): one
+        ``COMMIT`` and one fsync for all of them, shared with concurrent :meth:`insert` calls.
+        Gathering once the locks are held lets the requests that arrived while another
+        process (``--workers``) was committing join this commit instead of the next one.
+        """
+        with self._write_lock, self._process_lock.held():
+            tickets = [_Ticket(messages) for messages in gather()]
+            with self._pending_lock:
+                group, self._pending = [*self._pending, *tickets], []
+            self._commit_group(group)
+        for ticket in tickets:
+            if ticket.error is not None:
+                raise ticket.error
+        return [ticket.stored for ticket in tickets]
+
     def _commit(self, group: List[_Ticket]) -> None:
         """Insert every ticket's rows in one transaction (write lock held)."""
         with self._process_lock.held():
@@ -328,7 +366,7 @@ class Storage:
             self._writer.execute("BEGIN IMMEDIATE")
             for ticket in group:
                 before = self._writer.total_changes
-                _insert_many(self._writer, ticket.rows)
+                _insert_many(self._writer, ticket.rows, self._rows_per_statement)
                 ticket.stored = self._writer.total_changes - before
             self._writer.execute("COMMIT")
             committed = True
