@@ -297,9 +297,11 @@ class Pipeline(PipelineCounters):
             try:
                 if not self._step(stop_when_flushed=False):
                     return
-                if not self._stopping:
+                if not self._stopping and len(self._queue) < self._batch_size:
                     # Ids for the next calls, made here rather than in them (_ids.py): on
-                    # this thread only, never inline in a caller's flush or shutdown.
+                    # this thread only, never inline in a caller's flush or shutdown, and
+                    # only when the worker has caught up (it naps next). With a backlog the
+                    # worker's time is the delivery rate and the calls make their own.
                     stock_message_ids(stock)
             except Exception:  # pragma: no cover - a bug; keep delivering the rest
                 logger.exception("tracklane: unexpected error in the worker; continuing")
