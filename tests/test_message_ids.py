@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import uuid
 
@@ -54,9 +55,22 @@ def test_the_worker_stocks_ids_and_the_calls_take_them(server: RecordingServer) 
         client.shutdown(timeout=2)
 
 
+def test_ids_do_not_repeat_when_the_application_reseeds_random() -> None:
+    """random.seed() (an application's, or Hypothesis's per example) does not make ids repeat,
+    whether they were stocked before the reseed or made after it."""
+    _ids._stock.clear()
+    random.seed(0)
+    _ids.stock_message_ids(100)
+    first = [_ids.new_message_id() for _ in range(150)]  # 100 stocked, then 50 made
+    random.seed(0)
+    _ids.stock_message_ids(100)
+    second = [_ids.new_message_id() for _ in range(150)]
+    assert len(set(first + second)) == 300
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_never_reuses_its_parents_stocked_ids() -> None:
-    """The stock is emptied in a forked child, so parent and child ids never coincide."""
+    """A forked child empties the stock and reseeds the id generator: no id in common."""
     _ids._stock.clear()
     _ids.stock_message_ids(200)
     parents = set(_ids._stock)
@@ -80,5 +94,7 @@ def test_a_forked_child_never_reuses_its_parents_stocked_ids() -> None:
     *child_ids, left = b"".join(chunks).decode().split("\n")
     assert len(child_ids) == 200
     assert left == "0"
-    assert not parents & set(child_ids)
     assert len(_ids._stock) == 200  # the parent's stock is untouched
+    _ids._stock.clear()
+    made_after_fork = {_ids.new_message_id() for _ in range(200)}
+    assert not (parents | made_after_fork) & set(child_ids)  # the child has its own generator

@@ -39,8 +39,9 @@ _NAP_MAX = 0.02
 # A forked child resets the pipeline in an at-fork hook, so put() need not ask for the
 # process id at every call (a system call: 4 % of a call); only where no hook exists.
 _CHECK_PID = not hasattr(os, "register_at_fork")
-# The worker keeps at least this many message ids made ahead (a batch's worth if larger).
+# The worker keeps this many message ids made ahead: a batch's worth, within these bounds.
 _ID_STOCK_MIN = 100
+_ID_STOCK_MAX = 500
 
 DropReporter = Callable[[Drop], None]
 
@@ -292,7 +293,7 @@ class Pipeline(PipelineCounters):
             self._thread = thread
 
     def _run(self) -> None:
-        stock = max(self._batch_size, _ID_STOCK_MIN)
+        stock = min(max(self._batch_size, _ID_STOCK_MIN), _ID_STOCK_MAX)
         while True:
             try:
                 if not self._step(stop_when_flushed=False):
