@@ -3,6 +3,7 @@
 Usage::
 
     python bench/tail_handler_analysis.py [--repeat 3] [--seconds 6] [--steps] [--src TREE]
+    python bench/tail_handler_analysis.py --case g [--repeat 3]   # the paced handler, case g
 
 Runs case e of bench/run.py in this process: the main thread paced at 1,000 requests/s,
 each request ~50 µs of pure Python (``work()``), building the event (``make_event``) and
@@ -21,6 +22,11 @@ see the same machine state. For every request it records:
 * the worker's stretches (bench/tail_paced_analysis.py's ``WorkerClock``): wake-up to the
   socket write and answer to the next wait hold the GIL; write to answer does not.
 
+``--case g`` runs case g of bench/tail_cases.py the same way instead: a thread paced at
+1,500 requests/s for 6,000 requests, ~34 µs of work and one ``track()`` of the 11-property
+order, the client at its defaults with a queue of 250,000. It also reports the worker's
+GIL-holding stretches per batch and the sink process's CPU per batch (``/proc``).
+
 It prints, for the baseline and for tracklane, the p50 and p99 and how the requests at or
 above the p99 divide by cause, with how much of their time is in ``track()`` and how much
 of it the thread was not running. ``--steps`` then runs the loop once more with
@@ -35,6 +41,7 @@ import os
 import resource
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -47,6 +54,7 @@ sys.path.insert(0, str(_src))  # the tree measured: this one's, or --src
 from adapters import get_adapter  # noqa: E402
 from common import SinkControl, make_event  # noqa: E402
 from tail_analysis import start_sink  # noqa: E402
+from tail_cases import MAX_QUEUE_SIZE, WORK_TARGET_US, make_order  # noqa: E402
 from tail_paced_analysis import WorkerClock  # noqa: E402
 from worker import scenario_calibrate, work  # noqa: E402
 
@@ -54,6 +62,11 @@ import tracklane  # noqa: E402  (from the tree measured)
 
 RATE = 1000.0
 WORK_US = 50.0
+# case g (bench/tail_cases.py): rate, work, event
+CASES: Dict[str, tuple[float, float, Callable[[int], Dict[str, Any]]]] = {
+    "e": (RATE, WORK_US, make_event),
+    "g": (1500.0, WORK_TARGET_US, make_order),
+}
 
 
 class GcCount:
@@ -72,9 +85,14 @@ class GcCount:
 
 
 def run_loop(
-    requests: int, iters: int, track: Optional[Callable[..., Any]], pipeline: Any
+    requests: int,
+    iters: int,
+    track: Optional[Callable[..., Any]],
+    pipeline: Any,
+    case: str = "e",
 ) -> Dict[str, List[int]]:
-    """Case e's loop on this thread; per-request records."""
+    """Case e's (or g's) loop on this thread; per-request records."""
+    rate, _, make = CASES[case]
     n = requests
     rec: Dict[str, List[int]] = {
         k: [0] * n
@@ -97,8 +115,8 @@ def run_loop(
     usage = resource.getrusage
     who = resource.RUSAGE_THREAD
     batch_size = pipeline._batch_size if pipeline is not None else 0
-    interval = int(1e9 / RATE)
-    warm = int(0.3 * RATE)
+    interval = int(1e9 / rate)
+    warm = int(0.3 * rate)
     start = perf() + 1_000_000
     for i in range(warm + n):
         scheduled = start + i * interval
@@ -110,7 +128,7 @@ def run_loop(
         c0 = cpu()
         t0 = perf()
         work(iters)
-        ev = make_event(i)
+        ev = make(i)
         completes = napping = 0
         ta = perf()
         if track is not None:
@@ -193,6 +211,27 @@ def describe(rec: Dict[str, List[int]], spans: List[tuple[int, int, str, int]]) 
         "slow_with_voluntary_switch": sum(1 for k in slow if rec["vol"][k]),
     }
     if spans:
+        for kind in ("build", "settle"):
+            walls = sorted((b - a) / 1000 for a, b, k, _ in spans if k == kind)
+            cpus = sorted(c / 1000 for _, _, k, c in spans if k == kind)
+            if walls:
+                out[f"worker_{kind}_stretch_us"] = (
+                    f"{len(walls)} stretches holding the GIL: wall median "
+                    f"{statistics.median(walls):.0f} p90 {walls[int(len(walls) * 0.9)]:.0f} max "
+                    f"{walls[-1]:.0f}; CPU median {statistics.median(cpus):.0f} max {cpus[-1]:.0f}"
+                )
+
+        def gil_overlap(k: int) -> int:
+            t0, t1 = rec["start"][k], rec["start"][k] + wall[k]
+            return sum(max(0, min(b, t1) - max(a, t0)) for a, b in gil)
+
+        # A worker turn (build, write, the sink's parse, settle) may leave the caches cold
+        # for the requests just after it: the share of requests starting within 2 ms of one.
+        after = [(b, b + 2_000_000) for a, b, k, _ in spans if k == "settle"]
+        out["slow_within_2ms_after_worker_turn"] = sum(1 for k in slow if overlaps(k, after))
+        out["all_within_2ms_after_worker_turn"] = sum(1 for k in range(n) if overlaps(k, after))
+        out["slow_overlapping_worker_gil_stretch"] = sum(1 for k in slow if gil_overlap(k))
+        out["all_overlapping_worker_gil_stretch"] = sum(1 for k in range(n) if gil_overlap(k))
         out["all_overlapping_worker_io"] = sum(1 for k in range(n) if overlaps(k, io))
         out["slow_overlapping_worker_io"] = sum(1 for k in slow if overlaps(k, io))
     out["causes"] = {
@@ -276,6 +315,12 @@ def time_steps(url: str, requests: int, iters: int) -> Dict[str, str]:
     return out
 
 
+def process_cpu_ns(pid: int) -> int:
+    """User + system CPU time of process ``pid`` (``/proc/PID/stat``), in ns."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def show(label: str, result: Dict[str, Any]) -> None:
     print(f"  {label}:")
     for key, value in result.items():
@@ -293,28 +338,51 @@ def main() -> int:
     p.add_argument("--src", default="", help="the tracklane source tree (default: this one's)")
     p.add_argument("--work-iters", type=int, default=0, help="0: calibrate to ~50 µs")
     p.add_argument("--steps", action="store_true", help="also time track()'s steps one by one")
+    p.add_argument("--case", choices=sorted(CASES), default="e", help="e (default) or g")
     args = p.parse_args()
+    rate, work_us, _ = CASES[args.case]
     iters = args.work_iters or int(
-        scenario_calibrate(argparse.Namespace(target_us=WORK_US))["work_iters"]
+        scenario_calibrate(argparse.Namespace(target_us=work_us))["work_iters"]
     )
-    requests = int(args.seconds * RATE)
+    requests = int(args.seconds * rate)
+
+    def in_thread(*loop_args: Any) -> Dict[str, List[int]]:
+        """Case g serves from a thread, as bench/tail_cases.py does; case e from main."""
+        if args.case == "e":
+            return run_loop(*loop_args, case=args.case)
+        box: List[Dict[str, List[int]]] = []
+        thread = threading.Thread(target=lambda: box.append(run_loop(*loop_args, case="g")))
+        thread.start()
+        thread.join()
+        return box[0]
+
     proc, url = start_sink()
     try:
         for _ in range(args.repeat):
             print(
-                f"load={os.getloadavg()[0]:.1f} iters={iters} requests={requests} "
-                f"tracklane from {Path(tracklane.__file__).parent}"
+                f"case {args.case} load={os.getloadavg()[0]:.1f} iters={iters} "
+                f"requests={requests} tracklane from {Path(tracklane.__file__).parent}"
             )
-            show("no analytics", describe(run_loop(requests, iters, None, None), []))
+            show("no analytics", describe(in_thread(requests, iters, None, None), []))
             SinkControl(url).reset()
             adapter = get_adapter("tracklane")
-            adapter.make_client(url)
+            if args.case == "g":
+                adapter.make_client(url, at_defaults=True, queue_size=MAX_QUEUE_SIZE)
+            else:
+                adapter.make_client(url)
             clock = WorkerClock(adapter.client)
-            rec = run_loop(requests, iters, adapter.track, adapter.client._pipeline)
+            sink_cpu = process_cpu_ns(proc.pid)
+            rec = in_thread(requests, iters, adapter.track, adapter.client._pipeline)
+            sink_cpu = process_cpu_ns(proc.pid) - sink_cpu
             adapter.flush(10.0)
             adapter.close(5.0)
             clock.restore()
-            show("tracklane", describe(rec, clock.stretches()))
+            result = describe(rec, clock.stretches())
+            batches = max(1, sum(rec["completes"]))
+            result["sink_cpu_per_batch_us"] = round(sink_cpu / batches / 1000)
+            wakeups = sum(1 for kind, *_ in clock.marks if kind == "woke")
+            result["worker_wakeups_per_batch"] = round(wakeups / batches, 2)
+            show("tracklane", result)
             if args.steps:
                 show("track() step by step", time_steps(url, requests, iters))
     finally:

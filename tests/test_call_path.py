@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import re
+import tracemalloc
 import uuid
 from decimal import Decimal
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import strategies as s
+import tracklane
+from tracklane import messages
 from tracklane._encode import ORJSON_OPTIONS, default_for, encode, encode_slowly
 from tracklane.messages import new_message_id
 
@@ -85,3 +90,35 @@ def test_track_with_non_text_keys_sends_the_bytes_of_before(make_client: Any, se
     expected = encode_as_before(message)
     assert expected in request.body
     assert b'"1":"one","gold":{"nested":"1.50"},"plain":[1,2.5,null]' in expected
+
+
+@pytest.mark.parametrize("millis", [0, 7, 42, 500, 999])
+def test_call_timestamps_carry_the_milliseconds_zero_padded(
+    monkeypatch: pytest.MonkeyPatch, millis: int
+) -> None:
+    """now_timestamp() writes UTC with three-digit milliseconds and +00:00, as datetime does."""
+    second = 1_764_460_800 + millis  # a different second each time: no cached prefix reused
+    moment = second + millis / 1000 + 0.0004
+    monkeypatch.setattr(messages.time, "time", lambda: moment)
+    expected = dt.datetime.fromtimestamp(second, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    assert messages.now_timestamp() == f"{expected}.{millis:03d}+00:00"
+
+
+def test_queued_messages_are_exact_size_copies_of_the_encoding() -> None:
+    """A queued message costs its own size, not orjson's 4 KB working buffer (traced memory)."""
+    client = tracklane.Client("key", send=False)
+    queued: List[bytes] = []
+    client._put = lambda data: queued.append(data) is None
+    properties = {"total": Decimal("129.99"), "sku": "A-1"}
+    client.track("user-1", "Order Completed", properties)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2_000):
+            client.track("user-1", "Order Completed", properties)
+        per_message = (tracemalloc.get_traced_memory()[0] - before) / 2_000
+    finally:
+        tracemalloc.stop()
+    assert all(type(data) is bytes for data in queued)
+    assert orjson.loads(queued[-1])["properties"] == {"total": "129.99", "sku": "A-1"}
+    assert per_message < len(queued[-1]) + 200  # the bytes, their header, the list slot

@@ -22,6 +22,7 @@ from ._core.settling import (
     write_off,
 )
 from ._delivery import Sender
+from ._ids import stock_message_ids
 from ._stats import DropReason, FlushResult
 from .config import Options, OverflowPolicy
 from .exceptions import DeliveryError
@@ -38,6 +39,9 @@ _NAP_MAX = 0.02
 # A forked child resets the pipeline in an at-fork hook, so put() need not ask for the
 # process id at every call (a system call: 4 % of a call); only where no hook exists.
 _CHECK_PID = not hasattr(os, "register_at_fork")
+# The worker keeps this many message ids made ahead: a batch's worth, within these bounds.
+_ID_STOCK_MIN = 100
+_ID_STOCK_MAX = 500
 
 DropReporter = Callable[[Drop], None]
 
@@ -289,10 +293,17 @@ class Pipeline(PipelineCounters):
             self._thread = thread
 
     def _run(self) -> None:
+        stock = min(max(self._batch_size, _ID_STOCK_MIN), _ID_STOCK_MAX)
         while True:
             try:
                 if not self._step(stop_when_flushed=False):
                     return
+                if not self._stopping and len(self._queue) < self._batch_size:
+                    # Ids for the next calls, made here rather than in them (_ids.py): on
+                    # this thread only, never inline in a caller's flush or shutdown, and
+                    # only when the worker has caught up (it naps next). With a backlog the
+                    # worker's time is the delivery rate and the calls make their own.
+                    stock_message_ids(stock)
             except Exception:  # pragma: no cover - a bug; keep delivering the rest
                 logger.exception("tracklane: unexpected error in the worker; continuing")
 
