@@ -1,0 +1,158 @@
+"""The warehouse's row builder processes: the same rows as building in process, and no
+batch lost when a builder dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+from helpers import wait_until
+from pg import PostgresServer
+from tracklane.collector._json import dumps
+from tracklane.collector.destinations.warehouse import PostgresWarehouse
+
+from .test_warehouse import six_types, stored
+
+psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+
+
+def batches() -> List[List[Dict[str, Any]]]:
+    """Batches exercising every path of building rows: types, conflicts, escapes, NULs."""
+    awkward = "tab\there, line\nbreak, cr\r, back\\slash, \\N, and é"
+    return [
+        six_types(),
+        [
+            stored("track", "c1", event="Order Completed", properties={"total": "free"}),
+            stored("track", "c2", event="Order Completed", properties={"total": 7, "n": 2**70}),
+            stored("track", "c3", event="Odd", properties={"text": awkward, "when": "2024-13-01"}),
+            stored("identify", "c4", traits={"plan": awkward, "since": "2024-05-01T08:00:00Z"}),
+            stored("page", "c5", name="Null", properties={"note": "\\N", "empty": ""}),
+        ],
+        [
+            stored("track", "n1", event="Nul", properties={"text": "a\x00b"}),
+            stored("track", "n2", event="Nul", properties={"text": "fine"}),
+        ],
+    ]
+
+
+def contents(dsn: str, schema: str) -> Dict[str, List[Tuple[Any, ...]]]:
+    """Every table of ``schema`` as sorted rows (uuid_ts, the load's own clock, left out)."""
+    found: Dict[str, List[Tuple[Any, ...]]] = {}
+    with psycopg.connect(dsn) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", [schema]
+            )
+        ]
+        for table in tables:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s"
+                    " AND table_name = %s AND column_name <> 'uuid_ts' ORDER BY column_name",
+                    [schema, table],
+                )
+            ]
+            select = ", ".join(f'"{name}"' for name in names)
+            found[table] = sorted(
+                (
+                    tuple(map(repr, row))
+                    for row in conn.execute(f'SELECT {select} FROM "{schema}"."{table}"')
+                ),
+            )
+    return found
+
+
+@pytest.fixture
+def dsn(postgres: PostgresServer) -> str:
+    """A fresh database."""
+    return postgres.create_database("builders")
+
+
+@pytest.fixture
+def built(dsn: str) -> Iterator[PostgresWarehouse]:
+    """A warehouse building rows in one worker process, into schema ``w_<source>``."""
+    loader = PostgresWarehouse(dsn, schema="w_{source}", row_builders=1)
+    yield loader
+    loader.close()
+
+
+def encoded(messages: List[Dict[str, Any]]) -> List[bytes]:
+    """Messages as the router hands them over: their stored JSON."""
+    return [dumps(message) for message in messages]
+
+
+def builder_pids() -> List[int]:
+    """This process's children running multiprocessing's spawned workers."""
+    pids = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+            if b"spawn_main" in command:
+                pids.append(int(child))
+    return pids
+
+
+def test_rows_built_in_a_worker_process_equal_rows_built_in_process(
+    dsn: str, built: PostgresWarehouse
+) -> None:
+    """Every table, column type, value and discard is the same whichever process builds
+    the rows (type conflicts, wide integers, COPY's special characters, NUL characters)."""
+    here = PostgresWarehouse(dsn, schema="p_{source}")
+    try:
+        for batch in batches():
+            built.load_encoded("Backend", encoded(batch))
+            here.load("Backend", batch)
+    finally:
+        here.close()
+    assert builder_pids(), "the rows were not built in a worker process"
+    in_worker, in_process = contents(dsn, "w_backend"), contents(dsn, "p_backend")
+    assert in_worker == in_process
+    assert in_worker["tracklane_discards"]  # the conflicts were kept as text in both
+    text = contents(dsn, "w_backend")["odd"]
+    assert any("back\\\\slash" in value for row in text for value in row)
+
+
+def test_a_killed_row_builder_loses_no_batch_and_is_replaced(
+    dsn: str, built: PostgresWarehouse
+) -> None:
+    """A builder killed with SIGKILL costs nothing: the batch is built in process, the
+    next one in a new builder, and every event is loaded once."""
+    built.load_encoded("Backend", encoded([stored("track", "k1", event="Kept")]))
+    (first,) = builder_pids()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: first not in builder_pids(), 10, "the killed builder to end")
+    result = built.load_encoded("Backend", encoded([stored("track", "k2", event="Kept")]))
+    assert result.new == 1
+    result = built.load_encoded("Backend", encoded([stored("track", "k3", event="Kept")]))
+    assert result.new == 1
+    replaced = builder_pids()
+    assert replaced
+    assert first not in replaced
+    with psycopg.connect(dsn) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM w_backend.kept ORDER BY id")]
+    assert ids == ["k1", "k2", "k3"]
+
+
+def test_a_column_typed_otherwise_than_the_builder_assumed_still_fits(
+    dsn: str, built: PostgresWarehouse
+) -> None:
+    """A new loader's builder fits an integer as bigint; the column is double precision
+    (made by an earlier batch): the value lands as a number, nothing discarded."""
+    first = PostgresWarehouse(dsn, schema="w_{source}")
+    try:
+        first.load("Backend", [stored("track", "f1", event="Paid", properties={"total": 1.5})])
+    finally:
+        first.close()
+    result = built.load_encoded(
+        "Backend", encoded([stored("track", "f2", event="Paid", properties={"total": 3})])
+    )
+    assert (result.new, result.discarded_values) == (1, 0)
+    with psycopg.connect(dsn) as conn:
+        totals = list(conn.execute("SELECT id, total FROM w_backend.paid ORDER BY id"))
+    assert totals == [("f1", 1.5), ("f2", 3.0)]
