@@ -91,8 +91,15 @@ def builder_pids() -> List[int]:
     """This process's children running multiprocessing's spawned workers."""
     pids = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # a thread that ended meanwhile
+        for child in children:
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue  # a child that ended meanwhile
             if b"spawn_main" in command:
                 pids.append(int(child))
     return pids

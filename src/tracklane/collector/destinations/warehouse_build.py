@@ -99,6 +99,10 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="tracklane.parent-watch", daemon=True).start()
 
 
+def _ready() -> None:
+    """A job that only makes the pool start a worker."""
+
+
 class RowBuilders:
     """A pool of ``processes`` worker processes building batches (started on first use)."""
 
@@ -136,6 +140,8 @@ class RowBuilders:
                     initializer=_watch_parent,
                     initargs=(os.getpid(),),
                 )
+                for _ in range(self.processes):  # start them all now, not one per busy moment
+                    self._pool.submit(_ready)
             return self._pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:

@@ -361,26 +361,39 @@ def _parse_moment(value: str) -> Optional[Moment]:
         return None
 
 
+_ID_KEYS = (("anonymous_id", "anonymousId"), ("user_id", "userId"))
+_TIME_KEYS = (
+    ("received_at", "receivedAt"),
+    ("sent_at", "sentAt"),
+    ("timestamp", "timestamp"),
+    ("original_timestamp", "originalTimestamp"),
+)
+
+
 def _common(row: _Row, message: Mapping[str, Any], uuid_ts: Moment) -> None:
-    row.values["id"] = row.row_id
-    for column, key in (("anonymous_id", "anonymousId"), ("user_id", "userId")):
-        text = _id_text(message.get(key))
-        if text is not None:
-            row.values[column] = text
-    for column, key in (
-        ("received_at", "receivedAt"),
-        ("sent_at", "sentAt"),
-        ("timestamp", "timestamp"),
-        ("original_timestamp", "originalTimestamp"),
-    ):
-        raw = message.get(key)
-        moment = _moment(raw)
-        if moment is not None:
-            row.values[column] = moment
+    values = row.values
+    values["id"] = row.row_id
+    get = message.get
+    for column, key in _ID_KEYS:
+        raw = get(key)
+        if type(raw) is str:  # the usual id: taken as it is
+            if raw:
+                values[column] = raw
         elif raw is not None:
+            text = _id_text(raw)
+            if text is not None:
+                values[column] = text
+    for column, key in _TIME_KEYS:
+        raw = get(key)
+        if raw is None:
+            continue
+        moment = _parse_moment(raw) if isinstance(raw, str) else None
+        if moment is not None:
+            values[column] = moment
+        else:
             row.discard(column, raw, "not an ISO-8601 time")
-    row.values["uuid_ts"] = uuid_ts
-    context = message.get("context")
+    values["uuid_ts"] = uuid_ts
+    context = get("context")
     if isinstance(context, dict):
         row.flatten("context_", context, "context", reserved=False)
 
