@@ -12,10 +12,13 @@ table per event name, identifies, pages, and one ``users`` row per identified us
 
 ``--direct`` measures the loader alone instead: the same events, as stored, loaded
 with ``PostgresWarehouse.load`` in batches of ``--batch`` (the destination's claim size)
-in this process, with this process's and the PostgreSQL backend's CPU time per event.
+in this process, with this process's and the PostgreSQL backend's CPU time per event;
+with ``--row-builders N`` as the destination loads them (their stored JSON, through
+``load_encoded``, rows built in N worker processes, whose CPU is counted too).
 
     python bench/collector_warehouse.py --events 50000
     python bench/collector_warehouse.py --events 50000 --direct
+    python bench/collector_warehouse.py --events 50000 --direct --row-builders 1
 """
 
 from __future__ import annotations
@@ -117,32 +120,44 @@ def _count(conn: Any, tables: List[str]) -> Dict[str, int]:
     return found
 
 
-def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
+def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int, builders: int) -> None:
     """Load ``messages`` with the loader in this process; print rate and CPU per event."""
+    from tracklane.collector._json import dumps
     from tracklane.collector.destinations.warehouse import PostgresWarehouse
 
-    warehouse = PostgresWarehouse(dsn)
+    warehouse = PostgresWarehouse(dsn, row_builders=builders)
+    bodies = [dumps(message) for message in messages]
     try:
         warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
+        if builders:
+            warehouse.load_encoded(SCHEMA, [])  # start the builders outside the clock too
         conn = warehouse._idle[-1].conn  # the loader's session, to read its backend's CPU
         assert conn is not None
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-        own_before, server_before = time.process_time(), cpu_seconds(backend)
+        own_before, server_before = _tree_cpu(os.getpid()), cpu_seconds(backend)
         began = time.monotonic()
         for start in range(0, len(messages), batch):
-            warehouse.load(SCHEMA, messages[start : start + batch])
+            if builders:
+                warehouse.load_encoded(SCHEMA, bodies[start : start + batch])
+            else:
+                warehouse.load(SCHEMA, messages[start : start + batch])
         elapsed = time.monotonic() - began
-        own, server = time.process_time() - own_before, cpu_seconds(backend)
+        own_after, server = _tree_cpu(os.getpid()), cpu_seconds(backend)
         wal = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [wal_before]
         ).fetchone()[0]
     finally:
         warehouse.close()
-    print(f"warehouse loader alone (PostgresWarehouse.load, batches of {batch})")
+    used = {pid: after - own_before.get(pid, 0.0) for pid, after in own_after.items()}
+    own = used.get(os.getpid(), 0.0)
+    others = sum(used.values()) - own
+    how = f"load_encoded, {builders} row builders" if builders else "load"
+    print(f"warehouse loader alone (PostgresWarehouse.{how}, batches of {batch})")
     print(f"  events: {len(messages)} in {elapsed:.2f} s")
     print(f"  load rate: {len(messages) / elapsed:,.0f} events/s")
-    print(f"  loader CPU: {own / len(messages) * 1e6:.1f} µs/event")
+    print(f"  loader CPU: {(own + others) / len(messages) * 1e6:.1f} µs/event", end="")
+    print(f" (row builders {others / len(messages) * 1e6:.1f})" if builders else "")
     if server is not None and server_before is not None:
         per_event = (server - server_before) / len(messages) * 1e6
         print(f"  PostgreSQL backend CPU: {per_event:.1f} µs/event")
@@ -156,6 +171,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for loads")
     parser.add_argument("--direct", action="store_true", help="time the loader alone")
     parser.add_argument("--batch", type=int, default=1000, help="events per load (--direct)")
+    parser.add_argument(
+        "--row-builders", type=int, default=0, help="worker processes building rows (--direct)"
+    )
     args = parser.parse_args(argv)
     import psycopg
 
@@ -177,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dsn = server.create_database("warehouse")
         if args.direct:
             stored = [{**m, "receivedAt": now, "originalTimestamp": now} for m in messages]
-            _direct(dsn, stored, args.batch)
+            _direct(dsn, stored, args.batch, args.row_builders)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 found = _count(conn, sorted(expected))
             ok = found == expected

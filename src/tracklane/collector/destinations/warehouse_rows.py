@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -450,18 +449,21 @@ def _track(rows: Rows, row: _Row, message: Mapping[str, Any]) -> None:
     slug = snake_case(name)
     row.values["event"] = slug
     rows.table("tracks").add(row.values)  # not changed after: the event table gets a copy
-    rows.discards.extend(row.discards)
+    if row.discards:
+        rows.discards.extend(row.discards)
+        row.discards = []
     if not slug:
         rows.discards.append(
             Discard("tracks", row.row_id, "event", name, "event name gives no table name", None)
         )
         return
     table = "_" + slug if slug in RESERVED_TABLES else slug
-    detail = _Row(table, row.row_id, row.received_at)
-    detail.values = dict(row.values)
-    detail.flatten("", _dict(message.get("properties")), "properties", reserved=True)
-    rows.table(table).add(detail.values)
-    rows.discards.extend(detail.discards)
+    row.table = table  # the same row goes on, as the event table's
+    row.values = dict(row.values)
+    row.flatten("", _dict(message.get("properties")), "properties", reserved=True)
+    rows.table(table).add(row.values)
+    if row.discards:
+        rows.discards.extend(row.discards)
 
 
 def _other(rows: Rows, row: _Row, message: Mapping[str, Any], table: str) -> None:
@@ -605,21 +607,17 @@ def copy_rows(table: Table, columns: Mapping[str, str]) -> Tuple[List[str], str,
         raise KeyError(f"{table.name}.{missing[0]} has no column")
     types = [columns[column] for column in names]
     width = len(names)
-    nulls = dict.fromkeys(names, _NULL)
-    pick: Callable[[Dict[str, Any]], Any] = (
-        operator.itemgetter(*names) if width > 1 else lambda row: (row[names[0]],)
-    )
+    nulls = [_NULL] * width
     plans: Dict[Tuple[type, ...], Any] = {}
     lines: List[str] = []
     expected_nulls = 0
     for row in table.rows:
-        values = pick({**nulls, **row})
+        values: List[Any] = list(map(row.get, names, nulls))  # row.get(name, NULL) per column
         shape = tuple(map(type, values))
         plan = plans.get(shape, _MISFIT)
         if plan is _MISFIT:
             plan = plans[shape] = _plan(shape, types)
         if plan:
-            values = list(values)
             for index, column_type in plan:
                 converted = _copy_text(values[index], column_type)
                 if converted is _MISFIT:  # a value that does not fit: the slow way, discarding
