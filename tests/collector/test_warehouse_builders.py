@@ -163,3 +163,50 @@ def test_a_column_typed_otherwise_than_the_builder_assumed_still_fits(
     with psycopg.connect(dsn) as conn:
         totals = list(conn.execute("SELECT id, total FROM w_backend.paid ORDER BY id"))
     assert totals == [("f1", 1.5), ("f2", 3.0)]
+
+
+_BUILDERS_SCRIPT = """
+import datetime, os, sys, time
+from tracklane.collector.destinations.warehouse_build import RowBuilders
+builders = RowBuilders(2)
+assert builders.build([], datetime.datetime.now(datetime.timezone.utc), {}) is not None
+tasks = f"/proc/{os.getpid()}/task"
+children = [c for t in os.listdir(tasks) for c in open(f"{tasks}/{t}/children").read().split()]
+print(" ".join(children), flush=True)
+time.sleep(120)  # killed by the test long before
+"""
+
+
+def test_row_builders_end_after_their_process_is_killed() -> None:
+    """After a kill -9 of the process that started them, its row builders end by themselves."""
+    import subprocess
+    import sys
+
+    import tracklane
+
+    src = str(Path(tracklane.__file__).resolve().parents[1])
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _BUILDERS_SCRIPT], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert parent.stdout is not None
+        children = [int(pid) for pid in parent.stdout.readline().split()]
+        builders = [pid for pid in children if b"spawn_main" in _cmdline(pid)]
+        assert len(builders) == 2
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+    wait_until(lambda: not any(_cmdline(pid) for pid in builders), 10, "the builders to end")
+
+
+def _cmdline(pid: int) -> bytes:
+    """A process's command line; empty once it ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

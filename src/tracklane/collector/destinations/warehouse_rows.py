@@ -250,6 +250,8 @@ def _text(value: Value) -> str:
 class _Row:
     """One row being filled: first value per column wins, later different ones are discarded."""
 
+    __slots__ = ("discards", "received_at", "row_id", "table", "values")
+
     def __init__(self, table: str, row_id: str, received_at: Optional[datetime]) -> None:
         self.table = table
         self.row_id = row_id
@@ -284,7 +286,7 @@ class _Row:
             names = columns.get(key)
             if names is None:
                 names = _column(columns, prefix, key)
-            nested, column = names
+            nested, column = names  # nested: the prefix of this key's nested keys
             if not column:
                 self.discard(f"{path}.{key}" if path else str(key), raw, "no usable column name")
                 continue
@@ -292,10 +294,10 @@ class _Row:
             value: Value
             if kind is str:  # the most common leaf: a date-time, or text as it is
                 value = raw
-                if len(raw) >= 16 and raw[4:5] == "-" and _DATETIME.fullmatch(raw):
+                if len(raw) >= 16 and raw[4] == "-" and _DATETIME.fullmatch(raw):
                     value = _moment(raw) or raw
             elif kind is dict:
-                self.flatten(nested + "_", raw, f"{path}.{key}" if path else str(key), reserved)
+                self.flatten(nested, raw, f"{path}.{key}" if path else str(key), reserved)
                 continue
             else:
                 normalized = _normalize(raw)
@@ -310,9 +312,9 @@ class _Row:
                 self.put(column, value)
 
 
-# prefix -> key -> (the prefix + snake_cased key that nested keys extend, the column name
-# that key's leaf value goes to, at most 63 bytes); ``""`` twice when the key gives no
-# name. The same keys come in every message, so each is worked out once (bounded).
+# prefix -> key -> (the prefix of the key's nested keys: prefix + snake_cased key + "_",
+# the column name that key's leaf value goes to, at most 63 bytes); ``""`` twice when the
+# key gives no name. The same keys come in every message, so each is worked out once (bounded).
 _COLUMNS: Dict[str, Dict[Any, Tuple[str, str]]] = {}
 _COLUMNS_MAX = 65_536
 _COLUMNS_COUNT = [0]
@@ -328,7 +330,7 @@ def _column(columns: Dict[Any, Tuple[str, str]], prefix: str, key: Any) -> Tuple
         _COLUMNS.clear()  # ``columns`` stays usable by its caller; new ones start afresh
         _COLUMNS_COUNT[0] = 0
     _COLUMNS_COUNT[0] += 1
-    names = columns[key] = (nested, column)
+    names = columns[key] = (nested + "_" if nested else "", column)
     return names
 
 
@@ -414,8 +416,10 @@ def build_rows(messages: Iterable[Mapping[str, Any]], uuid_ts: datetime) -> Rows
     stamp = Moment.of(uuid_ts.isoformat(), uuid_ts)
     seen: Set[str] = set()
     for message in messages:
-        message_id = _id_text(message.get("messageId"))
-        table = _TABLE_OF_TYPE.get(str(message.get("type")))
+        raw_id = message.get("messageId")
+        message_id = raw_id if type(raw_id) is str and raw_id else _id_text(raw_id)
+        kind = message.get("type")
+        table = _TABLE_OF_TYPE.get(kind if type(kind) is str else str(kind))
         if message_id is None or table is None:
             what = "messageId" if message_id is None else "type"
             body = dumps(dict(message)).decode("utf-8")
@@ -426,7 +430,8 @@ def build_rows(messages: Iterable[Mapping[str, Any]], uuid_ts: datetime) -> Rows
         if message_id in seen:
             continue
         seen.add(message_id)
-        received = _moment(message.get("receivedAt"))
+        raw_received = message.get("receivedAt")
+        received = _parse_moment(raw_received) if isinstance(raw_received, str) else None
         row = _Row(table, message_id, received.at if received else None)
         _common(row, message, stamp)
         if table == "tracks":
