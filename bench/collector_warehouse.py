@@ -12,10 +12,13 @@ table per event name, identifies, pages, and one ``users`` row per identified us
 
 ``--direct`` measures the loader alone instead: the same events, as stored, loaded
 with ``PostgresWarehouse.load`` in batches of ``--batch`` (the destination's claim size)
-in this process, with this process's and the PostgreSQL backend's CPU time per event.
+in this process, with this process's and the PostgreSQL backend's CPU time per event;
+with ``--row-builders N`` as the destination loads them (their stored JSON, through
+``load_encoded``, rows built in N worker processes, whose CPU is counted too).
 
     python bench/collector_warehouse.py --events 50000
     python bench/collector_warehouse.py --events 50000 --direct
+    python bench/collector_warehouse.py --events 50000 --direct --row-builders 1
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ from typing import Any, Dict, List, Optional
 
 import httpx
 import orjson
-from collector_ingest import URL_PREFIX, _iso, _postgres, _src_path, cpu_seconds, realistic_message
+from collector_ingest import (
+    URL_PREFIX,
+    _iso,
+    _postgres,
+    _src_path,
+    cpu_seconds,
+    process_tree,
+    realistic_message,
+)
 
 SCHEMA = "bench"
 
@@ -60,6 +71,16 @@ def _server_cpu(data_dir: Path) -> Optional[float]:
             ticks = sum(int(f) for f in fields[11:15])
             total += ticks / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def _tree_cpu(pid: int) -> Dict[int, float]:
+    """CPU seconds used so far by the collector and each of its child processes (builders)."""
+    found = {}
+    for each in process_tree(pid):
+        seconds = cpu_seconds(each)
+        if seconds is not None:
+            found[each] = seconds
+    return found
 
 
 def _expected(messages: List[Dict[str, Any]]) -> Dict[str, int]:
@@ -99,32 +120,44 @@ def _count(conn: Any, tables: List[str]) -> Dict[str, int]:
     return found
 
 
-def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int) -> None:
+def _direct(dsn: str, messages: List[Dict[str, Any]], batch: int, builders: int) -> None:
     """Load ``messages`` with the loader in this process; print rate and CPU per event."""
+    from tracklane.collector._json import dumps
     from tracklane.collector.destinations.warehouse import PostgresWarehouse
 
-    warehouse = PostgresWarehouse(dsn)
+    warehouse = PostgresWarehouse(dsn, row_builders=builders)
+    bodies = [dumps(message) for message in messages]
     try:
         warehouse.load(SCHEMA, [])  # connect and create the schema outside the clock
+        if builders:
+            warehouse.load_encoded(SCHEMA, [])  # start the builders outside the clock too
         conn = warehouse._idle[-1].conn  # the loader's session, to read its backend's CPU
         assert conn is not None
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
         wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-        own_before, server_before = time.process_time(), cpu_seconds(backend)
+        own_before, server_before = _tree_cpu(os.getpid()), cpu_seconds(backend)
         began = time.monotonic()
         for start in range(0, len(messages), batch):
-            warehouse.load(SCHEMA, messages[start : start + batch])
+            if builders:
+                warehouse.load_encoded(SCHEMA, bodies[start : start + batch])
+            else:
+                warehouse.load(SCHEMA, messages[start : start + batch])
         elapsed = time.monotonic() - began
-        own, server = time.process_time() - own_before, cpu_seconds(backend)
+        own_after, server = _tree_cpu(os.getpid()), cpu_seconds(backend)
         wal = conn.execute(
             "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", [wal_before]
         ).fetchone()[0]
     finally:
         warehouse.close()
-    print(f"warehouse loader alone (PostgresWarehouse.load, batches of {batch})")
+    used = {pid: after - own_before.get(pid, 0.0) for pid, after in own_after.items()}
+    own = used.get(os.getpid(), 0.0)
+    others = sum(used.values()) - own
+    how = f"load_encoded, {builders} row builders" if builders else "load"
+    print(f"warehouse loader alone (PostgresWarehouse.{how}, batches of {batch})")
     print(f"  events: {len(messages)} in {elapsed:.2f} s")
     print(f"  load rate: {len(messages) / elapsed:,.0f} events/s")
-    print(f"  loader CPU: {own / len(messages) * 1e6:.1f} µs/event")
+    print(f"  loader CPU: {(own + others) / len(messages) * 1e6:.1f} µs/event", end="")
+    print(f" (row builders {others / len(messages) * 1e6:.1f})" if builders else "")
     if server is not None and server_before is not None:
         per_event = (server - server_before) / len(messages) * 1e6
         print(f"  PostgreSQL backend CPU: {per_event:.1f} µs/event")
@@ -138,6 +171,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for loads")
     parser.add_argument("--direct", action="store_true", help="time the loader alone")
     parser.add_argument("--batch", type=int, default=1000, help="events per load (--direct)")
+    parser.add_argument(
+        "--row-builders", type=int, default=0, help="worker processes building rows (--direct)"
+    )
     args = parser.parse_args(argv)
     import psycopg
 
@@ -159,7 +195,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         dsn = server.create_database("warehouse")
         if args.direct:
             stored = [{**m, "receivedAt": now, "originalTimestamp": now} for m in messages]
-            _direct(dsn, stored, args.batch)
+            _direct(dsn, stored, args.batch, args.row_builders)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 found = _count(conn, sorted(expected))
             ok = found == expected
@@ -192,7 +228,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                     response = http.post("/v1/batch", content=orjson.dumps({"batch": batch}))
                     if response.status_code != 200 or response.json()["stored"] != len(batch):
                         raise RuntimeError(f"ingest failed: {response.text[:300]}")
-            collector_before = cpu_seconds(proc.pid)
+            collector_before = _tree_cpu(proc.pid)
             server_before = _server_cpu(server.data_dir)
             began = time.monotonic()
             holder.execute(
@@ -209,7 +245,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         raise RuntimeError(f"only {counts} of {args.events} loaded in time")
                     time.sleep(0.1)  # polling interval, bounded by the deadline above
                 elapsed = time.monotonic() - began
-                collector_after = cpu_seconds(proc.pid)
+                collector_after = _tree_cpu(proc.pid)
                 server_after = _server_cpu(server.data_dir)
                 found = _count(conn, sorted(expected))
                 distinct = {
@@ -230,9 +266,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     print("collector routing to the warehouse (postgres destination; SQLite store)")
     print(f"  events: {args.events} loaded in {elapsed:.2f} s; rows per table: {found}")
     print(f"  routed: {args.events / elapsed:,.0f} events/s")
-    if collector_before is not None and collector_after is not None:
-        per_event = (collector_after - collector_before) / args.events * 1e6
-        print(f"  collector CPU: {per_event:.1f} µs/event")
+    used = {pid: after - collector_before.get(pid, 0.0) for pid, after in collector_after.items()}
+    if proc.pid in used:
+        total = sum(used.values()) / args.events * 1e6
+        router = used[proc.pid] / args.events * 1e6
+        print(
+            f"  collector CPU: {total:.1f} µs/event (its process {router:.1f},"
+            f" its {len(used) - 1} child processes, row builders, {total - router:.1f})"
+        )
     if server_before is not None and server_after is not None:
         per_event = (server_after - server_before) / args.events * 1e6
         print(f"  PostgreSQL CPU: {per_event:.1f} µs/event")

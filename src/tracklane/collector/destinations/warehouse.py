@@ -37,17 +37,20 @@ from typing import (
     Optional,
     Sequence,
     Tuple,
+    Union,
 )
 
-from tracklane.collector._json import dumps
+from tracklane.collector._json import dumps, loads_stored
+from tracklane.collector.destinations.warehouse_build import Built, BuiltTable, RowBuilders
 from tracklane.collector.destinations.warehouse_rows import (
     DISCARDS_TABLE,
     FIXED_COLUMNS,
     KIND_TYPES,
     Discard,
     Rows,
+    Table,
     build_rows,
-    fit_rows,
+    copy_rows,
     snake_case,
 )
 
@@ -91,12 +94,18 @@ class PostgresWarehouse:
     """Loads batches of Segment messages into PostgreSQL, one schema per source."""
 
     def __init__(
-        self, dsn: str, *, schema: Optional[str] = None, connect_timeout: float = 10.0
+        self,
+        dsn: str,
+        *,
+        schema: Optional[str] = None,
+        connect_timeout: float = 10.0,
+        row_builders: int = 0,
     ) -> None:
         """Prepare a warehouse at ``dsn`` (connects on first load).
 
         ``schema`` names the schema for every source; ``{source}`` in it is replaced
-        by the snake_cased source name (default: ``"{source}"``).
+        by the snake_cased source name (default: ``"{source}"``). With ``row_builders``
+        above 0, :meth:`load_encoded` builds rows in that many worker processes.
         """
         if not isinstance(dsn, str) or not dsn.strip():
             raise ValueError("postgres destination: 'dsn' must be a non-empty string")
@@ -112,6 +121,9 @@ class PostgresWarehouse:
         self._lock = threading.Lock()  # guards the pool of sessions
         self._idle: List[_Session] = []  # sessions not loading now, the last used last
         self._closed = False
+        self._builders = RowBuilders(row_builders) if row_builders > 0 else None
+        # schema -> the catalog a session last read or changed (replaced, never changed).
+        self._catalog: Dict[str, Dict[str, Dict[str, str]]] = {}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> PostgresWarehouse:
@@ -151,7 +163,26 @@ class PostgresWarehouse:
         clean = [_without_nul(message) for message in messages]
         return self._load_rows(schema, build_rows(clean, now), len(messages), now)
 
-    def _load_rows(self, schema: str, rows: Rows, count: int, now: datetime) -> LoadResult:
+    def load_encoded(self, source_name: str, bodies: Sequence[bytes]) -> LoadResult:
+        """:meth:`load` for messages given as their stored JSON (UTF-8).
+
+        With row builders, the rows are built in a worker process; where that fails, or
+        the catalog changed meanwhile, they are built here as :meth:`load` does.
+        """
+        schema = self.schema_for(source_name)
+        if self._builders is not None:
+            now = datetime.now(timezone.utc)
+            built = self._builders.build(bodies, now, self._catalog.get(schema, {}))
+            if built is not None:
+                try:
+                    return self._load_rows(schema, built, len(bodies), now)
+                except _Stale:
+                    pass  # a column's type is not the one the worker fitted to
+        return self.load(source_name, [loads_stored(body.decode("utf-8")) for body in bodies])
+
+    def _load_rows(
+        self, schema: str, rows: Union[Rows, Built], count: int, now: datetime
+    ) -> LoadResult:
         """Load built rows in one transaction; through staging if a row appeared meanwhile."""
         session = self._take()
         try:
@@ -181,7 +212,14 @@ class PostgresWarehouse:
         session.close()
 
     def _load_once(
-        self, session: _Session, schema: str, rows: Rows, count: int, now: datetime, *, staged: bool
+        self,
+        session: _Session,
+        schema: str,
+        rows: Union[Rows, Built],
+        count: int,
+        now: datetime,
+        *,
+        staged: bool,
     ) -> LoadResult:
         try:
             conn = self._connection(session)
@@ -193,7 +231,7 @@ class PostgresWarehouse:
             session.stages.clear()  # so may a staging table's creation
             if session.conn is not None and session.conn.broken:
                 session.conn = None
-            if isinstance(exc, WarehouseError):
+            if isinstance(exc, (WarehouseError, _Stale)):
                 raise
             raise WarehouseError(f"loading {count} messages into {schema}: {exc}") from exc
 
@@ -214,7 +252,7 @@ class PostgresWarehouse:
         self,
         session: _Session,
         schema: str,
-        rows: Rows,
+        rows: Union[Rows, Built],
         now: datetime,
         *,
         staged: bool,
@@ -232,11 +270,17 @@ class PostgresWarehouse:
         new = 0
         with conn.cursor() as cursor:
             for name, table in rows.tables.items():
-                names, fitted, dropped = fit_rows(table, columns[name])
+                if isinstance(table, BuiltTable):
+                    assert isinstance(rows, Built)
+                    if not rows.fits(name, columns[name]):
+                        raise _Stale(name)
+                    names, data, dropped = table.names, table.data, table.discards
+                else:
+                    names, data, dropped = copy_rows(table, columns[name])
                 discards.extend(dropped)
                 if staged or name == "users":
                     stage = self._stage(session, cursor, schema, name, names)
-                    _copy(cursor, stage, names, fitted)
+                    _copy(cursor, stage, names, data)
                     if name == "users":
                         cursor.execute(self._upsert_users_sql(schema, stage, names))
                         continue
@@ -244,9 +288,9 @@ class PostgresWarehouse:
                     if name in _PRIMARY:
                         new += max(cursor.rowcount, 0)
                     continue
-                _copy(cursor, f"{_quote(schema)}.{_quote(name)}", names, fitted)
+                _copy(cursor, f"{_quote(schema)}.{_quote(name)}", names, data)
                 if name in _PRIMARY:
-                    new += len(fitted)
+                    new += data.count("\n")  # a line per row (a newline in a value is escaped)
         return new, self._insert_discards(conn, schema, discards, now)
 
     @staticmethod
@@ -328,7 +372,7 @@ class PostgresWarehouse:
         return max(cursor.rowcount, 0)
 
     def _ensure_columns(
-        self, session: _Session, schema: str, rows: Rows
+        self, session: _Session, schema: str, rows: Union[Rows, Built]
     ) -> Dict[str, Dict[str, str]]:
         """Create what the batch needs (schema, tables, columns); return every column's type.
 
@@ -340,6 +384,7 @@ class PostgresWarehouse:
         known = session.columns.get(schema)
         if known is None:
             known = session.columns[schema] = self._read_columns(conn, schema)
+            self._catalog[schema] = _copy_catalog(known)
         if not _missing(known, rows):
             return known
         conn.execute(
@@ -347,7 +392,7 @@ class PostgresWarehouse:
         )
         known = session.columns[schema] = self._read_columns(conn, schema)
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(schema)}")
-        wanted = dict(rows.tables)
+        wanted: Dict[str, Union[Table, BuiltTable]] = dict(rows.tables)
         if DISCARDS_TABLE not in known:
             self._create_table(conn, schema, DISCARDS_TABLE, _DISCARD_COLUMNS, known)
         for name, table in wanted.items():
@@ -364,6 +409,7 @@ class PostgresWarehouse:
                         f" ADD COLUMN IF NOT EXISTS {_quote(column)} {column_type}"
                     )
                     existing[column] = column_type
+        self._catalog[schema] = _copy_catalog(known)
         return known
 
     @staticmethod
@@ -408,12 +454,15 @@ class PostgresWarehouse:
         return found
 
     def close(self) -> None:
-        """Close the idle sessions (a load under way closes its own when done); idempotent."""
+        """Close the idle sessions (a load under way closes its own when done) and stop the
+        row builders; idempotent."""
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
         for session in idle:
             session.close()
+        if self._builders is not None:
+            self._builders.close()
 
 
 class _Session:
@@ -436,7 +485,15 @@ class _Session:
             self.conn = None
 
 
-def _missing(known: Mapping[str, Mapping[str, str]], rows: Rows) -> bool:
+class _Stale(Exception):
+    """A worker fitted a table's values to column types the catalog no longer has."""
+
+
+def _copy_catalog(known: Mapping[str, Mapping[str, str]]) -> Dict[str, Dict[str, str]]:
+    return {table: dict(columns) for table, columns in known.items()}
+
+
+def _missing(known: Mapping[str, Mapping[str, str]], rows: Union[Rows, Built]) -> bool:
     if DISCARDS_TABLE not in known:
         return True
     for name, table in rows.tables.items():
@@ -446,14 +503,10 @@ def _missing(known: Mapping[str, Mapping[str, str]], rows: Rows) -> bool:
     return False
 
 
-def _copy(
-    cursor: psycopg.Cursor[Any], target: str, names: Sequence[str], fitted: Iterable[Sequence[Any]]
-) -> None:
-    """COPY (text format) the rows (values in the order of ``names``) into ``target``."""
+def _copy(cursor: psycopg.Cursor[Any], target: str, names: Sequence[str], data: str) -> None:
+    """COPY rows given as COPY text data (columns in the order of ``names``) into ``target``."""
     with cursor.copy(f"COPY {target} ({_names(names)}) FROM STDIN") as copy:
-        write = copy.write_row
-        for row in fitted:
-            write(row)
+        copy.write(data.encode("utf-8"))
 
 
 def _unique_violation() -> type:
