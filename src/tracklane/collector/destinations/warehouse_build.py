@@ -27,7 +27,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from tracklane.collector._child import start_child
 from tracklane.collector._gc import tune_gc_for_serving
-from tracklane.collector._json import loads_stored
+from tracklane.collector._json import loads_stored_bytes
 from tracklane.collector.destinations.warehouse_rows import (
     FIXED_COLUMNS,
     KIND_TYPES,
@@ -74,7 +74,7 @@ def build_encoded(
     ``known`` is the schema's catalog as last seen (table -> column -> type); a column
     not in it is fitted to the type it will be created with.
     """
-    messages = [loads_stored(body.decode("utf-8")) for body in bodies]
+    messages = [loads_stored_bytes(body) for body in bodies]
     rows = build_rows(messages, uuid_ts)
     tables: Dict[str, BuiltTable] = {}
     for name, table in rows.tables.items():
