@@ -88,7 +88,7 @@ def encoded(messages: List[Dict[str, Any]]) -> List[bytes]:
 
 
 def builder_pids() -> List[int]:
-    """This process's children running multiprocessing's spawned workers."""
+    """This process's children running tracklane helper processes (row builders)."""
     pids = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         try:
@@ -100,7 +100,7 @@ def builder_pids() -> List[int]:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
                 continue  # a child that ended meanwhile
-            if b"spawn_main" in command:
+            if b"tracklane.collector._child" in command:
                 pids.append(int(child))
     return pids
 
@@ -194,7 +194,7 @@ def test_row_builders_end_after_their_process_is_killed() -> None:
     try:
         assert parent.stdout is not None
         children = [int(pid) for pid in parent.stdout.readline().split()]
-        builders = [pid for pid in children if b"spawn_main" in _cmdline(pid)]
+        builders = [pid for pid in children if b"tracklane.collector._child" in _cmdline(pid)]
         assert len(builders) == 2
     finally:
         parent.kill()
@@ -210,3 +210,60 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+_UNGUARDED_SCRIPT = """
+import base64, json, sys, time, urllib.request
+import psycopg
+from tracklane.collector import serve_in_thread
+from tracklane.collector.config import parse_config
+
+with open({marker!r}, "a") as marker:  # at import: runs again in any child importing __main__
+    marker.write("imported\\n")
+config = parse_config({{
+    "sources": [{{"name": "backend", "write_keys": ["key-1"]}}],
+    "destinations": [{{"name": "Warehouse", "type": "postgres", "dsn": {dsn!r},
+                       "row_builders": 2}}],
+}})
+server = serve_in_thread({db!r}, config=config)
+batch = [{{"type": "track", "event": "Script Ran", "userId": "u", "messageId": f"s{{n}}"}}
+         for n in range(50)]
+request = urllib.request.Request(
+    server.url + "/v1/batch", data=json.dumps({{"batch": batch}}).encode(),
+    headers={{"Content-Type": "application/json",
+              "Authorization": "Basic " + base64.b64encode(b"key-1:").decode()}})
+urllib.request.urlopen(request, timeout=30).read()
+deadline = time.monotonic() + 60
+count = 0
+while count < 50 and time.monotonic() < deadline:
+    with psycopg.connect({dsn!r}) as conn:
+        try:
+            count = conn.execute("SELECT count(*) FROM backend.script_ran").fetchone()[0]
+        except psycopg.errors.UndefinedTable:
+            pass
+    time.sleep(0.05)  # a poll with a deadline: the router loads in its own time
+print(count, flush=True)
+server.stop()
+"""
+
+
+def test_an_unguarded_user_script_is_not_run_again_by_the_row_builders(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A script calling ``serve_in_thread`` with a postgres destination and no
+    ``if __name__ == "__main__":`` guard runs once: the row builders import only tracklane,
+    and its events reach the warehouse."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "imported.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        _UNGUARDED_SCRIPT.format(marker=str(marker), dsn=dsn, db=str(tmp_path / "events.db"))
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["50"], done.stderr
+    assert marker.read_text() == "imported\n"

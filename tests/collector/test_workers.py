@@ -160,3 +160,41 @@ def test_bad_workers_value_names_the_flag(value: str, capsys: pytest.CaptureFixt
         main(["serve", "--workers", value])
     assert exited.value.code == 2
     assert "--workers" in capsys.readouterr().err
+
+
+_UNGUARDED_SCRIPT = """
+import base64, json, urllib.request
+from tracklane.collector import serve_in_thread
+
+with open({marker!r}, "a") as marker:  # at import: runs again in any child importing __main__
+    marker.write("imported\\n")
+server = serve_in_thread({db!r}, write_keys=["key-1"], workers=2)
+request = urllib.request.Request(
+    server.url + "/v1/track",
+    data=json.dumps({{"event": "Script Ran", "userId": "u", "messageId": "s1"}}).encode(),
+    headers={{"Content-Type": "application/json",
+              "Authorization": "Basic " + base64.b64encode(b"key-1:").decode()}})
+with urllib.request.urlopen(request, timeout=30) as answer:
+    print(answer.status, flush=True)
+server.stop()
+"""
+
+
+def test_an_unguarded_user_script_is_not_run_again_by_the_ingest_workers(
+    tmp_path: Path,
+) -> None:
+    """A script calling ``serve_in_thread(..., workers=2)`` with no
+    ``if __name__ == "__main__":`` guard runs once (the workers import only tracklane) and
+    its events are stored."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "imported.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(_UNGUARDED_SCRIPT.format(marker=str(marker), db=str(tmp_path / "e.db")))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["200"], done.stderr
+    assert marker.read_text() == "imported\n"

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -42,6 +41,7 @@ from typing import FrozenSet, List, Optional, Sequence, Tuple
 import orjson
 
 from tracklane.collector._check import check_request, json_error
+from tracklane.collector._child import Child, start_child
 from tracklane.collector._gc import tune_gc_for_serving
 from tracklane.collector._group_writer import GroupWriter, answer_for
 from tracklane.collector._ingest_route import Answer
@@ -122,7 +122,7 @@ def _raw_socket(channel: Connection) -> socket.socket:
 class _Worker:
     """One worker process and the server's ends of its channels."""
 
-    def __init__(self, process: multiprocessing.process.BaseProcess, channels: List[_Channel]):
+    def __init__(self, process: Child, channels: List[_Channel]):
         self.process = process
         self.channels = channels
 
@@ -135,13 +135,12 @@ class IngestWorkers:
     """
 
     def __init__(self, count: int, location: StrPath, write_keys: FrozenSet[str]) -> None:
-        """Start the workers (spawned: the server has threads) and wait until each is ready.
+        """Start the workers (fresh interpreters: the server has threads); wait until each is ready.
 
         Raises WorkerError (or StorageError, when a worker cannot open the store).
         """
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"workers must be from 1 to {MAX_WORKERS}, not {count}")
-        self._context = multiprocessing.get_context("spawn")
         self._location = str(location)
         self._write_keys = write_keys
         self._workers: List[_Worker] = []
@@ -151,7 +150,7 @@ class IngestWorkers:
         # Python 3.9); until then, the channels wait here in the order they are handed out.
         self._free: Optional[asyncio.Queue[_Channel]] = None
         self._free_channels: List[_Channel] = []
-        started: List[Tuple[multiprocessing.process.BaseProcess, List[Connection]]] = []
+        started: List[Tuple[Child, List[Connection]]] = []
         try:
             for number in range(count):  # all start at once, then each is waited for
                 started.append(self._start(number))
@@ -173,23 +172,18 @@ class IngestWorkers:
         """Start worker ``number`` and wait until it is ready (or raise)."""
         return self._ready(*self._start(number))
 
-    def _start(self, number: int) -> Tuple[multiprocessing.process.BaseProcess, List[Connection]]:
+    def _start(self, number: int) -> Tuple[Child, List[Connection]]:
         """Start worker ``number``'s process; return it and the server's ends of its pipes."""
-        ends = [self._context.Pipe() for _ in range(CHANNELS_PER_WORKER)]
-        process = self._context.Process(
-            target=_worker_main,
-            args=(self._location, self._write_keys, [end for _, end in ends], os.getpid()),
-            name=f"tracklane-ingest-worker-{number + 1}",
-            daemon=True,
+        # Started as ``python -m tracklane.collector._child``, not by multiprocessing's
+        # ``spawn``: that would re-run an unguarded ``__main__`` of serve_in_thread's caller.
+        return start_child(
+            "tracklane.collector._workers:_worker_main",
+            (self._location, self._write_keys, os.getpid()),
+            CHANNELS_PER_WORKER,
+            f"tracklane-ingest-worker-{number + 1}",
         )
-        process.start()
-        for _, end in ends:
-            end.close()  # the worker's ends live in the worker only
-        return process, [end for end, _ in ends]
 
-    def _ready(
-        self, process: multiprocessing.process.BaseProcess, ends: List[Connection]
-    ) -> _Worker:
+    def _ready(self, process: Child, ends: List[Connection]) -> _Worker:
         """Wait until a started worker is ready; stop it and raise if it is not."""
         try:
             _await_ready(ends)
@@ -291,7 +285,7 @@ class IngestWorkers:
                 worker.process.join(STOP_TIMEOUT)
 
 
-def _stop(process: multiprocessing.process.BaseProcess, ends: List[Connection]) -> None:
+def _stop(process: Child, ends: List[Connection]) -> None:
     """Stop a worker that is not in service: close its pipes, kill it, reap it."""
     for end in ends:
         end.close()
@@ -313,7 +307,7 @@ def _await_ready(channels: List[Connection]) -> None:
 
 
 def _worker_main(
-    location: str, write_keys: FrozenSet[str], channels: Sequence[Connection], parent: int
+    channels: Sequence[Connection], location: str, write_keys: FrozenSet[str], parent: int
 ) -> None:
     """A worker process: serve its channels on an event loop until the server closes them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the server's to handle

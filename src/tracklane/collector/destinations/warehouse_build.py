@@ -16,17 +16,18 @@ those types against the catalog inside its transaction (:meth:`Built.fits`).
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.connection import Connection
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from tracklane.collector._json import loads_stored
+from tracklane.collector._child import start_child
+from tracklane.collector._gc import tune_gc_for_serving
+from tracklane.collector._json import loads_stored_bytes
 from tracklane.collector.destinations.warehouse_rows import (
     FIXED_COLUMNS,
     KIND_TYPES,
@@ -73,7 +74,7 @@ def build_encoded(
     ``known`` is the schema's catalog as last seen (table -> column -> type); a column
     not in it is fitted to the type it will be created with.
     """
-    messages = [loads_stored(body.decode("utf-8")) for body in bodies]
+    messages = [loads_stored_bytes(body) for body in bodies]
     rows = build_rows(messages, uuid_ts)
     tables: Dict[str, BuiltTable] = {}
     for name, table in rows.tables.items():
@@ -99,61 +100,139 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="tracklane.parent-watch", daemon=True).start()
 
 
-def _ready() -> None:
-    """A job that only makes the pool start a worker."""
+def serve_builds(connections: List[Connection], parent: int) -> None:
+    """A builder process's life: build each batch it is sent until its channel closes."""
+    (channel,) = connections
+    _watch_parent(parent)
+    tune_gc_for_serving()
+    while True:
+        try:
+            bodies, uuid_ts, known = channel.recv()
+        except EOFError:  # the parent closed the channel: stop
+            return
+        try:
+            answer: object = build_encoded(bodies, uuid_ts, known)
+        except Exception as exc:  # a batch it cannot build (a NUL character, ...)
+            answer = _Failed(f"{type(exc).__name__}: {exc}")
+        channel.send(answer)
+
+
+@dataclass
+class _Failed:
+    """A builder's answer for a batch it could not build."""
+
+    reason: str
+
+
+class _Builder:
+    """One builder process and the parent's end of its channel."""
+
+    def __init__(self, number: int) -> None:
+        self.process, (self.channel,) = start_child(
+            "tracklane.collector.destinations.warehouse_build:serve_builds",
+            (os.getpid(),),
+            1,
+            f"tracklane-row-builder-{number + 1}",
+        )
+
+    def stop(self, wait: bool) -> None:
+        self.channel.close()  # the builder ends when it reads the end of its channel
+        if wait:
+            self.process.join(_STOP_TIMEOUT)
+        self.process.kill()
+        self.process.join(_STOP_TIMEOUT)  # reaped: a killed process ends at once
+
+
+_STOP_TIMEOUT = 10.0
 
 
 class RowBuilders:
-    """A pool of ``processes`` worker processes building batches (started on first use)."""
+    """``processes`` builder processes (started on first use, each replaced if it dies).
+
+    Each is started as ``python -m tracklane.collector._child`` (not multiprocessing's
+    ``spawn``, which would re-run the user's unguarded ``__main__`` in it).
+    """
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._lock = threading.Lock()
-        self._pool: Optional[ProcessPoolExecutor] = None
+        self._lock = threading.RLock()
+        self._idle: queue.Queue[Optional[_Builder]] = queue.Queue()
+        self._all: List[_Builder] = []
+        self._started = False
         self._closed = False
 
     def build(
         self, bodies: Sequence[bytes], uuid_ts: datetime, known: Mapping[str, Mapping[str, str]]
     ) -> Optional[Built]:
         """The batch built by a worker; ``None`` if that failed (build it here instead)."""
-        pool = self._get()
-        if pool is None:
-            return None
-        try:
-            return pool.submit(build_encoded, list(bodies), uuid_ts, known).result()
-        except BrokenProcessPool as exc:  # a worker died: the next batch gets a new pool
-            logger.warning("a warehouse row builder died (building in process): %s", exc)
-            self._discard(pool)
-        except Exception:  # a batch a worker could not build (a NUL character, ...)
-            pass
-        return None
-
-    def _get(self) -> Optional[ProcessPoolExecutor]:
         with self._lock:
             if self._closed:
                 return None
-            if self._pool is None:
-                context = multiprocessing.get_context("spawn")  # no copy of the router's threads
-                self._pool = ProcessPoolExecutor(
-                    self.processes,
-                    mp_context=context,
-                    initializer=_watch_parent,
-                    initargs=(os.getpid(),),
-                )
-                for _ in range(self.processes):  # start them all now, not one per busy moment
-                    self._pool.submit(_ready)
-            return self._pool
+            if not self._started:  # start them all now, not one per busy moment
+                self._started = True
+                for number in range(self.processes):
+                    self._idle.put(self._start(number))
+        builder = self._idle.get()
+        if self._closed:
+            if builder is not None:
+                self._forget(builder)
+            self._idle.put(None)
+            return None
+        if builder is None:  # one died before: start its replacement
+            try:
+                builder = self._start(len(self._all))
+            except OSError as exc:
+                logger.warning("could not start a warehouse row builder: %s", exc)
+                self._idle.put(None)
+                return None
+        try:
+            builder.channel.send((list(bodies), uuid_ts, known))
+            answer = builder.channel.recv()
+        except (EOFError, OSError) as exc:  # it died: the next batch gets a new one
+            if not self._closed:
+                logger.warning("a warehouse row builder died (building in process): %s", exc)
+            self._forget(builder)
+            self._idle.put(None)
+            return None
+        self._give_back(builder)
+        return answer if isinstance(answer, Built) else None
 
-    def _discard(self, pool: ProcessPoolExecutor) -> None:
+    def _start(self, number: int) -> _Builder:
+        builder = _Builder(number)
         with self._lock:
-            if self._pool is pool:
-                self._pool = None
-        pool.shutdown(wait=False, cancel_futures=True)
+            self._all.append(builder)
+        return builder
+
+    def _forget(self, builder: _Builder, wait: bool = False) -> None:
+        with self._lock:
+            if builder in self._all:
+                self._all.remove(builder)
+        builder.stop(wait)
+
+    def _give_back(self, builder: _Builder) -> None:
+        with self._lock:
+            closed = self._closed
+        if closed:
+            self._forget(builder)
+        else:
+            self._idle.put(builder)
+
+    @property
+    def pids(self) -> List[int]:
+        """The builder processes' ids (those started so far)."""
+        with self._lock:
+            return [b.process.pid for b in self._all if b.process.pid is not None]
 
     def close(self) -> None:
-        """Stop the workers (idempotent)."""
+        """Stop the builders (idempotent); one busy with a batch stops after it."""
         with self._lock:
             self._closed = True
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        while True:
+            try:
+                builder = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if builder is not None:
+                self._forget(builder, wait=True)
+        for _ in range(self.processes):
+            self._idle.put(None)  # wakes any caller waiting for a builder
