@@ -146,6 +146,30 @@ def test_a_killed_row_builder_loses_no_batch_and_is_replaced(
     assert ids == ["k1", "k2", "k3"]
 
 
+def test_row_builders_that_cannot_start_leave_the_load_to_this_process(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When no builder process can be started (the OS refuses a new process), every batch
+    is built and loaded in the collector's process instead of failing."""
+    import tracklane.collector.destinations.warehouse_build as warehouse_build
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(warehouse_build, "start_child", refuse)
+    loader = PostgresWarehouse(dsn, schema="r_{source}", row_builders=2)
+    try:
+        for number in range(3):
+            batch = [stored("track", f"r{number}", event="Refused")]
+            assert loader.load_encoded("Backend", encoded(batch)).new == 1
+    finally:
+        loader.close()
+    assert not builder_pids()
+    with psycopg.connect(dsn) as conn:
+        ids = [row[0] for row in conn.execute("SELECT id FROM r_backend.refused ORDER BY id")]
+    assert ids == ["r0", "r1", "r2"]
+
+
 def test_a_column_typed_otherwise_than_the_builder_assumed_still_fits(
     dsn: str, built: PostgresWarehouse
 ) -> None:

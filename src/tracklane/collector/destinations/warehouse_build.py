@@ -171,7 +171,11 @@ class RowBuilders:
             if not self._started:  # start them all now, not one per busy moment
                 self._started = True
                 for number in range(self.processes):
-                    self._idle.put(self._start(number))
+                    try:
+                        self._idle.put(self._start(number))
+                    except OSError as exc:  # no process now: its slot retries at its turn
+                        logger.warning("could not start a warehouse row builder: %s", exc)
+                        self._idle.put(None)
         builder = self._idle.get()
         if self._closed:
             if builder is not None:
