@@ -55,7 +55,7 @@ from adapters import get_adapter  # noqa: E402
 from common import SinkControl, make_event  # noqa: E402
 from tail_analysis import start_sink  # noqa: E402
 from tail_cases import MAX_QUEUE_SIZE, WORK_TARGET_US, make_order  # noqa: E402
-from tail_paced_analysis import WorkerClock  # noqa: E402
+from tail_paced_analysis import WorkerClock, stretch_summary  # noqa: E402
 from worker import scenario_calibrate, work  # noqa: E402
 
 import tracklane  # noqa: E402  (from the tree measured)
@@ -212,14 +212,9 @@ def describe(rec: Dict[str, List[int]], spans: List[tuple[int, int, str, int]]) 
     }
     if spans:
         for kind in ("build", "settle"):
-            walls = sorted((b - a) / 1000 for a, b, k, _ in spans if k == kind)
-            cpus = sorted(c / 1000 for _, _, k, c in spans if k == kind)
-            if walls:
-                out[f"worker_{kind}_stretch_us"] = (
-                    f"{len(walls)} stretches holding the GIL: wall median "
-                    f"{statistics.median(walls):.0f} p90 {walls[int(len(walls) * 0.9)]:.0f} max "
-                    f"{walls[-1]:.0f}; CPU median {statistics.median(cpus):.0f} max {cpus[-1]:.0f}"
-                )
+            summary = stretch_summary(spans, kind)
+            if summary:
+                out[f"worker_{kind}_stretch_us"] = f"holding the GIL: {summary}"
 
         def gil_overlap(k: int) -> int:
             t0, t1 = rec["start"][k], rec["start"][k] + wall[k]

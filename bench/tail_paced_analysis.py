@@ -113,6 +113,23 @@ class WorkerClock:
         return out
 
 
+def stretch_summary(spans: List[Any], kind: str) -> str:
+    """The worker's ``kind`` stretches (wall and CPU, µs): count, median, p90, max; "" if none.
+
+    ``spans`` holds ``(start_ns, end_ns, kind, cpu_ns)`` as :class:`WorkerClock` records them.
+    """
+    walls = sorted((b - a) / 1000 for a, b, k, _ in spans if k == kind)
+    cpus = sorted(c / 1000 for _, _, k, c in spans if k == kind)
+    if not walls:
+        return ""
+    return (
+        f"n={len(walls)} wall median {statistics.median(walls):.0f} "
+        f"p90 {walls[int(len(walls) * 0.9)]:.0f} max {walls[-1]:.0f}; "
+        f"CPU median {statistics.median(cpus):.0f} "
+        f"p90 {cpus[int(len(cpus) * 0.9)]:.0f} max {cpus[-1]:.0f}"
+    )
+
+
 def run_once(url: str, requests: int, rate: float, iters: int) -> Dict[str, Any]:
     sink = SinkControl(url)
     sink.reset()
@@ -179,15 +196,9 @@ def run_once(url: str, requests: int, rate: float, iters: int) -> Dict[str, Any]
         by_cause.setdefault(cause, []).append((t1 - t0) / 1000)
     out: Dict[str, Any] = {"p50_us": p50 / 1000, "p99_us": p99 / 1000, "slow": len(slow)}
     for kind in ("build", "settle", "I/O (no GIL)"):
-        lens = sorted((b - a) / 1000 for a, b, k, _ in spans if k == kind)
-        cpus = sorted(c / 1000 for _, _, k, c in spans if k == kind)
-        if lens:
-            out[f"{kind}_stretch_us"] = (
-                f"n={len(lens)} wall median {statistics.median(lens):.0f} "
-                f"p90 {lens[int(len(lens) * 0.9)]:.0f} max {lens[-1]:.0f}; "
-                f"CPU median {statistics.median(cpus):.0f} "
-                f"p90 {cpus[int(len(cpus) * 0.9)]:.0f} max {cpus[-1]:.0f}"
-            )
+        summary = stretch_summary(spans, kind)
+        if summary:
+            out[f"{kind}_stretch_us"] = summary
     fast_overlap = sum(
         1
         for k in range(n)
