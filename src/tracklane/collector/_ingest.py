@@ -121,87 +121,87 @@ def prepare_batch(
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
     times = _Times(received_at, sent_at, payload["sentAt"] if sent_at is not None else None)
+    return _prepare_all(batch, write_key, times, nul_free)
+
+
+def _prepare_all(batch: List[Any], write_key: str, times: _Times, nul_free: bool) -> Prepared:
+    """Validate the messages of a batch: the usual ones here, the others by _prepare.
+
+    A message of the usual shape (a dict with a valid messageId and no sentAt of its own,
+    whose timestamp is absent or valid text, valid by check_wire_message's rules and no
+    bigger than the limit) is encoded once, with the batch's sentAt already in place,
+    and its row built as _prepare builds it. Any other message, or one that _prepare
+    would refuse, is left as it was (but for its writeKey, which both paths drop) to
+    _prepare, whose outcome is the reference: the tests compare the two paths. One loop
+    without calls of its own: this runs for every message the collector receives.
+    """
     messages: List[StoredMessage] = []
     rejected: List[Rejection] = []
     append = messages.append
-    for index, message in enumerate(batch):
-        # The usual message takes _prepare_plain; anything else, or anything it would
-        # refuse, takes _prepare, whose outcome is the reference (tests compare the two).
-        row = _prepare_plain(message, write_key, times, nul_free)
-        if row is None:
-            try:
-                row = _prepare(message, write_key, times, None)
-            except _Rejected as exc:
-                rejected.append(Rejection(index, _message_id_of(message), str(exc)))
-                continue
-        append(row)
-    return Prepared(messages, rejected)
-
-
-def _prepare_plain(
-    message: Any, write_key: str, times: _Times, nul_free: bool
-) -> Optional[StoredMessage]:
-    """The row of a message of the usual shape, as _prepare builds it; else ``None``.
-
-    The usual shape: a dict with a valid messageId and no sentAt of its own, whose
-    timestamp is absent or valid text, valid by check_wire_message's rules and no bigger
-    than the limit. It is encoded once, with the batch's sentAt
-    already in place, and ``None`` (the message as it was, but for its writeKey, which
-    both paths drop) leaves every refusal and every unusual case to _prepare.
-    """
-    if type(message) is not dict or "sentAt" in message:
-        return None
-    message_id = message.get("messageId")
-    if type(message_id) is not str or not message_id or len(message_id) > MAX_MESSAGE_ID_LENGTH:
-        return None
-    original = message.get("timestamp")
-    if original is None:
-        timestamp = times.received_text
-    elif type(original) is str:
-        timestamp = times.seen.get(original)
-        if timestamp is None:
-            try:
-                timestamp = times.corrected(message)
-            except _Rejected:
-                return None
-    else:
-        return None
-    try:
-        message_type, user_id, anonymous_id = check_wire_message(message)
-    except ValidationError:
-        return None
-    message.pop("writeKey", None)
+    seen = times.seen
+    received_text = times.received_text
     sent_text = times.batch_sent_text
-    if sent_text is not None:
-        message["sentAt"] = sent_text
-    try:
-        encoded = orjson.dumps(message)
-    except orjson.JSONEncodeError:
-        encoded = b""
-    # The size as _prepare measures it: before the batch's sentAt is added.
-    if not encoded or len(encoded) - len(times.sent_at_member) > MAX_MESSAGE_BYTES:
-        if sent_text is not None:
-            del message["sentAt"]
-        return None
-    if not nul_free and _NUL_ESCAPE in encoded:
-        if sent_text is not None:
-            del message["sentAt"]
-        return None
-    return _new_row(
-        StoredMessage,
-        (
-            write_key,
-            message_id,
-            message_type,
-            user_id,
-            anonymous_id,
-            message.get("event") if message_type == "track" else None,
-            times.received_text,
-            timestamp,
-            original,
-            encoded.decode("utf-8"),
-        ),
-    )
+    size_limit = MAX_MESSAGE_BYTES + len(times.sent_at_member)  # measured without sentAt
+    encode = orjson.dumps
+    for index, message in enumerate(batch):
+        if type(message) is dict and "sentAt" not in message:
+            message_id = message.get("messageId")
+            original = message.get("timestamp")
+            timestamp: Optional[str] = None
+            if original is None:
+                timestamp = received_text
+            elif type(original) is str:
+                timestamp = seen.get(original)
+                if timestamp is None:
+                    timestamp = times.corrected_or_none(message)
+            if (
+                type(message_id) is str
+                and message_id
+                and len(message_id) <= MAX_MESSAGE_ID_LENGTH
+                and timestamp is not None
+            ):
+                try:
+                    kind, user_id, anonymous_id = check_wire_message(message)
+                except ValidationError:
+                    kind = None
+                if kind is not None:
+                    message.pop("writeKey", None)
+                    if sent_text is not None:
+                        message["sentAt"] = sent_text
+                    try:
+                        encoded = encode(message)
+                    except orjson.JSONEncodeError:
+                        encoded = b""
+                    if (
+                        encoded
+                        and len(encoded) <= size_limit
+                        and (nul_free or _NUL_ESCAPE not in encoded)
+                    ):
+                        append(
+                            _new_row(
+                                StoredMessage,
+                                (
+                                    write_key,
+                                    message_id,
+                                    kind,
+                                    user_id,
+                                    anonymous_id,
+                                    message.get("event") if kind == "track" else None,
+                                    received_text,
+                                    timestamp,
+                                    original,
+                                    encoded.decode("utf-8"),
+                                ),
+                            )
+                        )
+                        continue
+                    if sent_text is not None:
+                        del message["sentAt"]
+        try:
+            append(_prepare(message, write_key, times, None))
+        except _Rejected as exc:
+            rejected.append(Rejection(index, _message_id_of(message), str(exc)))
+    return Prepared(messages, rejected)
 
 
 def prepare_single(
@@ -308,6 +308,13 @@ class _Times:
         # text: filled by ``corrected``, read by _prepare_plain.
         self.seen: Dict[str, str] = {}
 
+    def corrected_or_none(self, message: Dict[str, Any]) -> Optional[str]:
+        """:meth:`corrected`, or ``None`` where it would refuse the message."""
+        try:
+            return self.corrected(message)
+        except _Rejected:
+            return None
+
     def corrected(self, message: Dict[str, Any]) -> str:
         """The stored ``timestamp``; raises _Rejected for a bad timestamp or sentAt."""
         original = message.get("timestamp")
@@ -327,7 +334,7 @@ class _Times:
         )
         if cacheable:
             self._done[(original, own_sent_at)] = text
-            if own_sent_at is None:
+            if own_sent_at is None and isinstance(original, str):
                 self.seen[original] = text
         return text
 
