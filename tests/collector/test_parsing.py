@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -147,6 +148,16 @@ class TestBasicAuth:
         ],
     )
     def test_unusable_headers_raise(self, header: str, error: str) -> None:
-        """Other schemes, bad base64 and non-UTF-8 credentials raise ValueError."""
-        with pytest.raises(ValueError, match=error):
-            basic_user(header)
+        """Other schemes, bad base64 and non-UTF-8 credentials raise ValueError, every time."""
+        for _ in range(2):  # the second answer comes from the decoded-header cache
+            with pytest.raises(ValueError, match=error):
+                basic_user(header)
+
+    def test_repeated_headers_give_the_same_user_and_refusal(self) -> None:
+        """Headers read again (cached) name the same user; a NUL in one is still refused."""
+        nul = "Basic " + base64.b64encode(b"k\x00ey:").decode()
+        for _ in range(3):
+            assert basic_user("Basic a2V5Og==") == "key"
+            assert basic_user("Basic b3RoZXI6") == "other"
+            with pytest.raises(ValueError, match="contains a NUL character"):
+                basic_user(nul)
