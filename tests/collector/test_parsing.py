@@ -68,6 +68,25 @@ class TestTimes:
         truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         assert parse_iso(format_iso(local)) == truncated
 
+    @given(
+        st.datetimes(
+            min_value=datetime(1, 1, 2),
+            max_value=datetime(9999, 12, 30),
+            timezones=st.just(timezone.utc),
+        ),
+        st.integers(min_value=-23 * 60, max_value=23 * 60),
+    )
+    def test_format_is_utc_with_milliseconds_and_z(
+        self, moment: datetime, offset_minutes: int
+    ) -> None:
+        """Any aware time formats as its UTC time, zero-padded, milliseconds truncated, Z."""
+        local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
+        expected = (
+            f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+        )
+        assert format_iso(local) == expected
+
 
 class TestJSON:
     def test_wide_integers_round_trip_exactly(self) -> None:
