@@ -7,6 +7,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional, Tuple
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -43,6 +44,15 @@ def _track(**fields: Any) -> Dict[str, Any]:
 
 _ABSENT = object()
 
+
+def _sized(size: int) -> Dict[str, Any]:
+    """A valid message whose JSON (as stored, before sentAt is added) is ``size`` bytes."""
+    message = _track(properties={"big": ""})
+    message["properties"]["big"] = "x" * (size - len(orjson.dumps(message)))
+    assert len(orjson.dumps(message)) == size
+    return message
+
+
 # Valid messages of every shape, and each way one can be refused or be unusual.
 MESSAGES: List[Any] = [
     _track(),
@@ -53,6 +63,12 @@ MESSAGES: List[Any] = [
     _track(timestamp=12),
     _track(timestamp=["2026"]),
     _track(timestamp="9999-12-31T23:59:59Z"),
+    _track(timestamp="0001-01-01T00:30:00+01:00"),
+    _track(timestamp="0001-01-01T00:00:00Z"),
+    _track(timestamp="2026-11-30 09:00:00,5"),
+    _track(timestamp="2026-11-30T04:00:00-0530"),
+    _track(timestamp="2026-02-30T00:00:00Z"),
+    _track(timestamp=""),
     _track(sentAt=SENT),
     _track(sentAt="2026-11-30T09:00:00Z"),
     _track(sentAt=None),
@@ -92,7 +108,7 @@ MESSAGES: List[Any] = [
     _track(properties={"s": "x\ud800"}),
     _track(userId="x\udfff"),
     _track(properties={"big": "x" * MAX_MESSAGE_BYTES}),
-    _track(properties={"big": "x" * (MAX_MESSAGE_BYTES - 260)}),
+    *(_sized(MAX_MESSAGE_BYTES + extra) for extra in (-1, 0, 1)),  # the limit, to the byte
     "not an object",
     None,
     [1, 2],

@@ -153,7 +153,7 @@ def _prepare_all(batch: List[Any], write_key: str, times: _Times, nul_free: bool
             elif type(original) is str:
                 timestamp = seen.get(original)
                 if timestamp is None:
-                    timestamp = times.corrected_or_none(message)
+                    timestamp = times.corrected_text(original)
             if (
                 type(message_id) is str
                 and message_id
@@ -308,12 +308,22 @@ class _Times:
         # text: filled by ``corrected``, read by _prepare_plain.
         self.seen: Dict[str, str] = {}
 
-    def corrected_or_none(self, message: Dict[str, Any]) -> Optional[str]:
-        """:meth:`corrected`, or ``None`` where it would refuse the message."""
+    def corrected_text(self, original: str) -> Optional[str]:
+        """:meth:`corrected` of a message without a sentAt of its own, timestamp ``original``.
+
+        ``None`` where :meth:`corrected` would refuse the message.
+        """
         try:
-            return self.corrected(message)
-        except _Rejected:
+            moment = parse_iso(original)
+        except ValueError:
             return None
+        sent_at = self.batch_sent_at
+        try:
+            text = format_iso(moment if sent_at is None else self.received_at - (sent_at - moment))
+        except (OverflowError, ValueError):
+            return None
+        self.seen[original] = text
+        return text
 
     def corrected(self, message: Dict[str, Any]) -> str:
         """The stored ``timestamp``; raises _Rejected for a bad timestamp or sentAt."""
