@@ -266,6 +266,7 @@ def _stored_message(values: Tuple[Any, ...]) -> StoredMessage:
     return tuple.__new__(StoredMessage, values)
 
 
+# _stored_message without the call, for _prepare_all's loop.
 _new_row = tuple.__new__
 
 
@@ -305,7 +306,7 @@ class _Times:
         )
         self._done: Dict[Tuple[Any, Any], str] = {}
         # The stored timestamp of a message without a sentAt of its own, by its timestamp
-        # text: filled by ``corrected``, read by _prepare_plain.
+        # text: filled by ``corrected_text`` and ``corrected``, read by _prepare_all.
         self.seen: Dict[str, str] = {}
 
     def corrected_text(self, original: str) -> Optional[str]:
