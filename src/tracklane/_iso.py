@@ -78,7 +78,16 @@ def _offset(text: Optional[str]) -> timezone:
 def format_iso(moment: datetime) -> str:
     """Format an aware datetime as UTC ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
     utc = moment.astimezone(timezone.utc)
+    year = utc.year
+    # Pieces from tables, joined by an f-string without format specs: half the instructions
+    # of seven "%02d"-like specs (the collector formats every message's corrected timestamp).
     return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T"
-        f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond // 1000:03d}Z"
+        f"{year if year >= 1000 else _YEAR_PADDED[year]}-{_TWO_DIGITS[utc.month]}-"
+        f"{_TWO_DIGITS[utc.day]}T{_TWO_DIGITS[utc.hour]}:{_TWO_DIGITS[utc.minute]}:"
+        f"{_TWO_DIGITS[utc.second]}{_MILLIS_Z[utc.microsecond // 1000]}"
     )
+
+
+_TWO_DIGITS = tuple(f"{number:02d}" for number in range(100))
+_YEAR_PADDED = tuple(f"{year:04d}" for year in range(1000))
+_MILLIS_Z = tuple(f".{millis:03d}Z" for millis in range(1000))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import zlib
 from datetime import datetime, timedelta, timezone
@@ -66,6 +67,25 @@ class TestTimes:
         local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
         truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         assert parse_iso(format_iso(local)) == truncated
+
+    @given(
+        st.datetimes(
+            min_value=datetime(1, 1, 2),
+            max_value=datetime(9999, 12, 30),
+            timezones=st.just(timezone.utc),
+        ),
+        st.integers(min_value=-23 * 60, max_value=23 * 60),
+    )
+    def test_format_is_utc_with_milliseconds_and_z(
+        self, moment: datetime, offset_minutes: int
+    ) -> None:
+        """Any aware time formats as its UTC time, zero-padded, milliseconds truncated, Z."""
+        local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
+        expected = (
+            f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}.{moment.microsecond // 1000:03d}Z"
+        )
+        assert format_iso(local) == expected
 
 
 class TestJSON:
@@ -147,6 +167,16 @@ class TestBasicAuth:
         ],
     )
     def test_unusable_headers_raise(self, header: str, error: str) -> None:
-        """Other schemes, bad base64 and non-UTF-8 credentials raise ValueError."""
-        with pytest.raises(ValueError, match=error):
-            basic_user(header)
+        """Other schemes, bad base64 and non-UTF-8 credentials raise ValueError, every time."""
+        for _ in range(2):  # the second answer comes from the decoded-header cache
+            with pytest.raises(ValueError, match=error):
+                basic_user(header)
+
+    def test_repeated_headers_give_the_same_user_and_refusal(self) -> None:
+        """Headers read again (cached) name the same user; a NUL in one is still refused."""
+        nul = "Basic " + base64.b64encode(b"k\x00ey:").decode()
+        for _ in range(3):
+            assert basic_user("Basic a2V5Og==") == "key"
+            assert basic_user("Basic b3RoZXI6") == "other"
+            with pytest.raises(ValueError, match="contains a NUL character"):
+                basic_user(nul)

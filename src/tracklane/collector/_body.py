@@ -71,21 +71,20 @@ async def read_limited(
         raise RequestError(f"unsupported Content-Encoding {encoding!r} (use gzip or none)")
     gzipped = encoding != "identity"
     read_cap = limit + _GZIP_SLACK if gzipped else limit
-    over = RequestError(f"{what} is over the {limit}-byte limit")
     if content_length is not None:
         try:
             declared = int(content_length)
         except ValueError:
             raise RequestError("invalid Content-Length") from None
         if declared > read_cap:
-            raise over
+            raise RequestError(f"{what} is over the {limit}-byte limit")
     inflater = GzipInflater(limit, what) if gzipped else None
     parts: List[bytes] = []
     received = 0
     async for chunk in chunks:
         received += len(chunk)
         if received > read_cap:
-            raise over
+            raise RequestError(f"{what} is over the {limit}-byte limit")
         if inflater is not None:
             inflater.feed(chunk)
         else:

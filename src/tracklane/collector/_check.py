@@ -13,6 +13,7 @@ from tracklane.collector._ingest import (
     Prepared,
     RequestError,
     body_write_key,
+    may_hold_nul,
     parse_body,
     prepare_batch,
     prepare_single,
@@ -41,7 +42,7 @@ def check_request(
         return unauthorized("missing write key" if key is None else "unknown write key")
     try:
         if message_type is None:
-            return prepare_batch(payload, key or "", received_at)
+            return prepare_batch(payload, key or "", received_at, nul_free=not may_hold_nul(raw))
         single = prepare_single(payload, message_type, key or "", received_at)
         return Prepared([single], [])
     except RequestError as exc:

@@ -34,6 +34,7 @@ __all__ = [
     "Rejection",
     "RequestError",
     "body_write_key",
+    "may_hold_nul",
     "parse_body",
     "prepare_batch",
     "prepare_single",
@@ -94,8 +95,24 @@ def body_write_key(payload: Dict[str, Any]) -> Optional[str]:
     return key
 
 
-def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime) -> Prepared:
-    """Validate every message of a ``{"batch": [...]}`` body, keeping the valid ones."""
+def may_hold_nul(raw: bytes) -> bool:
+    """Whether a JSON body may hold a NUL character: only its escape can write one.
+
+    Strict JSON has no raw control character in a string, so a body without the text
+    ``\\u0000`` parses to no NUL at all. Looking for a backslash first (``memchr``) costs
+    a fiftieth of looking for the escape, and most bodies have none.
+    """
+    return b"\\" in raw and _NUL_ESCAPE in raw
+
+
+def prepare_batch(
+    payload: Dict[str, Any], write_key: str, received_at: datetime, *, nul_free: bool = False
+) -> Prepared:
+    """Validate every message of a ``{"batch": [...]}`` body, keeping the valid ones.
+
+    ``nul_free`` says that the body parsed holds no NUL character (``not may_hold_nul``),
+    so that the messages need no NUL check of their own.
+    """
     batch = payload.get("batch")
     if not isinstance(batch, list):
         raise RequestError("request body must have a 'batch' array of messages")
@@ -104,11 +121,84 @@ def prepare_batch(payload: Dict[str, Any], write_key: str, received_at: datetime
     except _Rejected as exc:
         raise RequestError(str(exc)) from None
     times = _Times(received_at, sent_at, payload["sentAt"] if sent_at is not None else None)
+    return _prepare_all(batch, write_key, times, nul_free)
+
+
+def _prepare_all(batch: List[Any], write_key: str, times: _Times, nul_free: bool) -> Prepared:
+    """Validate the messages of a batch: the usual ones here, the others by _prepare.
+
+    A message of the usual shape (a dict with a valid messageId and no sentAt of its own,
+    whose timestamp is absent or valid text, valid by check_wire_message's rules and no
+    bigger than the limit) is encoded once, with the batch's sentAt already in place,
+    and its row built as _prepare builds it. Any other message, or one that _prepare
+    would refuse, is left as it was (but for its writeKey, which both paths drop) to
+    _prepare, whose outcome is the reference: the tests compare the two paths. One loop
+    without calls of its own: this runs for every message the collector receives.
+    """
     messages: List[StoredMessage] = []
     rejected: List[Rejection] = []
+    append = messages.append
+    seen = times.seen
+    received_text = times.received_text
+    sent_text = times.batch_sent_text
+    size_limit = MAX_MESSAGE_BYTES + len(times.sent_at_member)  # measured without sentAt
+    encode = orjson.dumps
     for index, message in enumerate(batch):
+        if type(message) is dict and "sentAt" not in message:
+            message_id = message.get("messageId")
+            original = message.get("timestamp")
+            timestamp: Optional[str] = None
+            if original is None:
+                timestamp = received_text
+            elif type(original) is str:
+                timestamp = seen.get(original)
+                if timestamp is None:
+                    timestamp = times.corrected_text(original)
+            if (
+                type(message_id) is str
+                and message_id
+                and len(message_id) <= MAX_MESSAGE_ID_LENGTH
+                and timestamp is not None
+            ):
+                try:
+                    kind, user_id, anonymous_id = check_wire_message(message)
+                except ValidationError:
+                    kind = None
+                if kind is not None:
+                    message.pop("writeKey", None)
+                    if sent_text is not None:
+                        message["sentAt"] = sent_text
+                    try:
+                        encoded = encode(message)
+                    except orjson.JSONEncodeError:
+                        encoded = b""
+                    if (
+                        encoded
+                        and len(encoded) <= size_limit
+                        and (nul_free or _NUL_ESCAPE not in encoded)
+                    ):
+                        append(
+                            _new_row(
+                                StoredMessage,
+                                (
+                                    write_key,
+                                    message_id,
+                                    kind,
+                                    user_id,
+                                    anonymous_id,
+                                    message.get("event") if kind == "track" else None,
+                                    received_text,
+                                    timestamp,
+                                    original,
+                                    encoded.decode("utf-8"),
+                                ),
+                            )
+                        )
+                        continue
+                    if sent_text is not None:
+                        del message["sentAt"]
         try:
-            messages.append(_prepare(message, write_key, times, None))
+            append(_prepare(message, write_key, times, None))
         except _Rejected as exc:
             rejected.append(Rejection(index, _message_id_of(message), str(exc)))
     return Prepared(messages, rejected)
@@ -176,6 +266,10 @@ def _stored_message(values: Tuple[Any, ...]) -> StoredMessage:
     return tuple.__new__(StoredMessage, values)
 
 
+# _stored_message without the call, for _prepare_all's loop.
+_new_row = tuple.__new__
+
+
 # Fields stored in columns of their own or used as identifiers downstream: a NUL in them is
 # refused (PostgreSQL text cannot hold one, and no destination expects one in an id). A NUL
 # deeper in a message is ordinary JSON and kept, escaped, in the stored body.
@@ -211,6 +305,26 @@ class _Times:
             b',"sentAt":' + dumps(batch_sent_text) if batch_sent_text is not None else b""
         )
         self._done: Dict[Tuple[Any, Any], str] = {}
+        # The stored timestamp of a message without a sentAt of its own, by its timestamp
+        # text: filled by ``corrected_text`` and ``corrected``, read by _prepare_all.
+        self.seen: Dict[str, str] = {}
+
+    def corrected_text(self, original: str) -> Optional[str]:
+        """:meth:`corrected` of a message without a sentAt of its own, timestamp ``original``.
+
+        ``None`` where :meth:`corrected` would refuse the message.
+        """
+        try:
+            moment = parse_iso(original)
+        except ValueError:
+            return None
+        sent_at = self.batch_sent_at
+        try:
+            text = format_iso(moment if sent_at is None else self.received_at - (sent_at - moment))
+        except (OverflowError, ValueError):
+            return None
+        self.seen[original] = text
+        return text
 
     def corrected(self, message: Dict[str, Any]) -> str:
         """The stored ``timestamp``; raises _Rejected for a bad timestamp or sentAt."""
@@ -231,6 +345,8 @@ class _Times:
         )
         if cacheable:
             self._done[(original, own_sent_at)] = text
+            if own_sent_at is None and isinstance(original, str):
+                self.seen[original] = text
         return text
 
 
