@@ -430,6 +430,11 @@ def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
         f" batches of {args.batch_size}{ids})"
     )
     print(f"  requests: {requests} ({failures} failed) in {elapsed:.2f} s")
+    if requests:
+        # Each client waits for its answer before sending again, so the rate is at most
+        # clients x batch / round trip: with few clients, the durable commit's latency bounds it.
+        round_trip = elapsed * args.clients / requests * 1e3
+        print(f"  round trip: {round_trip:.1f} ms per request (mean; one in flight per client)")
     print(f"  events acknowledged: {sent}, stored (GET /v1/events/count): {stored}")
     print(f"  sustained ingest: {sent / elapsed:,.0f} events/s")
     collector = [name for name in CPU_USED if name != "clients"]

@@ -111,3 +111,22 @@ def test_insert_gathered_counts_each_gathered_request_on_its_own(storage: Storag
     assert storage.insert_gathered(lambda: gathered) == [2, 0]
     assert storage.insert([row("g1"), row("g3")]) == 1
     assert storage.count(EventFilter()) == 3
+
+
+def test_a_group_with_an_earlier_stored_message_counts_it_for_its_own_request(
+    storage: Storage,
+) -> None:
+    """Requests committed together count their own rows exactly, whether none of them was
+    stored before (over 500 rows: several statements) or one request repeats a stored one."""
+    assert storage.insert([row("old")]) == 1
+    fresh: List[Sequence[StoredMessage]] = [
+        [row(f"f{n}-{i}") for i in range(100)] for n in range(6)
+    ]
+    assert storage.insert_gathered(lambda: fresh) == [100] * 6
+    mixed: List[Sequence[StoredMessage]] = [
+        [row("m1"), row("m2")],
+        [row("m3"), row("old"), row("f2-7")],
+        [row("m4")],
+    ]
+    assert storage.insert_gathered(lambda: mixed) == [2, 1, 1]
+    assert storage.count(EventFilter()) == 1 + 600 + 4

@@ -33,6 +33,31 @@ def test_database_uses_wal_and_full_sync(storage: Storage) -> None:
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_a_file_with_other_pages_keeps_them_and_its_events(tmp_path: Path) -> None:
+    """A new file gets 8 KiB pages; a file an older tracklane made with 4 KiB pages keeps its
+    page size and its events, and takes new ones."""
+    fresh = Storage(tmp_path / "new.db")
+    fresh.close()
+    with closing(sqlite3.connect(tmp_path / "new.db")) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 8192
+    with closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+    old = Storage(tmp_path / "old.db")
+    try:
+        assert old.insert([row(str(n)) for n in range(300)]) == 300
+    finally:
+        old.close()
+    again = Storage(tmp_path / "old.db")
+    try:
+        assert again.insert([row("300"), row("0")]) == 1
+        assert again.count(EventFilter()) == 301
+    finally:
+        again.close()
+    with closing(sqlite3.connect(tmp_path / "old.db")) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
 def test_rows_survive_reopening(tmp_path: Path) -> None:
     """What insert committed is there when the file is opened again."""
     first = Storage(tmp_path / "events.db")

@@ -95,13 +95,18 @@ def test_a_server_restart_costs_one_503_then_requests_succeed(tmp_path: Path) ->
             assert http.get("/v1/events/count").json() == {"count": 4}
 
 
-def test_serve_with_a_postgres_url_stores_there(dsn: str, tmp_path: Path) -> None:
-    """``tracklane serve --db postgresql://...`` ingests into and reads from PostgreSQL."""
-    server = Running([*tracklane_command(), "serve", "--port", "0", "--db", dsn], tmp_path)
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_serve_with_a_postgres_url_stores_there(dsn: str, tmp_path: Path, workers: str) -> None:
+    """``tracklane serve --db postgresql://...`` ingests into and reads from PostgreSQL, with
+    or without ingest workers (which store there themselves), counting a resent batch as
+    duplicates."""
+    command = [*tracklane_command(), "serve", "--port", "0", "--db", dsn, "--workers", workers]
+    server = Running(command, tmp_path)
     try:
         with httpx.Client(base_url=server.url, auth=("k", ""), timeout=10) as http:
             batch = {"batch": [track(f"m{n}") for n in range(5)]}
             assert http.post("/v1/batch", json=batch).json()["stored"] == 5
+            assert http.post("/v1/batch", json=batch).json()["duplicates"] == 5
             assert http.get("/v1/events/count").json() == {"count": 5}
         code, _ = server.stop(signal.SIGTERM)
         assert code == 0, server.stderr()

@@ -55,7 +55,8 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="ne
 
 def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Path) -> None:
     """With --workers 2: batches are stored and read back, a bad message is refused naming its
-    field (the rest stored, the refusal in the debugger), and SIGTERM stops every process."""
+    field (the rest stored, the refusal in the debugger), a batch sent again is counted as
+    duplicates, and SIGTERM stops every process."""
     db = tmp_path / "events.db"
     server = spawn(
         [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", "2"]
@@ -76,6 +77,11 @@ def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Pat
         assert [r["messageId"] for r in bad["rejected"]] == ["bad-1"]
         assert "userId" in bad["rejected"][0]["reason"]
         assert http.post("/v1/track", json=_track("single-1")).json()["stored"] == 1
+        again = http.post("/v1/batch", json={"batch": [_track(i) for i in ids[:50]]}).json()
+        assert (again["stored"], again["duplicates"]) == (0, 50)
+        refused_all = http.post("/v1/batch", json={"batch": [_track("bad-2", userId=["u"])]})
+        assert refused_all.status_code == 400
+        assert refused_all.json()["error"] == "all 1 messages were rejected"
         count = http.get("/v1/events/count").json()["count"]
         assert count == 202
         events = http.get("/v1/events", params={"limit": 500}).json()["events"]

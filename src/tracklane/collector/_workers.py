@@ -1,34 +1,41 @@
 """Ingest worker processes: ``tracklane serve --workers N``.
 
 One Python process runs its Python under one lock (the GIL), so a collector that parses,
-validates, encodes and binds every event itself tops out near one core (about 20,000 to
-26,000 events/s on a 2-core machine). With workers, the server process reads each ingest
-request (HTTP, authorization header, body limits, gzip) and hands the raw body to a worker
-over a socket pair; the worker checks it (``_check.check_request``), inserts its rows into
-the same store (its own connection; its writer thread group-commits the requests it holds,
-``_group_writer``) and returns the answer bytes, which the server sends. Everything else
-stays in the server process: the read API, the debugger (its refusal log watches the answers
-as before), the router and its outbox.
+validates and encodes every event itself tops out near one core. With workers, the server
+process reads each ingest request (HTTP, authorization header, body limits, gzip) and hands
+the raw body to a worker over a socket pair; the worker checks it (``_check.check_request``)
+and sends back either the refusal or the rows to store. Everything else stays in the server
+process: the read API, the debugger (its refusal log watches the answers as before), the
+router and its outbox.
+
+Where the rows are stored depends on the store:
+
+- SQLite allows one writer at a time, and each commit waits for an fsync. The server process
+  stores every worker's rows with its one writer thread (``_group_writer``): one transaction
+  and one fsync for all the requests checked since the last commit, whichever worker checked
+  them. (Before, each worker committed its own requests and the workers took turns on the
+  file's write lock, each turn holding it through an fsync: with 4 to 8 clients the lock was
+  busy 87% of the time for groups of 2 to 3 requests; docs/performance.md.) Rows travel back
+  in :mod:`marshal`'s format (both ends are the same interpreter), about 0.4 µs per event each
+  way.
+- PostgreSQL commits side by side, so each worker stores its own requests and answers.
 
 Both ends do their I/O on an event loop: the server writes a request and awaits its answer
 without a thread of its own per request, and a worker reads its channels, checks requests
-and sends answers on its loop, with one writer thread beside it. (Before, each request took
-a thread in the server and one in the worker, and their hand-offs cost the server about
-8 µs and the worker several µs of CPU per event: docs/performance.md.)
+and sends answers on its loop.
 
-Durability is unchanged: a worker answers only after its rows are committed and fsynced,
-and the 200 goes out only then. SQLite allows one writer at a time; the processes take turns
-through a lock file beside the database (``Storage``), so a waiting writer wakes as soon as
-the other commits instead of sleeping in SQLite's busy handler. Rows get their ``seq`` when
-inserted under that lock, so seq order stays commit order. A worker whose parent is killed
-(kill -9) notices within half a second and exits; on a clean stop the server closes the
-pipes and waits for each worker to finish its requests in flight.
+Durability is unchanged: the 200 goes out only once the rows are committed and fsynced. A
+worker whose parent is killed (kill -9) notices within half a second and exits; on a clean
+stop the server closes the pipes and waits for each worker to finish its requests in flight.
+A worker killed while it holds a request costs that request a 503 (nothing of it was stored
+or acknowledged, so the client retries).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import marshal
 import os
 import signal
 import socket
@@ -36,17 +43,18 @@ import struct
 import threading
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import FrozenSet, List, Optional, Sequence, Tuple
+from typing import FrozenSet, List, Optional, Sequence, Tuple, Union
 
 import orjson
 
 from tracklane.collector._check import check_request, json_error
 from tracklane.collector._child import Child, start_child
 from tracklane.collector._gc import tune_gc_for_serving
-from tracklane.collector._group_writer import GroupWriter, answer_for
+from tracklane.collector._group_writer import answer_for
+from tracklane.collector._ingest import Prepared, Rejection
 from tracklane.collector._ingest_route import Answer
-from tracklane.collector.storage import Storage, StorageError, StrPath
-from tracklane.collector.stores import EventStore, open_store
+from tracklane.collector.storage import StorageError, StoredMessage, StrPath
+from tracklane.collector.stores import EventStore, is_postgres_url, open_store
 
 __all__ = ["MAX_WORKERS", "IngestWorkers", "WorkerError"]
 
@@ -60,9 +68,11 @@ _ORPHAN_POLL_SECONDS = 0.5
 _READY = b"ready"
 # Each frame on a channel starts with its length. A request: header length, then a JSON
 # header [write key from the header, type, received at (ISO-8601)], then the raw body. An
-# answer: status, challenge flag, body.
+# answer: status, challenge flag, body; or status 0 (``_CHECKED``), then the checked rows and
+# refusals for the server to store (SQLite).
 _LENGTH = struct.Struct("!I")
 _ANSWER = struct.Struct("!H?")
+_CHECKED = 0
 
 
 class WorkerError(RuntimeError):
@@ -214,8 +224,12 @@ class IngestWorkers:
         header_key: Optional[str],
         message_type: Optional[str],
         received_at: datetime,
-    ) -> Answer:
-        """Have a worker check and store one request; return its answer."""
+    ) -> Union[Answer, Prepared]:
+        """Have a worker check one request (and store it, PostgreSQL): the answer or the rows.
+
+        With SQLite the result is what to store (the caller stores it with the server's
+        writer); otherwise, and for every refusal, it is the answer to send.
+        """
         free = self._queue()
         channel = await free.get()
         while channel.worker not in self._workers:  # of a replaced worker
@@ -227,7 +241,7 @@ class IngestWorkers:
 
     async def _exchange(
         self, free: asyncio.Queue[_Channel], channel: _Channel, frame: bytes
-    ) -> Answer:
+    ) -> Union[Answer, Prepared]:
         try:
             reply = await channel.exchange(frame)
         except (EOFError, OSError):
@@ -239,6 +253,8 @@ class IngestWorkers:
             return json_error(503, "storage unavailable: an ingest worker stopped; retry")
         free.put_nowait(channel)
         status, challenge = _ANSWER.unpack_from(reply)
+        if status == _CHECKED:
+            return _unpack_checked(memoryview(reply)[_ANSWER.size :])
         return Answer(status, reply[_ANSWER.size :], challenge)
 
     def _replace(self, dead: _Worker) -> List[_Channel]:
@@ -285,6 +301,21 @@ class IngestWorkers:
                 worker.process.join(STOP_TIMEOUT)
 
 
+def _pack_checked(prepared: Prepared) -> bytes:
+    """A worker's answer carrying what to store: its rows and refusals, marshalled."""
+    rows = [tuple(message) for message in prepared.messages]
+    refusals = [(r.index, r.message_id, r.reason) for r in prepared.rejected]
+    return _frame(_ANSWER.pack(_CHECKED, False), marshal.dumps((rows, refusals)))
+
+
+def _unpack_checked(packed: memoryview) -> Prepared:
+    rows, refusals = marshal.loads(packed)
+    return Prepared(
+        [tuple.__new__(StoredMessage, row) for row in rows],
+        [Rejection(*refusal) for refusal in refusals],
+    )
+
+
 def _stop(process: Child, ends: List[Connection]) -> None:
     """Stop a worker that is not in service: close its pipes, kill it, reap it."""
     for end in ends:
@@ -313,12 +344,15 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C and SIGTERM are the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
-    try:
-        store = open_store(location)
-    except Exception as exc:  # told to the server, which reports it and stops
-        for channel in channels:
-            channel.send_bytes(str(exc).encode("utf-8"))
-        return
+    # SQLite: the server process stores what the workers check (one writer, one fsync a group).
+    store: Optional[EventStore] = None
+    if is_postgres_url(location):
+        try:
+            store = open_store(location)
+        except Exception as exc:  # told to the server, which reports it and stops
+            for channel in channels:
+                channel.send_bytes(str(exc).encode("utf-8"))
+            return
     try:
         tune_gc_for_serving()
         for channel in channels:
@@ -326,25 +360,24 @@ def _worker_main(
         socks = [_raw_socket(channel) for channel in channels]
         asyncio.run(_serve(socks, store, write_keys))
     finally:
-        store.close()
+        if store is not None:
+            store.close()
 
 
-async def _serve(socks: List[socket.socket], store: EventStore, write_keys: FrozenSet[str]) -> None:
-    writer = GroupWriter(store) if isinstance(store, Storage) else None
-    try:
-        await asyncio.gather(*(_serve_channel(sock, store, writer, write_keys) for sock in socks))
-    finally:
-        if writer is not None:
-            writer.close()
+async def _serve(
+    socks: List[socket.socket], store: Optional[EventStore], write_keys: FrozenSet[str]
+) -> None:
+    await asyncio.gather(*(_serve_channel(sock, store, write_keys) for sock in socks))
 
 
 async def _serve_channel(
-    sock: socket.socket,
-    store: EventStore,
-    writer: Optional[GroupWriter],
-    write_keys: FrozenSet[str],
+    sock: socket.socket, store: Optional[EventStore], write_keys: FrozenSet[str]
 ) -> None:
-    """Answer the requests of one channel, one at a time, until the server closes it."""
+    """Answer the requests of one channel, one at a time, until the server closes it.
+
+    Without a store (SQLite) a checked request is answered with its rows, for the server to
+    store; with one (PostgreSQL) the worker stores it and answers as the server would.
+    """
     loop = asyncio.get_running_loop()
     with sock:
         while True:
@@ -358,15 +391,14 @@ async def _serve_channel(
             raw = request[4 + length :]
             checked = check_request(raw, header_key, message_type, received_at, write_keys)
             if isinstance(checked, Answer):
-                answer = checked
-            elif writer is not None and checked.messages:
-                answer = await writer.store(checked)
-            else:  # PostgreSQL (its pool commits requests side by side), or nothing to store
+                reply = _frame(_ANSWER.pack(checked.status, checked.challenge), checked.body)
+            elif store is None:
+                reply = _pack_checked(checked)
+            else:  # PostgreSQL: its pool commits requests side by side
                 answer = await loop.run_in_executor(None, answer_for, store, checked)
+                reply = _frame(_ANSWER.pack(answer.status, answer.challenge), answer.body)
             try:
-                await loop.sock_sendall(
-                    sock, _frame(_ANSWER.pack(answer.status, answer.challenge), answer.body)
-                )
+                await loop.sock_sendall(sock, reply)
             except OSError:
                 return
 

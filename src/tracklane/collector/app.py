@@ -42,7 +42,7 @@ from tracklane._iso import utc_now
 from tracklane.collector._auth import basic_user
 from tracklane.collector._body import read_limited
 from tracklane.collector._check import check_request, json_error, unauthorized
-from tracklane.collector._group_writer import GroupWriter, answer_for
+from tracklane.collector._group_writer import GroupWriter, answer_body, answer_for
 from tracklane.collector._ingest import (
     MAX_MESSAGE_BYTES,
     MAX_REQUEST_BYTES,
@@ -159,12 +159,11 @@ class _Collector:
             else None
         )
         # SQLite: one writer thread commits every request checked since its last commit
-        # (_group_writer). Other stores (PostgreSQL), and bodies too big to check on the loop:
-        # each insert blocks in a thread of its own until its (group) commit is durable. A
-        # plain executor costs less per request than Starlette's run_in_threadpool.
-        self._writer = (
-            GroupWriter(storage) if isinstance(storage, Storage) and self._workers is None else None
-        )
+        # (_group_writer), whether this process or an ingest worker checked it. Other stores
+        # (PostgreSQL), and bodies too big to check on the loop: each insert blocks in a thread
+        # of its own until its (group) commit is durable. A plain executor costs less per
+        # request than Starlette's run_in_threadpool.
+        self._writer = GroupWriter(storage) if isinstance(storage, Storage) else None
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
 
     def close(self) -> None:
@@ -217,18 +216,21 @@ class _Collector:
         except RequestError as exc:
             return json_error(400, str(exc))
         received_at = utc_now()
-        loop = asyncio.get_running_loop()
-        if self._workers is not None:  # a worker process checks and stores it
-            return await self._workers.handle(raw, header_key, message_type, received_at)
-        if len(raw) > INLINE_CHECK_BYTES:  # a big body, checked off the event loop
-            return await loop.run_in_executor(
+        if self._workers is not None:  # a worker process checks it (and stores it: PostgreSQL)
+            checked = await self._workers.handle(raw, header_key, message_type, received_at)
+        elif len(raw) > INLINE_CHECK_BYTES:  # a big body, checked off the event loop
+            return await asyncio.get_running_loop().run_in_executor(
                 self._inserts, self._store, raw, header_key, message_type, received_at
             )
-        checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
+        else:
+            checked = check_request(raw, header_key, message_type, received_at, self.write_keys)
         if isinstance(checked, Answer):
             return checked
-        if self._writer is not None and checked.messages:
+        if not checked.messages:  # every message refused: nothing to store
+            return answer_body(checked, 0)
+        if self._writer is not None:
             return await self._writer.store(checked)
+        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._inserts, self._insert, checked)
 
     def _store(
