@@ -111,3 +111,20 @@ def test_timestamp_text_names_the_same_instant(at: datetime) -> None:
     parsed = parse_iso(text)
     assert parsed == at
     assert parsed.utcoffset() == at.utcoffset()
+
+
+def test_a_nested_key_with_no_usable_name_is_discarded_under_its_full_path() -> None:
+    """The discard names where the value was: ``properties.shipping.!!!``, ``context.app.***``."""
+    message = stored(
+        "track",
+        "t1",
+        event="E",
+        properties={"shipping": {"!!!": "x", "city": "Oslo"}},
+        context={"app": {"***": 1, "version": "1"}},
+    )
+    rows = build_rows([message], LOADED_AT)
+    assert sorted((d.column, d.value, d.reason) for d in rows.discards) == [
+        ("context.app.***", "1", "no usable column name"),
+        ("properties.shipping.!!!", "x", "no usable column name"),
+    ]
+    assert rows.tables["e"].rows[0]["shipping_city"] == "Oslo"

@@ -265,6 +265,15 @@ def _text(value: Value) -> str:
     return dumps(value).decode("utf-8")
 
 
+_Path = Union[str, Tuple["_Path", Any]]  # where a nested object is: "properties", (path, key)
+
+
+def _dotted(path: _Path, key: Any) -> str:
+    """``path`` and ``key`` spelt out: ``properties.shipping.city``."""
+    parent = path if isinstance(path, str) else _dotted(*path)
+    return f"{parent}.{key}" if parent else str(key)
+
+
 class _Row:
     """One row being filled: first value per column wins, later different ones are discarded."""
 
@@ -294,8 +303,12 @@ class _Row:
         elif _text(existing) != _text(value):
             self.discard(column, value, "another key maps to the same column")
 
-    def flatten(self, prefix: str, obj: Mapping[str, Any], path: str, reserved: bool) -> None:
-        """Put every leaf of ``obj`` as ``prefix + snake(key)_snake(subkey)...``."""
+    def flatten(self, prefix: str, obj: Mapping[str, Any], path: _Path, reserved: bool) -> None:
+        """Put every leaf of ``obj`` as ``prefix + snake(key)_snake(subkey)...``.
+
+        ``path`` names ``obj`` for discards (``"properties"``, or ``(parent path, key)``,
+        spelt out only when a discard needs it).
+        """
         values = self.values
         columns = _COLUMNS.get(prefix)
         if columns is None:
@@ -306,7 +319,7 @@ class _Row:
                 names = _column(columns, prefix, key)
             nested, column = names  # nested: the prefix of this key's nested keys
             if not column:
-                self.discard(f"{path}.{key}" if path else str(key), raw, "no usable column name")
+                self.discard(_dotted(path, key), raw, "no usable column name")
                 continue
             kind = type(raw)
             value: Value
@@ -315,7 +328,7 @@ class _Row:
                 if len(raw) >= 16 and raw[4] == "-" and _DATETIME.fullmatch(raw):
                     value = _moment(raw) or raw
             elif kind is dict:
-                self.flatten(nested, raw, f"{path}.{key}" if path else str(key), reserved)
+                self.flatten(nested, raw, (path, key), reserved)
                 continue
             else:
                 normalized = _normalize(raw)
