@@ -128,3 +128,21 @@ def test_a_nested_key_with_no_usable_name_is_discarded_under_its_full_path() -> 
         ("properties.shipping.!!!", "x", "no usable column name"),
     ]
     assert rows.tables["e"].rows[0]["shipping_city"] == "Oslo"
+
+
+@pytest.mark.parametrize(("builders", "depth"), [(0, 2), (1, 2), (2, 3), (4, 5)])
+def test_the_destination_loads_a_claim_more_than_it_has_row_builders(
+    builders: int, depth: int
+) -> None:
+    """Every builder can build a claim while another claim is loaded (two at least)."""
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
+    from tracklane.collector.destinations.base import check_settings
+    from tracklane.collector.destinations.postgres import WarehouseDestination
+
+    table = {"dsn": "postgresql://postgres@127.0.0.1:1/none", "row_builders": builders}
+    config = check_settings(WarehouseDestination.settings, table, "destinations.w")
+    destination = WarehouseDestination("w", config)  # connects on its first batch only
+    try:
+        assert destination.claims_in_flight == depth
+    finally:
+        destination.close()
