@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import timezone
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
@@ -192,6 +193,24 @@ def test_values_land_in_their_columns(warehouse: PostgresWarehouse) -> None:
         ("acme", 30)
     ]
     assert rows(warehouse.dsn, "SELECT previous_id, user_id FROM backend.aliases") == [("a1", "u1")]
+
+
+def test_times_keep_every_digit_and_their_offset(warehouse: PostgresWarehouse) -> None:
+    """Sub-second digits (trailing zeros, a single microsecond) and offsets load exactly."""
+    warehouse.load(
+        "Backend",
+        [
+            stored("track", "a", event="E", timestamp="2024-05-01T10:00:20.000010Z"),
+            stored("track", "b", event="E", timestamp="2024-05-01T10:00:20.120+05:30"),
+            stored("track", "c", event="E", timestamp="2024-05-01T10:00:20-03:00"),
+        ],
+    )
+    found = rows(warehouse.dsn, "SELECT id, timestamp FROM backend.e ORDER BY id")
+    assert [(i, t.astimezone(timezone.utc).isoformat()) for i, t in found] == [
+        ("a", "2024-05-01T10:00:20.000010+00:00"),
+        ("b", "2024-05-01T04:30:20.120000+00:00"),
+        ("c", "2024-05-01T13:00:20+00:00"),
+    ]
 
 
 def test_text_with_nul_characters_loads_without_them(warehouse: PostgresWarehouse) -> None:

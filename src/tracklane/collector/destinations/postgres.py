@@ -43,8 +43,10 @@ class WarehouseDestination(Destination):
         ),
     }
     claim_size = 1000
-    # Two loads at once, each on its own connection: one claim's rows are built (Python)
-    # while the other's COPY and commit run in PostgreSQL (docs/performance.md).
+    # Loads at once, each on its own connection: one more than there are row builders, so
+    # that every builder has a claim to build while another claim's COPY and commit run in
+    # PostgreSQL (two without builders: one built here while the other loads).
+    # docs/performance.md measures it.
     claims_in_flight = 2
     accepts_wire = True
 
@@ -59,6 +61,7 @@ class WarehouseDestination(Destination):
             connect_timeout=self.config["connect_timeout"],
             row_builders=self.config["row_builders"],
         )
+        self.claims_in_flight = max(2, self.config["row_builders"] + 1)
 
     def deliver(self, envelopes: Sequence[Envelope]) -> Outcome:
         """Load each source's messages in one transaction; a failure fails that source's."""

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import orjson
 
 from tracklane.collector._child import start_child
 from tracklane.collector._gc import tune_gc_for_serving
@@ -74,7 +76,7 @@ def build_encoded(
     ``known`` is the schema's catalog as last seen (table -> column -> type); a column
     not in it is fitted to the type it will be created with.
     """
-    messages = [loads_stored_bytes(body) for body in bodies]
+    messages = _decode(bodies)
     rows = build_rows(messages, uuid_ts)
     tables: Dict[str, BuiltTable] = {}
     for name, table in rows.tables.items():
@@ -84,6 +86,26 @@ def build_encoded(
         types = [columns[column] for column in names]
         tables[name] = BuiltTable(name, dict(table.kinds), names, types, data, discards)
     return Built(tables, rows.discards)
+
+
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN = b"0" * 19
+
+
+def _decode(bodies: Sequence[bytes]) -> List[Any]:
+    """:func:`loads_stored_bytes` of each body, the check for wide integers made once.
+
+    orjson would turn an integer wider than 64 bits into a float: a batch with 19 digits
+    in a row anywhere is decoded body by body, each checked (the newlines keep bodies'
+    digits apart). One scan instead of one per body: -2.5% of a builder's instructions.
+    """
+    if _NINETEEN not in b"\n".join(bodies).translate(_DIGITS_TO_ZERO):
+        loads = orjson.loads
+        try:
+            return [loads(body) for body in bodies]
+        except orjson.JSONDecodeError:  # a lone surrogate, kept as a \u escape
+            pass
+    return [loads_stored_bytes(body) for body in bodies]
 
 
 _PARENT_POLL = 0.5  # seconds between a worker's looks at whether its parent is alive
