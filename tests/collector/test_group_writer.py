@@ -117,7 +117,8 @@ def test_a_group_with_an_earlier_stored_message_counts_it_for_its_own_request(
     storage: Storage,
 ) -> None:
     """Requests committed together count their own rows exactly, whether none of them was
-    stored before (over 500 rows: several statements) or one request repeats a stored one."""
+    stored before or some repeat stored ones or their own, in one statement or (over 500
+    rows) several."""
     assert storage.insert([row("old")]) == 1
     fresh: List[Sequence[StoredMessage]] = [
         [row(f"f{n}-{i}") for i in range(100)] for n in range(6)
@@ -129,4 +130,8 @@ def test_a_group_with_an_earlier_stored_message_counts_it_for_its_own_request(
         [row("m4")],
     ]
     assert storage.insert_gathered(lambda: mixed) == [2, 1, 1]
-    assert storage.count(EventFilter()) == 1 + 600 + 4
+    large: List[Sequence[StoredMessage]] = [
+        [row(f"l{n}-{i}") for i in range(100)] + [row("m4"), row(f"l{n}-0")] for n in range(6)
+    ]
+    assert storage.insert_gathered(lambda: large) == [100] * 6
+    assert storage.count(EventFilter()) == 1 + 600 + 4 + 600

@@ -365,53 +365,68 @@ class Storage:
 
     def _commit_group(self, group: List[_Ticket]) -> None:
         error: Optional[Exception] = None
-        committed = False
+        stored = False
         try:
             self._check_open()
-            self._writer.execute("BEGIN IMMEDIATE")
-            if not self._insert_merged(group):
-                self._writer.execute("ROLLBACK")
-                self._writer.execute("BEGIN IMMEDIATE")
-                self._insert_each(group)
-            self._writer.execute("COMMIT")
-            committed = True
+            rows = group[0].rows if len(group) == 1 else [r for t in group for r in t.rows]
+            inserted = self._insert_durably(rows)
+            self._count_stored(group, inserted)
+            stored = True
         except Exception as exc:
             error = exc
         finally:
-            if not committed and not self._closed and self._writer.in_transaction:
+            if not stored and not self._closed and self._writer.in_transaction:
                 self._writer.execute("ROLLBACK")
             for ticket in group:  # every waiting caller learns the outcome
-                if not committed:
+                if not stored:
                     ticket.stored = 0
                     ticket.error = error or StorageError("the insert was interrupted")
                 ticket.done = True
 
-    def _insert_merged(self, group: List[_Ticket]) -> bool:
-        """Insert every ticket's rows in as few statements as possible; False if any was stored.
+    def _insert_durably(self, rows: Sequence[Sequence[Optional[str]]]) -> int:
+        """Insert ``rows`` and commit; return how many were new (write locks held).
 
-        Each statement is a turn for the GIL (the sqlite3 module releases it around every
-        step), so a group of requests makes one statement per 500 rows rather than one per
-        request. When some rows were already stored, the count alone cannot tell whose they
-        were: the caller rolls back and inserts request by request (:meth:`_insert_each`).
+        Up to one statement's worth of rows (500 where SQLite allows it) is one INSERT run as
+        its own transaction: the sqlite3 module releases the GIL around each statement's step
+        and takes it back after, so the insert, the commit and its fsync cost the writer one
+        turn for the GIL instead of three (BEGIN, INSERT, COMMIT), and each turn can mean
+        waiting for the event loop. More rows take several statements in one transaction.
         """
-        if len(group) == 1:
-            self._insert_each(group)
-            return True
-        rows = [row for ticket in group for row in ticket.rows]
+        if len(rows) <= self._rows_per_statement:
+            before = self._writer.total_changes
+            _insert_many(self._writer, rows, self._rows_per_statement)
+            return self._writer.total_changes - before
+        self._writer.execute("BEGIN IMMEDIATE")
         before = self._writer.total_changes
         _insert_many(self._writer, rows, self._rows_per_statement)
-        if self._writer.total_changes - before != len(rows):
-            return False
-        for ticket in group:
-            ticket.stored = len(ticket.rows)
-        return True
+        inserted = self._writer.total_changes - before
+        self._writer.execute("COMMIT")
+        return inserted
 
-    def _insert_each(self, group: List[_Ticket]) -> None:
-        """Insert each ticket's rows with statements of its own, counting its new rows."""
+    def _count_stored(self, group: List[_Ticket], inserted: int) -> None:
+        """Set each ticket's count of new rows, ``inserted`` in all (write locks still held).
+
+        Usually every row was new. Otherwise the new rows are the ``inserted`` newest ones
+        (ids only grow, and nobody else wrote since): each goes to the first ticket, in group
+        order, that brought it, as if the tickets had been inserted one after the other.
+        """
+        if inserted == sum(len(ticket.rows) for ticket in group):
+            for ticket in group:
+                ticket.stored = len(ticket.rows)
+            return
+        new = set(
+            self._writer.execute(
+                "SELECT write_key, message_id FROM events ORDER BY id DESC LIMIT ?", (inserted,)
+            ).fetchall()
+        )
         for ticket in group:
-            before = self._writer.total_changes
-            _insert_many(self._writer, ticket.rows, self._rows_per_statement)
-            ticket.stored = self._writer.total_changes - before
+            count = 0
+            for row in ticket.rows:
+                key = (row[0], row[1])
+                if key in new:
+                    new.discard(key)
+                    count += 1
+            ticket.stored = count
 
     @contextmanager
     def write_transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
