@@ -17,6 +17,12 @@ from tracklane.collector._body import GzipInflater
 from tracklane.collector._ingest import RequestError, parse_body
 from tracklane.collector._json import dumps, loads, loads_stored
 
+# Any UTC time that stays in range in every offset, and offsets up to ±23 hours.
+UTC_MOMENTS = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(timezone.utc)
+)
+OFFSET_MINUTES = st.integers(min_value=-23 * 60, max_value=23 * 60)
+
 
 class TestTimes:
     @pytest.mark.parametrize(
@@ -54,28 +60,14 @@ class TestTimes:
         with pytest.raises(ValueError, match="not an ISO-8601 time"):
             parse_iso(text)
 
-    @given(
-        st.datetimes(
-            min_value=datetime(1, 1, 2),
-            max_value=datetime(9999, 12, 30),
-            timezones=st.just(timezone.utc),
-        ),
-        st.integers(min_value=-23 * 60, max_value=23 * 60),
-    )
+    @given(UTC_MOMENTS, OFFSET_MINUTES)
     def test_format_parse_round_trip(self, moment: datetime, offset_minutes: int) -> None:
         """Formatting then parsing gives back the time truncated to milliseconds."""
         local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
         truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
         assert parse_iso(format_iso(local)) == truncated
 
-    @given(
-        st.datetimes(
-            min_value=datetime(1, 1, 2),
-            max_value=datetime(9999, 12, 30),
-            timezones=st.just(timezone.utc),
-        ),
-        st.integers(min_value=-23 * 60, max_value=23 * 60),
-    )
+    @given(UTC_MOMENTS, OFFSET_MINUTES)
     def test_format_is_utc_with_milliseconds_and_z(
         self, moment: datetime, offset_minutes: int
     ) -> None:
