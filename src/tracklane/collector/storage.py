@@ -392,15 +392,14 @@ class Storage:
         turn for the GIL instead of three (BEGIN, INSERT, COMMIT), and each turn can mean
         waiting for the event loop. More rows take several statements in one transaction.
         """
-        if len(rows) <= self._rows_per_statement:
-            before = self._writer.total_changes
-            _insert_many(self._writer, rows, self._rows_per_statement)
-            return self._writer.total_changes - before
-        self._writer.execute("BEGIN IMMEDIATE")
+        several = len(rows) > self._rows_per_statement
+        if several:
+            self._writer.execute("BEGIN IMMEDIATE")
         before = self._writer.total_changes
         _insert_many(self._writer, rows, self._rows_per_statement)
         inserted = self._writer.total_changes - before
-        self._writer.execute("COMMIT")
+        if several:
+            self._writer.execute("COMMIT")
         return inserted
 
     def _count_stored(self, group: List[_Ticket], inserted: int) -> None:
