@@ -260,7 +260,8 @@ def process_tree(pid: int) -> List[int]:
 
 
 def _process_names(pids: List[int]) -> List[str]:
-    """ "collector" for the server, "worker N" for its workers, other children by role."""
+    """ "collector" for the server, "writer" for its SQLite writer process, "worker N" for its
+    workers, other children by role."""
     names = ["collector"]
     for pid in pids[1:]:
         try:
@@ -269,12 +270,27 @@ def _process_names(pids: List[int]) -> List[str]:
             command = b""
         if b"resource_tracker" in command:
             names.append("multiprocessing's resource tracker")
+        elif b"tracklane-writer" in command:
+            names.append("writer")
         else:
             names.append(f"worker {sum(name.startswith('worker') for name in names) + 1}")
     return names
 
 
 SERVER_PID: Dict[str, int] = {}  # url -> pid of a collector subprocess
+
+
+def _await_writer_process(url: str, key: str) -> None:
+    """Wait until a SQLite collector commits in its writer process (it starts in the
+    background; until then the server process commits), so the clock times the usual path."""
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=url, auth=(key, ""), timeout=5) as http:
+        while time.monotonic() < deadline:
+            health = http.get("/health").json()
+            if health.get("writer_process", 0) is not None:  # no key: a collector before it
+                return
+            time.sleep(0.02)
+    raise RuntimeError("the collector's writer process did not start within 30 s")
 
 
 @contextlib.contextmanager
@@ -296,6 +312,8 @@ def _subprocess_server(db: str, key: str, workers: Optional[int]) -> Iterator[st
             raise RuntimeError(f"unexpected collector output: {line!r}")
         url = line[len(URL_PREFIX) :]
         SERVER_PID[url] = proc.pid
+        if not str(db).startswith("postgresql"):
+            _await_writer_process(url, key)
         yield url
     finally:
         proc.terminate()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import httpx
 import pytest
 
-from tracklane.collector import CollectorServer, serve_in_thread
+from tracklane.collector import CollectorServer, Storage, serve_in_thread
 
 from .support import KEYS, MakeMessage, Message, count_events, list_events
 
@@ -190,10 +192,26 @@ def test_without_configured_keys_reads_see_every_key_unless_one_is_given(
 
 
 def test_health(collector: CollectorServer) -> None:
-    """GET /health answers {"ok": true}."""
-    response = httpx.get(f"{collector.url}/health", timeout=10)
-    assert response.status_code == 200
-    assert response.json() == {"ok": True}
+    """GET /health answers {"ok": true} and, on SQLite once it has started, the pid of the
+    writer process committing ingest requests; on PostgreSQL none (each request commits)."""
+    if not isinstance(collector.storage, Storage):
+        assert httpx.get(f"{collector.url}/health", timeout=10).json() == {
+            "ok": True,
+            "writer_process": None,
+        }
+        return
+    deadline = time.monotonic() + 30
+    while True:
+        response = httpx.get(f"{collector.url}/health", timeout=10)
+        assert response.status_code == 200
+        body = response.json()
+        assert body["ok"] is True
+        if body["writer_process"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert isinstance(body["writer_process"], int)
+    command = Path(f"/proc/{body['writer_process']}/cmdline").read_bytes()
+    assert b"tracklane-writer" in command
 
 
 def test_after_follows_new_events_oldest_first(client: httpx.Client, mixed: List[Message]) -> None:

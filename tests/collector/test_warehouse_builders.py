@@ -88,7 +88,7 @@ def encoded(messages: List[Dict[str, Any]]) -> List[bytes]:
 
 
 def builder_pids() -> List[int]:
-    """This process's children running tracklane helper processes (row builders)."""
+    """This process's children running warehouse row builders (not other helper processes)."""
     pids = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
         try:
@@ -100,7 +100,7 @@ def builder_pids() -> List[int]:
                 command = Path(f"/proc/{child}/cmdline").read_bytes()
             except OSError:
                 continue  # a child that ended meanwhile
-            if b"tracklane.collector._child" in command:
+            if b"tracklane.collector._child" in command and b"tracklane-row-builder" in command:
                 pids.append(int(child))
     return pids
 

@@ -130,8 +130,8 @@ def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.post("/v1/batch", json={"batch": [_track("m-0")]}).json()["stored"] == 1
         workers = [
-            pid for pid in before if b"resource_tracker" not in _cmdline(pid)
-        ]  # the worker, not multiprocessing's resource tracker
+            pid for pid in before if b"tracklane-ingest-worker" in _cmdline(pid)
+        ]  # the worker, not the store's writer process
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
         acknowledged = set()

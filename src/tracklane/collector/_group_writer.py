@@ -41,7 +41,7 @@ class GroupWriter:
 
     def __init__(self, storage: Storage) -> None:
         """Start the writer thread."""
-        self._storage = storage
+        self.storage = storage
         self._wake = threading.Condition(threading.Lock())
         self._queued: List[_Waiting] = []
         self._closed = False
@@ -92,7 +92,7 @@ class GroupWriter:
     ) -> List[Optional[Answer]]:
         """Insert the gathered requests' rows in one transaction; one answer per request."""
         try:
-            stored = self._storage.insert_gathered(gather)
+            stored = self.storage.insert_gathered(gather)
         except (sqlite3.Error, StorageError) as exc:
             if not taken:  # failed before gathering: these requests get the refusal
                 gather()

@@ -13,6 +13,7 @@ Routes:
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ from tracklane.collector._ingest_route import CHALLENGE, Answer, IngestRoute
 from tracklane.collector._json import dumps
 from tracklane.collector._query import COUNT_PARAMS, EVENTS_PARAMS, parse_query
 from tracklane.collector._workers import IngestWorkers
+from tracklane.collector._writer_process import WriterProcess, WriterProcesses
 from tracklane.collector.debugger import install_debugger
 from tracklane.collector.storage import Storage, StorageError, StrPath
 from tracklane.collector.stores import EventStore, open_store
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
     from tracklane.collector.router import Router
 
 __all__ = ["BATCH_PATHS", "create_app"]
+
+_log = logging.getLogger("tracklane.collector")
 
 BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 # Bodies up to this size are parsed and checked on the event loop (about 1 ms for 64 KB,
@@ -76,6 +80,7 @@ def create_app(
     write_keys: Iterable[str] = (),
     router: Optional[Router] = None,
     workers: int = 0,
+    writer_process: bool = True,
 ) -> Starlette:
     """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
@@ -84,6 +89,9 @@ def create_app(
     passed in stays open (its owner closes it). ``app.state.storage`` is the store.
     A ``router`` (on the same store) is started and stopped with the app's lifespan.
     ``workers`` > 0 starts that many ingest worker processes (``--workers``, ``_workers``).
+    With SQLite, the app's lifespan starts a process committing what requests bring
+    (``_writer_process``) unless ``writer_process`` is false; without it, or if it cannot
+    start or dies, a thread of this process commits them (``_group_writer``).
     """
     owned = isinstance(storage, (str, os.PathLike))
     store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
@@ -101,6 +109,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if writer_process and collector.writer_processes is not None:
+            collector.writer_processes.start()
         if router is not None:
             await run_in_threadpool(router.start)
         try:
@@ -108,6 +118,8 @@ def create_app(
         finally:
             if router is not None:
                 await run_in_threadpool(router.stop)
+            if collector.writer_processes is not None:
+                await collector.writer_processes.stop()
             await run_in_threadpool(collector.close)
             if owned:
                 store.close()
@@ -164,6 +176,10 @@ class _Collector:
         # of its own until its (group) commit is durable. A plain executor costs less per
         # request than Starlette's run_in_threadpool.
         self._writer = GroupWriter(storage) if isinstance(storage, Storage) else None
+        # SQLite, on the serving event loop: a process of its own commits (_writer_process).
+        self.writer_processes = (
+            WriterProcesses(storage.path) if isinstance(storage, Storage) else None
+        )
         self._inserts = ThreadPoolExecutor(INSERT_THREADS, thread_name_prefix="tracklane-ingest")
 
     def close(self) -> None:
@@ -229,6 +245,9 @@ class _Collector:
         if not checked.messages:  # every message refused: nothing to store
             return answer_body(checked, 0)
         if self._writer is not None:
+            process = self._writer_process()
+            if process is not None and not self._writer.storage.closed:  # closed: a 503
+                return await process.store(checked)
             return await self._writer.store(checked)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._inserts, self._insert, checked)
@@ -285,9 +304,21 @@ class _Collector:
             return _response(json_error(503, f"storage unavailable: {exc}"))
         return _json_response(200, {"events": events})
 
-    async def health(self, _request: Request) -> Response:
-        """Serve ``GET /health``."""
-        return _json_response(200, {"ok": True})
+    async def health(self, request: Request) -> Response:
+        """Serve ``GET /health``: ``{"ok": true}``, and the SQLite writer process's pid.
+
+        ``writer_process`` is the pid of the process committing this loop's ingest requests,
+        or null while this process commits them (before it starts, after it died, PostgreSQL).
+        """
+        process = self._writer_process()
+        pid = None if process is None else process.pid
+        return _json_response(200, {"ok": True, "writer_process": pid})
+
+    def _writer_process(self) -> Optional[WriterProcess]:
+        """The process committing this event loop's SQLite inserts now, if not this one."""
+        if self.writer_processes is None:
+            return None
+        return self.writer_processes.serving(asyncio.get_running_loop())
 
 
 def _json_response(

@@ -480,6 +480,11 @@ class Storage:
             row = self._reader.execute(f"SELECT COUNT(*) FROM events{clause}", params).fetchone()
         return int(row[0])
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("storage is closed")
