@@ -74,7 +74,8 @@ def _server_cpu(data_dir: Path) -> Optional[float]:
 
 
 def _tree_cpu(pid: int) -> Dict[int, float]:
-    """CPU seconds used so far by the collector and each of its child processes (builders)."""
+    """CPU seconds used so far by the collector and each of its child processes (the row
+    builders, and the SQLite writer process, idle while the bench routes)."""
     found = {}
     for each in process_tree(pid):
         seconds = cpu_seconds(each)
@@ -272,7 +273,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         router = used[proc.pid] / args.events * 1e6
         print(
             f"  collector CPU: {total:.1f} µs/event (its process {router:.1f},"
-            f" its {len(used) - 1} child processes, row builders, {total - router:.1f})"
+            f" its {len(used) - 1} child processes, row builders and the SQLite writer,"
+            f" {total - router:.1f})"
         )
     if server_before is not None and server_after is not None:
         per_event = (server_after - server_before) / args.events * 1e6

@@ -160,6 +160,10 @@ def test_a_killed_writer_loses_nothing_and_is_replaced(spawn: Spawn, tmp_path: P
     assert "writer process" in server.stderr()
     replacement = _writer_of(server)
     assert replacement != writer
+    deadline = time.monotonic() + EXIT_DEADLINE
+    while Path(f"/proc/{writer}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not Path(f"/proc/{writer}").exists()  # reaped by the server, not left a zombie
     with httpx.Client(base_url=server.url, timeout=10) as http:
         written_before = _written_bytes(replacement)
         batch = [_track(f"later-{number}") for number in range(100)]

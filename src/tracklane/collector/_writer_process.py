@@ -105,6 +105,11 @@ class WriterProcess:
         """The writer process's id."""
         return self._process.pid
 
+    @property
+    def child(self) -> Child:
+        """The writer process."""
+        return self._process
+
     async def attach(self) -> None:
         """Serve requests of the running event loop (only that loop's: see :meth:`serves`)."""
         loop = asyncio.get_running_loop()
@@ -231,13 +236,15 @@ class WriterProcesses:
     def _lost(self, process: WriterProcess) -> None:
         if self.current is process:
             self.current = None
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, _reap, process.child)  # no zombie left behind
         _log.error(
             "the store's writer process (pid %s) stopped; storing in the collector's own"
             " process until a new one starts",
             process.pid,
         )
         if self._stopping is not None and not self._stopping.is_set():
-            self._starting = asyncio.get_running_loop().create_task(self._start(RESTART_DELAY))
+            self._starting = loop.create_task(self._start(RESTART_DELAY))
 
 
 class _Answers(asyncio.Protocol):
