@@ -133,7 +133,7 @@ class WriterProcess:
         self._waiting[request_id] = (future, prepared)
         rows = [tuple(message) for message in prepared.messages]
         payload = marshal.dumps((request_id, rows))
-        transport.write(_LENGTH.pack(len(payload)) + payload)
+        transport.writelines((_LENGTH.pack(len(payload)), payload))  # no 65 KB concatenation
         return await future
 
     async def close(self) -> None:
