@@ -82,3 +82,43 @@ class Running:
 
 
 Spawn = Callable[..., Running]
+
+
+# -- child processes (Linux /proc) ------------------------------------------------------------
+
+
+def children(pid: int) -> List[int]:
+    """The child processes of ``pid`` (skipping threads and children that end meanwhile)."""
+    found: List[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line; empty once it ended."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited child not yet reaped, a zombie, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def all_gone(pids: Sequence[int], deadline: float) -> bool:
+    """Whether every process in ``pids`` has exited by ``deadline`` (polled)."""
+    while time.monotonic() < deadline:
+        if not any(alive(pid) for pid in pids):
+            return True
+        time.sleep(0.02)
+    return False

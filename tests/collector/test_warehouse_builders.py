@@ -15,6 +15,7 @@ from pg import PostgresServer
 from tracklane.collector._json import dumps
 from tracklane.collector.destinations.warehouse import PostgresWarehouse
 
+from .processes import children, cmdline
 from .test_warehouse import six_types, stored
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
@@ -89,20 +90,12 @@ def encoded(messages: List[Dict[str, Any]]) -> List[bytes]:
 
 def builder_pids() -> List[int]:
     """This process's children running warehouse row builders (not other helper processes)."""
-    pids = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue  # a thread that ended meanwhile
-        for child in children:
-            try:
-                command = Path(f"/proc/{child}/cmdline").read_bytes()
-            except OSError:
-                continue  # a child that ended meanwhile
-            if b"tracklane.collector._child" in command and b"tracklane-row-builder" in command:
-                pids.append(int(child))
-    return pids
+    return [
+        pid
+        for pid in children(os.getpid())
+        if b"tracklane.collector._child" in (command := cmdline(pid))
+        and b"tracklane-row-builder" in command
+    ]
 
 
 def test_rows_built_in_a_worker_process_equal_rows_built_in_process(
@@ -218,22 +211,14 @@ def test_row_builders_end_after_their_process_is_killed() -> None:
     try:
         assert parent.stdout is not None
         children = [int(pid) for pid in parent.stdout.readline().split()]
-        builders = [pid for pid in children if b"tracklane.collector._child" in _cmdline(pid)]
+        builders = [pid for pid in children if b"tracklane.collector._child" in cmdline(pid)]
         assert len(builders) == 2
     finally:
         parent.kill()
         parent.wait(10)
         if parent.stdout is not None:
             parent.stdout.close()
-    wait_until(lambda: not any(_cmdline(pid) for pid in builders), 10, "the builders to end")
-
-
-def _cmdline(pid: int) -> bytes:
-    """A process's command line; empty once it ended."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+    wait_until(lambda: not any(cmdline(pid) for pid in builders), 10, "the builders to end")
 
 
 _UNGUARDED_SCRIPT = """

@@ -9,41 +9,24 @@ import time
 import uuid
 from contextlib import closing
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import httpx
 import pytest
 
 from tracklane._cli import main
 
-from .processes import EXIT_DEADLINE, Spawn, tracklane_command
+from .processes import (
+    EXIT_DEADLINE,
+    Spawn,
+    alive,
+    all_gone,
+    children,
+    cmdline,
+    tracklane_command,
+)
 
 API = "/debugger/api"
-
-
-def _children(pid: int) -> List[int]:
-    """The child processes of ``pid`` (Linux /proc)."""
-    found: List[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(child) for child in (task / "children").read_text().split()]
-    return found
-
-
-def _gone(pids: List[int], deadline: float) -> bool:
-    """Whether every process in ``pids`` has exited by ``deadline`` (polled)."""
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _track(message_id: str, **extra: Any) -> Dict[str, Any]:
@@ -61,7 +44,7 @@ def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Pat
     server = spawn(
         [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", "2"]
     )
-    workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    workers = [pid for pid in children(server.proc.pid) if alive(pid)]
     assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
     ids = [str(uuid.uuid4()) for _ in range(200)]
     with httpx.Client(base_url=server.url, auth=("k", ""), timeout=10) as http:
@@ -93,7 +76,7 @@ def test_workers_store_serve_refuse_and_stop_cleanly(spawn: Spawn, tmp_path: Pat
         assert any(r.get("messageId") == "bad-1" for r in refused), refused
     code, _ = server.stop(signal.SIGTERM)
     assert code == 0, server.stderr()
-    assert _gone(workers, time.monotonic() + EXIT_DEADLINE)
+    assert all_gone(workers, time.monotonic() + EXIT_DEADLINE)
     with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 202
 
@@ -112,11 +95,11 @@ def test_workers_exit_when_the_server_is_killed(spawn: Spawn, tmp_path: Path) ->
             "2",
         ]
     )
-    workers = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    workers = [pid for pid in children(server.proc.pid) if alive(pid)]
     assert len(workers) >= 2
     server.proc.kill()
     assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
-    assert _gone(workers, time.monotonic() + EXIT_DEADLINE)
+    assert all_gone(workers, time.monotonic() + EXIT_DEADLINE)
 
 
 def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
@@ -126,11 +109,11 @@ def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
     server = spawn(
         [*tracklane_command(), "serve", "--port", "0", "--db", str(db), "--workers", "1"]
     )
-    before = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    before = [pid for pid in children(server.proc.pid) if alive(pid)]
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.post("/v1/batch", json={"batch": [_track("m-0")]}).json()["stored"] == 1
         workers = [
-            pid for pid in before if b"tracklane-ingest-worker" in _cmdline(pid)
+            pid for pid in before if b"tracklane-ingest-worker" in cmdline(pid)
         ]  # the worker, not the store's writer process
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
@@ -147,16 +130,9 @@ def test_a_killed_worker_is_replaced(spawn: Spawn, tmp_path: Path) -> None:
         assert set(statuses) <= {200, 503}
         assert statuses.count(503) <= 1  # only the request that found the worker gone
         assert http.get("/v1/events/count").json()["count"] == 21
-    after = [pid for pid in _children(server.proc.pid) if _alive(pid)]
+    after = [pid for pid in children(server.proc.pid) if alive(pid)]
     assert workers[0] not in after
     assert "ingest worker 1" in server.stderr()  # the replacement is logged
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 @pytest.mark.parametrize("value", ["-1", "65", "two"])

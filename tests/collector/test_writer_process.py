@@ -18,7 +18,15 @@ import pytest
 
 from tracklane.collector._writer_process import _LENGTH, _take_frames
 
-from .processes import EXIT_DEADLINE, Running, Spawn, tracklane_command
+from .processes import (
+    EXIT_DEADLINE,
+    Running,
+    Spawn,
+    all_gone,
+    children,
+    cmdline,
+    tracklane_command,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 
@@ -33,14 +41,9 @@ def _writer_of(server: Running) -> int:
     """The server's writer process, once it has started (polled until a deadline)."""
     deadline = time.monotonic() + STARTED_DEADLINE
     while time.monotonic() < deadline:
-        for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
-            try:
-                children = (task / "children").read_text().split()
-            except OSError:
-                continue
-            for child in children:
-                if b"tracklane-writer" in _cmdline(int(child)) and _serving(server, int(child)):
-                    return int(child)
+        for child in children(server.proc.pid):
+            if b"tracklane-writer" in cmdline(child) and _serving(server, child):
+                return child
         time.sleep(0.02)
     raise AssertionError(f"no writer process; stderr: {server.stderr()}")
 
@@ -49,29 +52,6 @@ def _serving(server: Running, pid: int) -> bool:
     """Whether ingest requests now go to the writer process ``pid`` (``GET /health`` says)."""
     with httpx.Client(base_url=server.url, timeout=10) as http:
         return bool(http.get("/health").json()["writer_process"] == pid)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _gone(pid: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _written_bytes(pid: int) -> int:
@@ -128,7 +108,7 @@ def test_requests_are_committed_by_the_writer_process(spawn: Spawn, tmp_path: Pa
     assert _written_bytes(writer) - written_before > 6 * 10 * 50 * 150
     code, _ = server.stop(signal.SIGTERM)
     assert code == 0
-    assert _gone(writer, time.monotonic() + EXIT_DEADLINE)
+    assert all_gone([writer], time.monotonic() + EXIT_DEADLINE)
     assert _count(db) == 6 * 10 * 50
 
 
@@ -171,7 +151,7 @@ def test_a_killed_writer_loses_nothing_and_is_replaced(spawn: Spawn, tmp_path: P
         assert _written_bytes(replacement) - written_before > 100 * 150
     code, _ = server.stop(signal.SIGTERM)
     assert code == 0
-    assert _gone(replacement, time.monotonic() + EXIT_DEADLINE)
+    assert all_gone([replacement], time.monotonic() + EXIT_DEADLINE)
     assert _count(db) == 121
 
 
@@ -186,7 +166,7 @@ def test_the_writer_exits_when_the_server_is_killed(spawn: Spawn, tmp_path: Path
         assert http.post("/v1/batch", json={"batch": batch}).json()["stored"] == 100
     server.proc.kill()
     assert server.proc.wait(EXIT_DEADLINE) == -signal.SIGKILL
-    assert _gone(writer, time.monotonic() + EXIT_DEADLINE)
+    assert all_gone([writer], time.monotonic() + EXIT_DEADLINE)
     assert _count(db) == 100
 
 

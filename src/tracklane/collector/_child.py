@@ -21,7 +21,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-__all__ = ["Child", "start_child"]
+__all__ = ["READY", "Child", "ChildRefused", "ChildStartError", "await_ready", "start_child"]
+
+# What a helper process sends on each channel once it is ready to serve; anything else it
+# sends instead is why it cannot (for :func:`await_ready` to report).
+READY = b"ready"
 
 # The directory holding the ``tracklane`` package, first on the child's path, so that the
 # child runs this same tracklane whatever the parent's sys.path was made of.
@@ -84,6 +88,31 @@ def start_child(
         for _, theirs in pairs:
             theirs.close()
     return Child(popen, name), [Connection(ours.detach()) for ours, _ in pairs]
+
+
+class ChildStartError(RuntimeError):
+    """A helper process did not say it was ready (it timed out or stopped)."""
+
+
+class ChildRefused(RuntimeError):
+    """A helper process said why it cannot serve (its message, e.g. the store's error)."""
+
+
+def await_ready(channels: Sequence[Connection], what: str, timeout: float) -> None:
+    """Wait until the process at the other end of each channel says :data:`READY`.
+
+    ``what`` names the process in errors ("an ingest worker"). Raises ChildStartError if it
+    does not within ``timeout`` seconds or stops first, ChildRefused with what it said instead.
+    """
+    for channel in channels:
+        if not channel.poll(timeout):
+            raise ChildStartError(f"{what} did not start within {timeout:.0f} s")
+        try:
+            said = channel.recv_bytes()
+        except (EOFError, OSError):
+            raise ChildStartError(f"{what} stopped while starting") from None
+        if said != READY:
+            raise ChildRefused(said.decode("utf-8", "replace"))
 
 
 def _main(argv: Sequence[str]) -> None:

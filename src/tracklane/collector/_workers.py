@@ -48,7 +48,14 @@ from typing import FrozenSet, List, Optional, Sequence, Tuple, Union
 import orjson
 
 from tracklane.collector._check import check_request, json_error
-from tracklane.collector._child import Child, start_child
+from tracklane.collector._child import (
+    READY,
+    Child,
+    ChildRefused,
+    ChildStartError,
+    await_ready,
+    start_child,
+)
 from tracklane.collector._gc import tune_gc_for_serving
 from tracklane.collector._group_writer import answer_for
 from tracklane.collector._ingest import Prepared, Rejection
@@ -65,7 +72,6 @@ CHANNELS_PER_WORKER = 8
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 _ORPHAN_POLL_SECONDS = 0.5
-_READY = b"ready"
 # Each frame on a channel starts with its length. A request: header length, then a JSON
 # header [write key from the header, type, received at (ISO-8601)], then the raw body. An
 # answer: status, challenge flag, body; or status 0 (``_CHECKED``), then the checked rows and
@@ -326,15 +332,12 @@ def _stop(process: Child, ends: List[Connection]) -> None:
 
 
 def _await_ready(channels: List[Connection]) -> None:
-    for channel in channels:
-        if not channel.poll(STARTUP_TIMEOUT):
-            raise WorkerError(f"an ingest worker did not start within {STARTUP_TIMEOUT:.0f} s")
-        try:
-            said = channel.recv_bytes()
-        except (EOFError, OSError):
-            raise WorkerError("an ingest worker stopped while starting") from None
-        if said != _READY:
-            raise StorageError(said.decode("utf-8", "replace"))
+    try:
+        await_ready(channels, "an ingest worker", STARTUP_TIMEOUT)
+    except ChildStartError as exc:
+        raise WorkerError(str(exc)) from None
+    except ChildRefused as exc:  # the worker could not open the store
+        raise StorageError(str(exc)) from None
 
 
 def _worker_main(
@@ -356,7 +359,7 @@ def _worker_main(
     try:
         tune_gc_for_serving()
         for channel in channels:
-            channel.send_bytes(_READY)
+            channel.send_bytes(READY)
         socks = [_raw_socket(channel) for channel in channels]
         asyncio.run(_serve(socks, store, write_keys))
     finally:

@@ -38,7 +38,14 @@ from multiprocessing.connection import Connection
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from tracklane.collector._check import json_error
-from tracklane.collector._child import Child, start_child
+from tracklane.collector._child import (
+    READY,
+    Child,
+    ChildRefused,
+    ChildStartError,
+    await_ready,
+    start_child,
+)
 from tracklane.collector._gc import tune_gc_for_serving
 from tracklane.collector._group_writer import answer_body
 from tracklane.collector._ingest import Prepared
@@ -51,7 +58,6 @@ _log = logging.getLogger("tracklane.collector")
 STARTUP_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 RESTART_DELAY = 1.0
-_READY = b"ready"
 _RECEIVE_BYTES = 1 << 20
 # A frame: its length, then marshal's form of (request id, rows) from the server, or of a
 # list of (request id, outcome) from the writer. An outcome is how many rows were new (int),
@@ -78,14 +84,10 @@ class WriterProcess:
             "tracklane.collector._writer_process:serve", (str(path),), 1, "tracklane-writer"
         )
         try:
-            if not channel.poll(STARTUP_TIMEOUT):
-                raise WriterProcessError("the writer process did not start in time")
             try:
-                hello = channel.recv_bytes()
-            except (EOFError, OSError):
-                raise WriterProcessError("the writer process exited while starting") from None
-            if hello != _READY:
-                raise WriterProcessError(hello.decode("utf-8", "replace"))
+                await_ready([channel], "the writer process", STARTUP_TIMEOUT)
+            except (ChildStartError, ChildRefused) as exc:
+                raise WriterProcessError(str(exc)) from None
             self._sock = socket.socket(fileno=os.dup(channel.fileno()))
         except BaseException:
             self._process.kill()
@@ -302,7 +304,7 @@ def serve(channels: Sequence[Connection], path: str) -> None:
         return
     try:
         tune_gc_for_serving()
-        channel.send_bytes(_READY)
+        channel.send_bytes(READY)
         sock = socket.socket(fileno=os.dup(channel.fileno()))
         channel.close()
         with sock:
