@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import marshal
 import os
 import signal
@@ -16,6 +17,8 @@ from typing import Any, Dict, List, Optional
 import httpx
 import pytest
 
+import tracklane.collector._writer_process as writer_process
+from tracklane.collector import serve_in_thread
 from tracklane.collector._writer_process import _LENGTH, _take_frames
 
 from .processes import (
@@ -207,3 +210,28 @@ def test_frames_split_anywhere_come_out_whole_and_in_order(chunk: int) -> None:
     buffer = bytearray(partial)
     assert _take_frames(buffer) == []
     assert bytes(buffer) == partial
+
+
+def test_without_a_writer_process_the_server_commits_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the writer process cannot start, the collector says so in its log, commits in its
+    own process, and every batch is stored and acknowledged as usual."""
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("no processes here")
+
+    monkeypatch.setattr(writer_process, "start_child", refuse)
+    caplog.set_level(logging.WARNING, logger="tracklane.collector")
+    with serve_in_thread(tmp_path / "events.db") as server:
+        deadline = time.monotonic() + STARTED_DEADLINE
+        while "did not start" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "the store's writer process did not start (no processes here)" in caplog.text
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            assert http.get("/health").json() == {"ok": True, "writer_process": None}
+            batch = [_track(f"m-{number}") for number in range(50)]
+            assert http.post("/v1/batch", json={"batch": batch}).json()["stored"] == 50
+            assert http.post("/v1/batch", json={"batch": batch}).json()["duplicates"] == 50
+    assert _count(tmp_path / "events.db") == 50
+    assert not [pid for pid in children(os.getpid()) if b"tracklane-writer" in cmdline(pid)]
