@@ -349,3 +349,49 @@ def test_a_closed_postgres_collector_hands_its_claims_over_at_once(postgres: Any
         taken = staying.claim("D", 10, now=now)
         assert taken is not None
         assert [row.first for row in taken.rows] == [row.first for row in held.rows]
+
+
+def test_a_range_read_in_one_row_equals_reading_it_row_by_row(tmp_path: Path) -> None:
+    """The one-row read of a claim's range gives the same ids, keys, messageIds, wire bytes
+    and integrations, in the same order, as reading it row by row, whatever the bodies hold."""
+    import sqlite3
+
+    from tracklane.collector.outbox import _WIRE_SELECT, _wire_rows
+
+    storage = Storage(tmp_path / "events.db")
+    bodies = [
+        '{"type":"track","messageId":"a","properties":{"text":"line\\nbreak\\ttab \\"q\\""}}',
+        '{"type":"track","messageId":"b","properties":{"s":"\\ud800 lone","z":"\\u0000"}}',
+        '{"type":"track","messageId":"c","properties":{"e":"é ✓ 𝄞","n":123456789012345678901}}',
+        '{"type":"track","messageId":"d","integrations":{"All":false,"D":{"x":1.5}}}',
+        '{"type":"track","messageId":"e","integrations":"D"}',
+        '{"type":"track","messageId":"f","integrations":null,"timestamp":"2025-12-31T23:59:59Z"}',
+        '{"type":"track","messageId":"g","integrations":[1]}',
+    ]
+    keys = ["key", 'k"ey\\', "ключ", "key", "key", "key", "key"]
+    storage.insert(
+        [
+            StoredMessage(
+                key,
+                f'id {i} "quoted" \\ é',
+                "track",
+                "u",
+                None,
+                "E",
+                "2026-01-01T00:00:01.000Z",
+                "2026-01-01T00:00:00.500Z",
+                "2025-12-31T23:59:59Z" if '"timestamp"' in body else None,
+                body,
+            )
+            for i, (key, body) in enumerate(zip(keys, bodies))
+        ]
+    )
+    try:
+        with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
+            for first, last in [(1, 7), (2, 5), (7, 7), (8, 20)]:
+                expected = db.execute(_WIRE_SELECT, (first, last)).fetchall()
+                assert _wire_rows(db, first, last) == expected
+            assert _wire_rows(db, 8, 20) == []
+            assert len(_wire_rows(db, 1, 7)) == 7
+    finally:
+        storage.close()
