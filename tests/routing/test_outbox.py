@@ -371,17 +371,8 @@ def test_a_range_read_in_one_row_equals_reading_it_row_by_row(tmp_path: Path) ->
     keys = ["key", 'k"ey\\', "ключ", "key", "key", "key", "key"]
     storage.insert(
         [
-            StoredMessage(
-                key,
-                f'id {i} "quoted" \\ é',
-                "track",
-                "u",
-                None,
-                "E",
-                "2026-01-01T00:00:01.000Z",
-                "2026-01-01T00:00:00.500Z",
-                "2025-12-31T23:59:59Z" if '"timestamp"' in body else None,
-                body,
+            _timed_row(i, body, "2025-12-31T23:59:59Z" if '"timestamp"' in body else None)._replace(
+                write_key=key, message_id=f'id {i} "quoted" \\ é'
             )
             for i, (key, body) in enumerate(zip(keys, bodies))
         ]
