@@ -13,7 +13,6 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -65,8 +64,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH_PATHS", "create_app"]
 
-_log = logging.getLogger("tracklane.collector")
-
 BATCH_PATHS = ("/v1/batch", "/v1/import", "/v1/b")
 # Bodies up to this size are parsed and checked on the event loop (about 1 ms for 64 KB,
 # less than handing them to a thread and back); bigger ones in the insert thread.
@@ -80,7 +77,6 @@ def create_app(
     write_keys: Iterable[str] = (),
     router: Optional[Router] = None,
     workers: int = 0,
-    writer_process: bool = True,
 ) -> Starlette:
     """Build the collector app storing into ``storage`` (a path, a postgresql:// URL, a store).
 
@@ -90,8 +86,8 @@ def create_app(
     A ``router`` (on the same store) is started and stopped with the app's lifespan.
     ``workers`` > 0 starts that many ingest worker processes (``--workers``, ``_workers``).
     With SQLite, the app's lifespan starts a process committing what requests bring
-    (``_writer_process``) unless ``writer_process`` is false; without it, or if it cannot
-    start or dies, a thread of this process commits them (``_group_writer``).
+    (``_writer_process``); until it is ready, or if it cannot start or dies, a thread of this
+    process commits them (``_group_writer``).
     """
     owned = isinstance(storage, (str, os.PathLike))
     store = open_store(storage) if isinstance(storage, (str, os.PathLike)) else storage
@@ -109,7 +105,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        if writer_process and collector.writer_processes is not None:
+        if collector.writer_processes is not None:
             collector.writer_processes.start()
         if router is not None:
             await run_in_threadpool(router.start)
@@ -304,7 +300,7 @@ class _Collector:
             return _response(json_error(503, f"storage unavailable: {exc}"))
         return _json_response(200, {"events": events})
 
-    async def health(self, request: Request) -> Response:
+    async def health(self, _request: Request) -> Response:
         """Serve ``GET /health``: ``{"ok": true}``, and the SQLite writer process's pid.
 
         ``writer_process`` is the pid of the process committing this loop's ingest requests,
