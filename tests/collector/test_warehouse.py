@@ -11,7 +11,7 @@ import pytest
 from helpers import wait_until
 from pg import PostgresServer, sessions_waiting_on_locks
 from tracklane.collector.destinations.warehouse import PostgresWarehouse, WarehouseError
-from tracklane.collector.destinations.warehouse_rows import snake_case
+from tracklane.collector.destinations.warehouse_rows import FIXED_COLUMNS, snake_case
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra (psycopg) is not installed")
 
@@ -239,6 +239,38 @@ def test_a_property_that_appears_later_adds_a_column(warehouse: PostgresWarehous
         ("t1", 1, None),
         ("t2", None, "X"),
     ]
+
+
+def test_keys_appearing_together_add_their_columns_in_the_order_met(
+    warehouse: PostgresWarehouse,
+) -> None:
+    """A new table gets the fixed columns, then the batch's in the order first met; several
+    new keys in a later batch are added together, each with its own type, after those."""
+    first = {"plan": "pro", "seats": 3}
+    warehouse.load("Backend", [stored("track", "t1", event="Upgraded", properties=first)])
+    later = {"plan": "team", "trial": True, "price": 9.5, "renewsAt": "2024-06-01T00:00:00Z"}
+    later["seats"] = 4
+    later["address"] = {"city": "Lyon"}
+    warehouse.load("Backend", [stored("track", "t2", event="Upgraded", properties=later)])
+    with psycopg.connect(warehouse.dsn) as conn:
+        ordered = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = 'backend' AND table_name = 'upgraded' ORDER BY ordinal_position"
+        ).fetchall()
+    names = [name for name, _ in ordered]
+    assert names[: len(FIXED_COLUMNS["tracks"])] == list(FIXED_COLUMNS["tracks"])
+    assert names.index("context_ip") < names.index("plan") < names.index("seats")
+    assert names[-4:] == ["trial", "price", "renews_at", "address_city"]
+    assert dict(ordered[-4:]) == {
+        "trial": "boolean",
+        "price": "double precision",
+        "renews_at": "timestamp with time zone",
+        "address_city": "text",
+    }
+    assert rows(
+        warehouse.dsn,
+        "SELECT id, plan, seats, trial, price, address_city FROM backend.upgraded ORDER BY id",
+    ) == [("t1", "pro", 3, None, None, None), ("t2", "team", 4, True, 9.5, "Lyon")]
 
 
 def test_type_conflicts_keep_the_column_type_and_the_value_as_text(
