@@ -202,7 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for loads")
     parser.add_argument("--direct", action="store_true", help="time the loader alone")
-    parser.add_argument("--batch", type=int, default=1000, help="events per load (--direct)")
+    parser.add_argument(
+        "--batch", type=int, default=2000, help="events per load (--direct; the claim size)"
+    )
     parser.add_argument(
         "--row-builders", type=int, default=0, help="worker processes building rows (--direct)"
     )
