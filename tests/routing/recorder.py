@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, ClassVar, Dict, List, Mapping, Sequence
 
+from tracklane.collector._json import loads_stored
 from tracklane.collector.destinations import Destination, Envelope, Outcome, Setting, register
 
 
@@ -33,3 +34,19 @@ class RecorderDestination(Destination):
         """The messageIds handed to destination ``name``."""
         with cls.lock:
             return [e.message["messageId"] for e in cls.seen.get(name, [])]
+
+
+@register
+class WireRecorderDestination(RecorderDestination):
+    """A recorder handed the encoded JSON (``accepts_wire``), as the webhook is."""
+
+    type_name = "wire-recorder"
+    accepts_wire = True
+
+
+def received(envelope: Envelope) -> Dict[str, Any]:
+    """The message a destination means by ``envelope``, whichever form it came in."""
+    if envelope.wire is None:
+        return envelope.message
+    message: Dict[str, Any] = loads_stored(envelope.wire.decode("utf-8"))
+    return message  # typed: loads_stored returns Any

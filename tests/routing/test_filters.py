@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+
 from tracklane.collector import serve_in_thread
 
-from .recorder import RecorderDestination
+from .recorder import RecorderDestination, received
 from .support import config_of, destinations_status, post_batch, track, wait_until
 
 
@@ -74,3 +76,61 @@ def test_filters_drop_and_count_and_strip_properties(tmp_path: Path) -> None:
     assert b[kept["messageId"]]["properties"]["email"] == "a@b.c"
     assert status["PlainB"]["skipped"] == 2
     assert status["PlainB"]["filtered"] == 0
+
+
+def test_a_destination_handed_the_encoded_json_gets_the_messages_decoded_ones_get(
+    tmp_path: Path,
+) -> None:
+    """Encoded by SQLite (``accepts_wire``) or decoded: each destination gets the same
+    messages, keys in the same order, times included (a client timestamp corrected by the
+    batch's sentAt and kept as originalTimestamp, none at all, a client's receivedAt
+    replaced where it stands), and a destination's filter applies to the encoded form."""
+    names = {"Decoded": "recorder", "Encoded": "wire-recorder", "EncodedFiltered": "wire-recorder"}
+    config = config_of(
+        {
+            "sources": [{"name": "backend", "write_keys": ["key-b"]}],
+            "destinations": [{"name": name, "type": kind} for name, kind in names.items()],
+            "filters": [{"destination": "EncodedFiltered", "drop_properties": ["email"]}],
+        }
+    )
+    for name in names:
+        RecorderDestination.seen.pop(name, None)
+    messages = [
+        track(timestamp="2024-05-01T09:59:58.500Z", properties={"total": 1, "email": "a@b.c"}),
+        track(properties={"timestamp": "not the top-level one", "total": 2}),
+        track(timestamp="2024-05-01T09:59:58.500+02:00", receivedAt="sent by the client"),
+        {"type": "identify", "messageId": "i-1", "userId": "u", "traits": {"plan": "pro"}},
+    ]
+    with serve_in_thread(tmp_path / "events.db", config=config) as server:
+        response = httpx.post(
+            f"{server.url}/v1/batch",
+            json={"batch": messages, "sentAt": "2024-05-01T10:00:00.000Z"},
+            auth=("key-b", ""),
+        )
+        assert response.json()["stored"] == len(messages)
+        wait_until(
+            lambda: all(
+                s["pending"] == 0 for s in destinations_status(server.url, "key-b").values()
+            ),
+            20,
+            "every destination to handle everything",
+        )
+    seen = {
+        name: {m["messageId"]: m for m in map(received, RecorderDestination.seen[name])}
+        for name in names
+    }
+    assert all(e.wire is not None for e in RecorderDestination.seen["Encoded"])
+    assert seen["Encoded"] == seen["Decoded"]
+    assert [list(m) for m in seen["Encoded"].values()] == [
+        list(m) for m in seen["Decoded"].values()
+    ]
+    first = seen["Decoded"][messages[0]["messageId"]]
+    assert first["originalTimestamp"] == "2024-05-01T09:59:58.500Z"
+    assert first["timestamp"] != first["originalTimestamp"]  # corrected by sentAt
+    assert seen["Decoded"][messages[1]["messageId"]]["originalTimestamp"] is None
+    assert seen["Decoded"][messages[2]["messageId"]]["receivedAt"] != "sent by the client"
+    filtered = seen["EncodedFiltered"]
+    assert filtered[messages[0]["messageId"]]["properties"] == {"total": 1}
+    for message_id, message in seen["Decoded"].items():
+        if message_id != messages[0]["messageId"]:
+            assert filtered[message_id] == message
