@@ -153,6 +153,9 @@ class TokenServer:
         else:
             status, body = self._grant(request)
         request.status = status
+        with self._cond:  # recorded before answering: a client holding its token finds it here
+            self.requests.append(request)
+            self._cond.notify_all()
         payload = json.dumps(body).encode()
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
@@ -161,9 +164,6 @@ class TokenServer:
             handler.send_header(key, value)
         handler.end_headers()
         handler.wfile.write(payload)
-        with self._cond:
-            self.requests.append(request)
-            self._cond.notify_all()
 
     def _grant(self, request: TokenRequest) -> tuple[int, Dict[str, Any]]:
         form = request.form
