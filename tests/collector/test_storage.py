@@ -5,14 +5,22 @@ What both stores do (dedupe, ordering, concurrency, close) is in ``test_store_ro
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
 
-from tracklane.collector.storage import EventFilter, Storage, StorageError
+from tracklane.collector.storage import (
+    PAGE_SIZE,
+    WAL_CHECKPOINT_PAGES,
+    EventFilter,
+    Storage,
+    StorageError,
+)
 
 from .support import row
 
@@ -31,6 +39,47 @@ def test_database_uses_wal_and_full_sync(storage: Storage) -> None:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     for conn in (storage._writer, storage._reader):
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_the_wal_is_checkpointed_past_its_threshold_and_stays_bounded(tmp_path: Path) -> None:
+    """Rows with random messageIds (as UUIDs land in the unique index): the WAL grows to about
+    WAL_CHECKPOINT_PAGES pages, then a commit copies it into the database file and later
+    commits reuse it from its start, so its file stays under the threshold plus a commit's
+    pages; every event survives reopening."""
+    path = tmp_path / "events.db"
+    wal = Path(f"{path}-wal")
+    frame = PAGE_SIZE + 24  # a WAL frame: its header and one page
+    body = '"' + "x" * 2_000 + '"'
+    rows_per_commit = 400  # about 100 pages of rows and up to 400 index pages per commit
+    store = Storage(path)
+    stored = 0
+    largest_wal = 0
+    after_checkpoint = 10  # commits once the first checkpoint has filled the database file
+    try:
+        for _ in range(200):  # some 800 MB of WAL pages: no checkpoint ran if the loop ends
+            if not after_checkpoint:
+                break
+            batch = [
+                row(str(uuid.uuid4()), body=f'{{"type":"track","padding":{body}}}')
+                for _ in range(rows_per_commit)
+            ]
+            assert store.insert(batch) == rows_per_commit
+            stored += rows_per_commit
+            largest_wal = max(largest_wal, wal.stat().st_size)
+            if path.stat().st_size > WAL_CHECKPOINT_PAGES * PAGE_SIZE // 2:
+                after_checkpoint -= 1
+        else:
+            pytest.fail("the WAL was never checkpointed into the database file")
+    finally:
+        store.close()
+    assert largest_wal > WAL_CHECKPOINT_PAGES * frame * 0.9  # SQLite's default would be 1,000
+    assert largest_wal < (WAL_CHECKPOINT_PAGES + 2 * rows_per_commit) * frame
+    again = Storage(path)
+    try:
+        assert again.count(EventFilter()) == stored
+    finally:
+        again.close()
+    assert not os.path.exists(wal) or wal.stat().st_size == 0  # closed: checkpointed away
 
 
 def test_a_file_with_other_pages_keeps_them_and_its_events(tmp_path: Path) -> None:
