@@ -38,8 +38,11 @@ bench: $(STAMP)
 clean:
 	rm -rf $(VENV) .bench-venv .mypy_cache .ruff_cache .pytest_cache
 
+# Ingest sends random messageIds, as clients' UUIDs are; the second run sends ids that mostly
+# grow, to show what the unique index's random pages cost the SQLite store.
 bench-collector: $(STAMP)
 	$(BIN)/python bench/collector_ingest.py
+	$(BIN)/python bench/collector_ingest.py --stores sqlite --warehouse-events 0 --growing-ids
 	$(BIN)/python bench/collector_routing.py
 	$(BIN)/python bench/collector_routing.py --events 50000 --db postgresql --collectors 2
 	$(BIN)/python bench/collector_warehouse.py --events 50000

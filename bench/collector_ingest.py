@@ -2,7 +2,9 @@
 
 Starts the collector as a subprocess on a free loopback port (or in this process
 with ``--in-thread``), runs several concurrent clients that each POST batches of
-realistic events with distinct messageIds for a bounded time and count, then
+realistic events with distinct messageIds (at random places in the store's unique index, as
+the UUIDs clients send land; ``--growing-ids`` for ids that mostly grow, which the store
+indexes far more cheaply) for a bounded time and count, then
 checks through ``GET /v1/events/count`` that every acknowledged event was stored.
 It does so for each store in ``--stores``: SQLite (a file) and PostgreSQL (Debian's
 server started in a temporary directory by ``tests/pg.py``, fsync and synchronous
@@ -115,9 +117,11 @@ def batch_templates(
 
     Building realistic messages costs the load generator far more CPU than the collector
     spends storing them; on a 2-core machine the two would share the cores, so bodies are
-    built up front and each request only stamps a counter into its messageIds. The counter
-    leads, so messageIds mostly grow; with ``random_ids`` the message's index leads and the
-    stamp is random, so they land at random places in the store's unique index, as UUIDs do.
+    built up front and each request only stamps a counter into its messageIds. With
+    ``random_ids`` (the command's default) the message's index leads and the stamp is random,
+    so they land at random places in the store's unique index, as the random UUIDs clients
+    send do (tracklane's and Segment's libraries); otherwise the counter leads and they mostly
+    grow, which costs the store far less (docs/performance.md).
     """
     now = _iso(datetime.now(timezone.utc))
     templates = []
@@ -442,7 +446,7 @@ def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
     mode = "in-thread" if args.in_thread else "subprocess"
     if args.workers is not None:
         mode += f", --workers {args.workers}"
-    ids = ", random messageIds" if args.random_ids else ""
+    ids = ", random messageIds as UUIDs" if args.random_ids else ", growing messageIds"
     print(
         f"collector ingest into {store} ({mode}, {args.clients} clients,"
         f" batches of {args.batch_size}{ids})"
@@ -546,9 +550,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         help="also count the collector's instructions and context switches (perf stat)",
     )
     parser.add_argument(
+        "--growing-ids",
+        action="store_true",
+        help="messageIds that mostly grow, each landing at the end of the store's unique index"
+        " (default: at random places in it, as the UUIDs clients send land)",
+    )
+    parser.add_argument(
         "--random-ids",
         action="store_true",
-        help="messageIds at random places in the unique index, as UUIDs (default: growing)",
+        help="messageIds at random places in the unique index, as UUIDs (the default; kept so"
+        " that earlier commands still run)",
     )
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"
@@ -556,6 +567,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--warehouse-events", type=int, default=50_000, help="0 to skip")
     parser.add_argument("--warehouse-batch", type=int, default=500, help="events per load")
     args = parser.parse_args(argv)
+    if args.growing_ids and args.random_ids:
+        parser.error("--growing-ids and --random-ids exclude each other")
+    args.random_ids = not args.growing_ids
     stores = [store.strip() for store in args.stores.split(",") if store.strip()]
     unknown = set(stores) - {"sqlite", "postgresql"}
     if unknown:
