@@ -5,7 +5,6 @@ What both stores do (dedupe, ordering, concurrency, close) is in ``test_store_ro
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from contextlib import closing
@@ -79,7 +78,7 @@ def test_the_wal_is_checkpointed_past_its_threshold_and_stays_bounded(tmp_path: 
         assert again.count(EventFilter()) == stored
     finally:
         again.close()
-    assert not os.path.exists(wal) or wal.stat().st_size == 0  # closed: checkpointed away
+    assert not wal.exists() or wal.stat().st_size == 0  # closed: checkpointed away
 
 
 def test_a_file_with_other_pages_keeps_them_and_its_events(tmp_path: Path) -> None:

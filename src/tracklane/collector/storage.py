@@ -27,8 +27,9 @@ PAGE_SIZE = 8192  # for new files; measured in docs/performance.md
 # index, so a commit of N rows rewrites about N index pages into the WAL; a checkpoint then
 # copies each page once however often the WAL holds it. With 10,000 pages an index page is
 # copied once for many commits instead of once for a few: ingest with random messageIds went
-# from about 24,500 to 29,000-33,000 events/s (docs/performance.md). The WAL file grows to
-# about this many pages (80 MB with 8 KiB pages) and is then reused from its start.
+# from about 23,300 to 28,100 events/s in 8 s runs and from 16,400 to 22,300-24,200 over a
+# minute (docs/performance.md). The WAL file grows to about this many pages (80 MB with 8 KiB
+# pages) and is then reused from its start.
 WAL_CHECKPOINT_PAGES = 10_000
 
 _SCHEMA = """
