@@ -111,7 +111,7 @@ _TEMPLATES = 16
 
 
 def batch_templates(
-    rng: random.Random, client: int, batch_size: int, random_ids: bool = False
+    rng: random.Random, client: int, batch_size: int, random_ids: bool
 ) -> List[bytes]:
     """Request bodies built before the clock starts, each messageId with a placeholder.
 
@@ -146,7 +146,7 @@ def run_client(
     start: threading.Barrier,
     result: ClientResult,
     seed: int,
-    random_ids: bool = False,
+    random_ids: bool,
 ) -> None:
     """POST batches with httpx until the time or count bound; count acknowledged events."""
     rng = random.Random(seed)
@@ -176,7 +176,7 @@ def run_raw_client(
     start: threading.Barrier,
     result: ClientResult,
     seed: int,
-    random_ids: bool = False,
+    random_ids: bool,
 ) -> None:
     """The same requests over one keep-alive socket, HTTP/1.1 written and read by hand.
 
