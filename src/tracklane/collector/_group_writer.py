@@ -76,6 +76,7 @@ class GroupWriter:
             taken: List[_Waiting] = []
             answers = self._commit(functools.partial(self._take, taken), taken)
             _answer(taken, answers)
+            self.storage.maintain()  # after answering, so no request waits for it
 
     def _take(self, taken: List[_Waiting]) -> List[Sequence[StoredMessage]]:
         """Move every queued request into ``taken``; return their messages to store.

@@ -334,6 +334,7 @@ def _serve(sock: socket.socket, storage: Storage) -> None:
             sock.sendall(_LENGTH.pack(len(answer)) + answer)
         except OSError:
             return
+        storage.maintain()  # after answering, so no request waits for it
 
 
 def _store(

@@ -7,6 +7,7 @@ thread (the app uses ``run_in_threadpool``).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -16,11 +17,14 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+from tracklane.collector import _message_ids as message_ids
 from tracklane.collector._json import loads_stored
 
 __all__ = ["EventFilter", "EventRow", "Storage", "StorageError", "StoredMessage"]
 
-SCHEMA_VERSION = 1
+_log = logging.getLogger("tracklane.collector")
+
+SCHEMA_VERSION = 2
 PAGE_SIZE = 8192  # for new files; measured in docs/performance.md
 # Pages the WAL holds before a commit copies them into the database file (SQLite's default
 # is 1,000). MessageIds from clients are UUIDs, which land at random places in the unique
@@ -32,8 +36,8 @@ PAGE_SIZE = 8192  # for new files; measured in docs/performance.md
 # pages) and is then reused from its start.
 WAL_CHECKPOINT_PAGES = 10_000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
+_EVENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     id INTEGER PRIMARY KEY,  -- rows are never deleted, so ids only grow
     write_key TEXT NOT NULL,
     message_id TEXT NOT NULL,
@@ -44,20 +48,47 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     original_timestamp TEXT,
-    body TEXT NOT NULL,
-    UNIQUE (write_key, message_id)
+    body TEXT NOT NULL
 );
+"""
+_EVENT_COLUMNS = (
+    "id, write_key, message_id, type, user_id, anonymous_id, event, received_at, timestamp,"
+    " original_timestamp, body"
+)
+_SCHEMA = (
+    _EVENTS_TABLE.format(name="events")
+    + message_ids.SCHEMA
+    + """
 DROP INDEX IF EXISTS events_user_id;
 DROP INDEX IF EXISTS events_anonymous_id;
 """
-# No index by userId or anonymousId: each of them cost a random B-tree page written (to the
-# WAL, then checkpointed) per stored event, about 10 µs of CPU per event, a third of what
-# SQLite spends on ingest (docs/performance.md). Reads filtered by user scan from the newest
-# event, which their LIMIT bounds. Files made before keep schema version 1: the indexes are
-# dropped at open, and an older tracklane opening the file creates them again.
+)
+# No index on events but their ids. (write key, messageId) pairs are deduplicated by
+# _message_ids, which writes them sorted in batches rather than one random index page per
+# event. No index by userId or anonymousId either: each of them cost a random B-tree page
+# written (to the WAL, then checkpointed) per stored event, about 10 µs of CPU per event, a
+# third of what SQLite spent on ingest (docs/performance.md). Reads filtered by user scan
+# from the newest event, which their LIMIT bounds.
+
+# Schema version 1 kept the pairs unique with UNIQUE (write_key, message_id) on events:
+# the table is copied into one without it, and the pairs go to message_ids in key order.
+_FROM_VERSION_1 = (
+    _EVENTS_TABLE.format(name="events_v2")
+    + f"INSERT INTO events_v2 ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events;"
+    + """
+DROP TABLE events;
+ALTER TABLE events_v2 RENAME TO events;
+"""
+    + message_ids.SCHEMA
+    + """
+INSERT OR IGNORE INTO message_ids (write_key, message_id)
+    SELECT write_key, message_id FROM events ORDER BY write_key, message_id;
+UPDATE message_ids_merged SET through = (SELECT COALESCE(MAX(id), 0) FROM events);
+"""
+)
 
 _INSERT = (
-    "INSERT OR IGNORE INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
+    "INSERT INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
     " received_at, timestamp, original_timestamp, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
@@ -89,8 +120,9 @@ def _insert_many(
     connection: sqlite3.Connection,
     rows: Sequence[Sequence[Optional[str]]],
     per_statement: int = _OLD_ROWS_PER_STATEMENT,
-) -> None:
-    """Insert ``rows`` with statements of at most ``per_statement`` rows."""
+) -> Optional[int]:
+    """Insert ``rows`` with statements of at most ``per_statement`` rows; return the last id."""
+    last_id: Optional[int] = None
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         statement = _insert_statements.get(len(chunk))
@@ -99,7 +131,8 @@ def _insert_many(
             statement = _insert_statements[len(chunk)] = _INSERT.partition(" VALUES ")[0] + (
                 f" VALUES {values}"
             )
-        connection.execute(statement, list(chain.from_iterable(chunk)))
+        last_id = connection.execute(statement, list(chain.from_iterable(chunk))).lastrowid
+    return last_id
 
 
 StrPath = Union[str, "os.PathLike[str]"]
@@ -278,6 +311,7 @@ class Storage:
         self._closed = False
         self._process_lock = _ProcessWriteLock(self.path)
         self._writer = self._connect()
+        self._message_ids = message_ids.MessageIds()
         self._rows_per_statement = _rows_per_statement(self._writer)
         try:
             self._init_schema()
@@ -315,14 +349,15 @@ class Storage:
     def _init_schema(self) -> None:
         try:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, SCHEMA_VERSION):
+            if version not in (0, 1, SCHEMA_VERSION):
                 raise StorageError(f"{self.path} has unknown schema version {version}")
+            schema = _FROM_VERSION_1 if version == 1 else _SCHEMA
             # IMMEDIATE, under the lock file: a deferred transaction upgraded to a write while
             # another process (an ingest worker) commits fails at once with "database is
             # locked" instead of waiting its turn.
             with self._process_lock.held():
                 self._writer.executescript(
-                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                    f"BEGIN IMMEDIATE; {schema} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
                 )
         except sqlite3.Error as exc:
             raise StorageError(f"cannot use {self.path}: {exc}") from exc
@@ -347,6 +382,7 @@ class Storage:
                 self._commit(group)
         if ticket.error is not None:
             raise ticket.error
+        self.maintain()
         return ticket.stored
 
     def insert_gathered(self, gather: Callable[[], Sequence[Sequence[StoredMessage]]]) -> List[int]:
@@ -357,6 +393,7 @@ class Storage:
         ``COMMIT`` and one fsync for all of them, shared with concurrent :meth:`insert` calls.
         Gathering once the locks are held lets the requests that arrived while another
         process (``--workers``) was committing join this commit instead of the next one.
+        Call :meth:`maintain` after answering them.
         """
         with self._write_lock, self._process_lock.held():
             tickets = [_Ticket(messages) for messages in gather()]
@@ -379,8 +416,8 @@ class Storage:
         try:
             self._check_open()
             rows = group[0].rows if len(group) == 1 else [r for t in group for r in t.rows]
-            inserted = self._insert_durably(rows)
-            self._count_stored(group, inserted)
+            fresh = self._insert_durably(rows)
+            self._count_stored(group, fresh)
             stored = True
         except Exception as exc:
             error = exc
@@ -393,49 +430,78 @@ class Storage:
                     ticket.error = error or StorageError("the insert was interrupted")
                 ticket.done = True
 
-    def _insert_durably(self, rows: Sequence[Sequence[Optional[str]]]) -> int:
-        """Insert ``rows`` and commit; return how many were new (write locks held).
+    def _insert_durably(self, rows: Sequence[Sequence[Optional[str]]]) -> List[bool]:
+        """Insert the new ones of ``rows`` and commit; return which were new (locks held).
 
         Up to one statement's worth of rows (500 where SQLite allows it) is one INSERT run as
         its own transaction: the sqlite3 module releases the GIL around each statement's step
         and takes it back after, so the insert, the commit and its fsync cost the writer one
         turn for the GIL instead of three (BEGIN, INSERT, COMMIT), and each turn can mean
         waiting for the event loop. More rows take several statements in one transaction.
+        The write locks keep other writers out between the deduplication's reads and it.
         """
-        several = len(rows) > self._rows_per_statement
-        if several:
-            self._writer.execute("BEGIN IMMEDIATE")
-        before = self._writer.total_changes
-        _insert_many(self._writer, rows, self._rows_per_statement)
-        inserted = self._writer.total_changes - before
-        if several:
-            self._writer.execute("COMMIT")
-        return inserted
+        ids = self._message_ids
+        try:
+            ids.sync(self._writer)
+            fresh = ids.new(self._writer, [(row[0], row[1]) for row in rows])  # type: ignore[misc]
+            new_rows = rows if all(fresh) else [row for row, new in zip(rows, fresh) if new]
+            if not new_rows:
+                return fresh
+            several = len(new_rows) > self._rows_per_statement
+            if several:
+                self._writer.execute("BEGIN IMMEDIATE")
+            last_id = _insert_many(self._writer, new_rows, self._rows_per_statement)
+            if several:
+                self._writer.execute("COMMIT")
+        except BaseException:
+            ids.forget()
+            raise
+        ids.stored(last_id)
+        return fresh
 
-    def _count_stored(self, group: List[_Ticket], inserted: int) -> None:
-        """Set each ticket's count of new rows, ``inserted`` in all (write locks still held).
+    def _count_stored(self, group: List[_Ticket], fresh: List[bool]) -> None:
+        """Set each ticket's count of new rows from ``fresh`` (one flag per row, in order).
 
-        Usually every row was new. Otherwise the new rows are the ``inserted`` newest ones
-        (ids only grow, and nobody else wrote since): each goes to the first ticket, in group
-        order, that brought it, as if the tickets had been inserted one after the other.
+        A pair twice in the group is new for the first ticket, in group order, that brought
+        it, as if the tickets had been inserted one after the other.
         """
-        if inserted == sum(len(ticket.rows) for ticket in group):
-            for ticket in group:
-                ticket.stored = len(ticket.rows)
-            return
-        new = set(
-            self._writer.execute(
-                "SELECT write_key, message_id FROM events ORDER BY id DESC LIMIT ?", (inserted,)
-            ).fetchall()
-        )
+        start = 0
         for ticket in group:
-            count = 0
-            for row in ticket.rows:
-                key = (row[0], row[1])
-                if key in new:
-                    new.discard(key)
-                    count += 1
-            ticket.stored = count
+            end = start + len(ticket.rows)
+            ticket.stored = fresh[start:end].count(True)
+            start = end
+
+    def maintain(self) -> None:
+        """Do one short step of upkeep, if any is due: call it after answering a commit.
+
+        Merges the newest messageIds into their index a few thousand at a time
+        (``_message_ids``), in a transaction without fsync: what it writes can always be
+        written again from the events, which are already durable. :meth:`insert` calls it
+        itself; callers of :meth:`insert_gathered` call it once they have answered.
+        A failure is logged and the step tried again later.
+        """
+        ids = self._message_ids
+        if not ids.merge_due():
+            return
+        with self._write_lock, self._process_lock.held():
+            if self._closed:
+                return
+            try:
+                ids.sync(self._writer)
+                if not ids.merge_due():
+                    return
+                self._writer.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    ids.merge_step(self._writer)
+                finally:
+                    self._writer.execute("PRAGMA synchronous=FULL")
+            except sqlite3.Error as exc:
+                ids.forget()
+                _log.warning(
+                    "could not merge messageIds into the index of %s (tried again later): %s",
+                    self.path,
+                    exc,
+                )
 
     @contextmanager
     def write_transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,290 @@
+"""The SQLite store's deduplication: newest ids in memory, older ones merged into an index.
+
+Merges are made small (``MERGE_AT``, ``PAIRS_PER_STEP``) so that every test crosses
+several of them, and stops in the middle of one.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+from tracklane.collector import _message_ids
+from tracklane.collector.storage import SCHEMA_VERSION, EventFilter, Storage
+
+from .support import row
+
+MERGE_AT = 40
+PAIRS_PER_STEP = 7
+
+
+@pytest.fixture(autouse=True)
+def _small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_message_ids, "MERGE_AT", MERGE_AT)
+    monkeypatch.setattr(_message_ids, "PAIRS_PER_STEP", PAIRS_PER_STEP)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "events.db"
+
+
+@pytest.fixture
+def storage(path: Path) -> Iterator[Storage]:
+    store = Storage(path)
+    yield store
+    store.close()
+
+
+def _ids(count: int) -> List[str]:
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def _index_state(path: Path) -> Tuple[int, int, int, int]:
+    """(events, ids in the index, the index's ``through``, the newest event id)."""
+    with closing(sqlite3.connect(path)) as db:
+        events, newest = db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM events").fetchone()
+        indexed = db.execute("SELECT COUNT(*) FROM message_ids").fetchone()[0]
+        through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
+    return events, indexed, through, newest
+
+
+def _assert_index_consistent(path: Path) -> None:
+    """Every event up to ``through`` has its pair in the index, and nothing else is there."""
+    with closing(sqlite3.connect(path)) as db:
+        through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
+        missing = db.execute(
+            "SELECT COUNT(*) FROM events AS e WHERE e.id <= ? AND NOT EXISTS"
+            " (SELECT 1 FROM message_ids AS m"
+            "  WHERE m.write_key = e.write_key AND m.message_id = e.message_id)",
+            (through,),
+        ).fetchone()[0]
+        strays = db.execute(
+            "SELECT COUNT(*) FROM message_ids AS m WHERE NOT EXISTS"
+            " (SELECT 1 FROM events AS e"
+            "  WHERE e.write_key = m.write_key AND e.message_id = m.message_id)"
+        ).fetchone()[0]
+    assert (missing, strays) == (0, 0)
+
+
+def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path) -> None:
+    """Retries of ids in memory, being merged, and merged are all recognised."""
+    rng = random.Random(12)
+    sent: List[str] = []
+    merged_counts = set()
+    for _ in range(60):
+        fresh = _ids(9)
+        retried = rng.sample(sent, min(len(sent), 6))
+        batch = fresh + retried
+        rng.shuffle(batch)
+        assert storage.insert([row(i) for i in batch]) == len(fresh)
+        sent += fresh
+        merged_counts.add(_index_state(path)[1])
+    events, indexed, through, _ = _index_state(path)
+    assert events == len(sent) == 540
+    assert through > 0
+    assert indexed > 0
+    assert len(merged_counts) > 5  # ... many, step by step
+    assert storage.insert([row(i) for i in sent]) == 0
+    _assert_index_consistent(path)
+
+
+def test_merges_keep_up_with_commits_larger_than_a_step(storage: Storage, path: Path) -> None:
+    """Commits of 20 new ids against steps of 7: the merge still outruns ingest, so the ids
+    held in memory (those after ``through``) stay a few merges' worth."""
+    behind = []
+    for _ in range(150):
+        assert storage.insert([row(i) for i in _ids(20)]) == 20
+        _, _, through, newest = _index_state(path)
+        behind.append(newest - through)
+    assert max(behind) <= 4 * MERGE_AT
+    assert behind[-1] < 3000 - MERGE_AT  # and merges went on to the end
+
+
+def test_a_repeated_id_counts_once_for_the_first_request_that_brought_it(
+    storage: Storage,
+) -> None:
+    assert storage.insert([row("a"), row("a"), row("b")]) == 2
+    assert storage.insert_gathered(lambda: [[row("c"), row("d")], [row("c"), row("e")]]) == [2, 1]
+    assert storage.insert_gathered(lambda: [[row("a")], [row("f", write_key="other")]]) == [0, 1]
+    assert storage.insert([row("f", write_key="k"), row("f", write_key="other")]) == 1
+
+
+def test_a_reopened_store_finds_every_id_and_finishes_the_merge(path: Path) -> None:
+    first = Storage(path)
+    sent = _ids(95)
+    for start in range(0, len(sent), 5):
+        first.insert([row(i) for i in sent[start : start + 5]])
+    events, indexed, through, newest = _index_state(path)
+    assert 0 < through < newest
+    assert indexed > 0
+    first.close()
+
+    second = Storage(path)
+    try:
+        assert second.insert([row(i) for i in sent]) == 0
+        more = _ids(200)
+        for start in range(0, len(more), 5):
+            assert second.insert([row(i) for i in more[start : start + 5]]) == 5
+        assert second.insert([row(i) for i in sent + more]) == 0
+    finally:
+        second.close()
+    events, indexed, through, newest = _index_state(path)
+    assert events == 295
+    assert indexed >= 200
+    _assert_index_consistent(path)
+
+
+def test_two_connections_on_one_file_see_each_others_ids(path: Path) -> None:
+    """As with ``tracklane serve --workers``: each writer learns what the other stored
+    and merged, and neither stores a retry of the other's."""
+    one, other = Storage(path), Storage(path)
+    try:
+        rng = random.Random(7)
+        sent: List[str] = []
+        for turn in range(80):
+            writer = (one, other)[turn % 2]
+            fresh = _ids(5)
+            retried = rng.sample(sent, min(len(sent), 4))
+            assert writer.insert([row(i) for i in fresh + retried]) == len(fresh)
+            sent += fresh
+        assert one.insert([row(i) for i in sent]) == 0
+        assert other.insert([row(i) for i in sent]) == 0
+    finally:
+        one.close()
+        other.close()
+    events, _indexed, through, _ = _index_state(path)
+    assert events == 400
+    assert through > 0
+    _assert_index_consistent(path)
+
+
+def test_a_failed_insert_leaves_its_ids_free_to_store(storage: Storage) -> None:
+    ids = _ids(8)
+    with pytest.raises(sqlite3.IntegrityError):
+        storage.insert([row(i) for i in ids[:7]] + [row(ids[7], type=None)])
+    assert storage.insert([row(i) for i in ids]) == 8
+    assert storage.insert([row(i) for i in ids]) == 0
+
+
+_CHILD = """
+import sys
+from tracklane.collector import _message_ids
+from tracklane.collector.storage import Storage, StoredMessage
+_message_ids.MERGE_AT = 40
+_message_ids.PAIRS_PER_STEP = 3
+store = Storage(sys.argv[1])
+for line in sys.stdin:
+    ids = line.split()
+    store.insert([
+        StoredMessage("k", i, "track", "u", None, "E", "2024-05-01T10:00:00.000Z",
+                      "2024-05-01T10:00:00.000Z", None, "{}")
+        for i in ids
+    ])
+    print(" ".join(ids), flush=True)
+"""
+
+
+def test_a_writer_killed_during_merges_leaves_nothing_to_store_twice(path: Path) -> None:
+    """kill -9 while merge steps run: every acknowledged id is still found after reopening,
+    and the index ends up holding each stored event once."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None
+    assert child.stdout is not None
+    acknowledged: List[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        for _ in range(120):  # 600 ids: 15 merges of 40, in steps of 10 (twice a commit's)
+            child.stdin.write(" ".join(_ids(5)) + "\n")
+            child.stdin.flush()
+            acknowledged += child.stdout.readline().split()
+            assert time.monotonic() < deadline
+        child.stdin.write(" ".join(_ids(5)) + "\n")  # the kill lands while it is stored
+        child.stdin.flush()
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    assert len(acknowledged) == 600
+
+    store = Storage(path)
+    try:
+        assert store.insert([row(i) for i in acknowledged]) == 0
+        for _ in range(200):  # until a merge has taken every id the child stored
+            assert store.insert([row(i) for i in _ids(5)]) == 5
+            if _index_state(path)[2] >= 605:
+                break
+    finally:
+        store.close()
+    events, _, through, _ = _index_state(path)
+    assert through >= 605
+    assert events <= 605 + 5 * 200
+    _assert_index_consistent(path)
+
+
+_VERSION_1 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    write_key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    user_id TEXT,
+    anonymous_id TEXT,
+    event TEXT,
+    received_at TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    original_timestamp TEXT,
+    body TEXT NOT NULL,
+    UNIQUE (write_key, message_id)
+);
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_VERSION_1)
+        db.executemany(
+            "INSERT INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
+            " received_at, timestamp, original_timestamp, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row(f"old-{n}") for n in range(50)],
+        )
+        db.commit()
+    store = Storage(path)
+    try:
+        assert store.insert([row(f"old-{n}") for n in range(50)]) == 0
+        assert store.insert([row("new-1"), row("old-3")]) == 1
+        newest = store.rows(EventFilter(), 1)[0]
+        assert newest.seq == 51
+        assert '"new-1"' in newest.body
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        indexes = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+        ).fetchall()
+        assert indexes == []  # the unique index that cost a random page per event is gone
+        first = db.execute("SELECT id, message_id FROM events ORDER BY id LIMIT 1").fetchone()
+        assert first == (1, "old-0")
+    events, indexed, through, _ = _index_state(path)
+    assert (events, indexed, through) == (51, 50, 50)
+    _assert_index_consistent(path)
