@@ -476,25 +476,27 @@ class Storage:
 
         Merges the newest messageIds into their index a few thousand at a time
         (``_message_ids``), in a transaction without fsync: what it writes can always be
-        written again from the events, which are already durable. :meth:`insert` calls it
-        itself; callers of :meth:`insert_gathered` call it once they have answered.
-        A failure is logged and the step tried again later.
+        written again from the events, which are already durable. Otherwise reads the next
+        ids of the index into the filter that spares lookups, while one is being built.
+        :meth:`insert` calls it itself; callers of :meth:`insert_gathered` call it once they
+        have answered. A failure is logged and the step tried again later.
         """
         ids = self._message_ids
-        if not ids.merge_due():
+        if not (ids.merge_due() or ids.filter_due()):
             return
         with self._write_lock, self._process_lock.held():
             if self._closed:
                 return
             try:
                 ids.sync(self._writer)
-                if not ids.merge_due():
-                    return
-                self._writer.execute("PRAGMA synchronous=NORMAL")
-                try:
-                    ids.merge_step(self._writer)
-                finally:
-                    self._writer.execute("PRAGMA synchronous=FULL")
+                if ids.merge_due():
+                    self._writer.execute("PRAGMA synchronous=NORMAL")
+                    try:
+                        ids.merge_step(self._writer)
+                    finally:
+                        self._writer.execute("PRAGMA synchronous=FULL")
+                elif ids.filter_due():
+                    ids.filter_step(self._writer)
             except sqlite3.Error as exc:
                 ids.forget()
                 _log.warning(
