@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import sqlite3
 from itertools import chain
-from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 __all__ = [
     "FILTER_IDS_PER_STEP",
@@ -85,24 +85,16 @@ class _Filter:
     def __init__(self, ids: int) -> None:
         bits = 1 << (16 * max(ids, FILTER_MIN_IDS) - 1).bit_length()
         self.capacity = bits // 16
-        self._bits = bytearray(bits >> 3)
-        self._mask = bits - 1
+        self.bits = bytearray(bits >> 3)
+        self.mask = bits - 1
 
     def add(self, message_ids: Iterable[str]) -> None:
-        bits, mask = self._bits, self._mask
+        bits, mask = self.bits, self.mask
         for message_id in message_ids:
             code = hash(message_id)
             first, second = code & mask, (code >> 32) & mask
             bits[first >> 3] |= 1 << (first & 7)
             bits[second >> 3] |= 1 << (second & 7)
-
-    def may_hold(self, message_id: str) -> bool:
-        code = hash(message_id)
-        first = code & self._mask
-        if not self._bits[first >> 3] >> (first & 7) & 1:
-            return False
-        second = (code >> 32) & self._mask
-        return bool(self._bits[second >> 3] >> (second & 7) & 1)
 
 
 class MessageIds:
@@ -168,42 +160,54 @@ class MessageIds:
         self._seen_through = self._merged_through = merged_through
         self._merged_any = merged_through > 0
 
-    def new(self, db: sqlite3.Connection, pairs: Sequence[Pair]) -> List[bool]:
-        """Return, for each pair in order, whether it is stored neither before nor earlier in
-        ``pairs``; the new ones count as stored from now on (call :meth:`stored` after the
-        insert, or :meth:`forget` if it failed)."""
+    def new(self, db: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> List[bool]:
+        """Return, for each row (write key, messageId, ...) in order, whether its pair is
+        stored neither before nor in an earlier row; the new ones count as stored from now
+        on (call :meth:`stored` after the insert, or :meth:`forget` if it failed)."""
         recent = self._recent
         merging = self._merging
         fresh: List[bool] = []
-        candidates: List[int] = []  # indexes into ``pairs`` of the new pairs, if not in the index
+        maybe: List[int] = []  # rows whose pair may be in ``message_ids``: looked up there
+        new = 0
+        look = self._merged_any
+        filter_ = self._filter
+        bits, mask = (filter_.bits, filter_.mask) if look and filter_ else (None, 0)
         last_key: Optional[str] = None
         held: Set[str] = set()
         being_merged: AbstractSet[str] = _NONE
-        for index, (write_key, message_id) in enumerate(pairs):
+        for index, row in enumerate(rows):
+            write_key = row[0]
+            message_id = row[1]
             if write_key != last_key:  # most requests, and groups, have one write key
                 last_key = write_key
                 held = recent.setdefault(write_key, set())
                 being_merged = merging.get(write_key, _NONE)
             if message_id in held or message_id in being_merged:
                 fresh.append(False)
-            else:
-                held.add(message_id)  # so a second copy in ``pairs`` is a duplicate
-                candidates.append(index)
-                fresh.append(True)
-        new = len(candidates)
-        if candidates and self._merged_any:
-            filter_ = self._filter
-            maybe = (
-                candidates
-                if filter_ is None
-                else [index for index in candidates if filter_.may_hold(pairs[index][1])]
-            )
-            found = self._in_index(db, [pairs[index] for index in maybe]) if maybe else []
+                continue
+            held.add(message_id)  # so a second copy in ``rows`` is a duplicate
+            fresh.append(True)
+            new += 1
+            if not look:
+                continue
+            if bits is None:  # no filter yet
+                maybe.append(index)
+                continue
+            # The filter's two probes (``_Filter.add``), inline: once per new event.
+            code = hash(message_id)
+            first = code & mask
+            if bits[first >> 3] >> (first & 7) & 1:
+                second = (code >> 32) & mask
+                if bits[second >> 3] >> (second & 7) & 1:
+                    maybe.append(index)
+        if maybe:
+            pairs = [(rows[index][0], rows[index][1]) for index in maybe]
+            found = set(self._in_index(db, pairs))
             if found:  # retries of older events: rare
-                where = {pairs[index]: index for index in candidates}
-                for write_key, message_id in found:
-                    recent[write_key].discard(message_id)
-                    fresh[where[(write_key, message_id)]] = False
+                for index, pair in zip(maybe, pairs):
+                    if pair in found:
+                        recent[pair[0]].discard(pair[1])
+                        fresh[index] = False
                 new -= len(found)
         self._recent_count += new
         self._new_since_step += new

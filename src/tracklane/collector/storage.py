@@ -443,7 +443,7 @@ class Storage:
         ids = self._message_ids
         try:
             ids.sync(self._writer)
-            fresh = ids.new(self._writer, [(row[0], row[1]) for row in rows])  # type: ignore[misc]
+            fresh = ids.new(self._writer, rows)
             new_rows = rows if all(fresh) else [row for row, new in zip(rows, fresh) if new]
             if not new_rows:
                 return fresh
