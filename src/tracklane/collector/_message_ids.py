@@ -73,13 +73,14 @@ Pair = Tuple[str, str]
 
 
 class _Filter:
-    """A Bloom filter of the messageIds in ``message_ids``, kept in memory by each process.
+    """A Bloom filter of the stored messageIds, kept in memory by each writing process.
 
-    "No" means an id is not in the index: a new event's id is looked up there only on a
-    "maybe" (about 1 % of new ids when it holds as many ids as it was sized for), instead
+    "No" means an id is not in ``message_ids``: a new event's id is looked up there only on
+    a "maybe" (about 1 % of new ids when it holds as many ids as it was sized for) instead
     of one B-tree search (about 3 µs) per new event. Two probes into 16 bits per id, from
-    Python's own hash of the string, which the in-memory sets have already computed.
-    Extra bits (ids whose merge was rolled back) only cost a lookup.
+    Python's own hash of the string, which the in-memory sets have already computed. An id
+    goes in when it is stored, not when it is merged: setting the bits then costs little
+    more than testing them. Extra bits (an insert that failed) only cost a lookup.
     """
 
     def __init__(self, ids: int) -> None:
@@ -149,6 +150,7 @@ class MessageIds:
                 if ids is None:
                     ids = recent[write_key] = set()
                 ids.add(message_id)
+            self._add_to_filters([message_id for _, _, message_id in newer])
             self._recent_count = sum(len(ids) for ids in recent.values())
             self._seen_through = newer[-1][0]
 
@@ -171,7 +173,8 @@ class MessageIds:
         new = 0
         look = self._merged_any
         filter_ = self._filter
-        bits, mask = (filter_.bits, filter_.mask) if look and filter_ else (None, 0)
+        bits, mask = (filter_.bits, filter_.mask) if filter_ else (None, 0)
+        building = self._building
         last_key: Optional[str] = None
         held: Set[str] = set()
         being_merged: AbstractSet[str] = _NONE
@@ -188,18 +191,25 @@ class MessageIds:
             held.add(message_id)  # so a second copy in ``rows`` is a duplicate
             fresh.append(True)
             new += 1
-            if not look:
+            if building is not None:  # while a filter is built (after a restart, or bigger)
+                building.add((message_id,))
+            if bits is None:  # no filter yet: the index has to tell
+                if look:
+                    maybe.append(index)
                 continue
-            if bits is None:  # no filter yet
-                maybe.append(index)
-                continue
-            # The filter's two probes (``_Filter.add``), inline: once per new event.
+            # The filter's probes (``_Filter.add``), inline as they run once per new event:
+            # test, then set, since this id goes into the index at the next merge.
             code = hash(message_id)
             first = code & mask
-            if bits[first >> 3] >> (first & 7) & 1:
-                second = (code >> 32) & mask
-                if bits[second >> 3] >> (second & 7) & 1:
-                    maybe.append(index)
+            second = (code >> 32) & mask
+            if (
+                look
+                and bits[first >> 3] & (1 << (first & 7))
+                and bits[second >> 3] & (1 << (second & 7))
+            ):
+                maybe.append(index)
+            bits[first >> 3] |= 1 << (first & 7)
+            bits[second >> 3] |= 1 << (second & 7)
         if maybe:
             pairs = [(rows[index][0], rows[index][1]) for index in maybe]
             found = set(self._in_index(db, pairs))
@@ -241,7 +251,6 @@ class MessageIds:
         while len(chunk) < 2 * step and key < len(self._merge_queue):
             write_key, ids = self._merge_queue[key]
             taken = ids[index : index + step - len(chunk) // 2]
-            self._add_to_filters(taken)  # before the commit: an extra bit only costs a lookup
             for message_id in taken:
                 chunk += (write_key, message_id)
             index += len(taken)
@@ -303,11 +312,18 @@ class MessageIds:
             self._built_after = rows[-1]
 
     def _start_filter(self, ids: int) -> None:
-        """Start a filter for about ``ids`` ids; an empty index needs no reading."""
+        """Start a filter for about ``ids`` ids; an empty index needs no reading.
+
+        It learns the ids held in memory now, as the index will hold them after their merge;
+        then every id stored, as :meth:`new` and :meth:`sync` see it.
+        """
         if ids == 0:
             self._filter = _Filter(ids)
-        else:
-            self._building, self._built_after = _Filter(2 * ids), None
+            return
+        self._building, self._built_after = _Filter(2 * ids), None
+        for held in (self._recent, self._merging):
+            for message_ids in held.values():
+                self._building.add(message_ids)
 
     def _add_to_filters(self, message_ids: Iterable[str]) -> None:
         for filter_ in (self._filter, self._building):
