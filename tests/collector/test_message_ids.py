@@ -304,7 +304,9 @@ PRAGMA user_version = 1;
 """
 
 
-def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(path: Path) -> None:
+def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with closing(sqlite3.connect(path)) as db:
         db.executescript(_VERSION_1)
         db.executemany(
@@ -314,7 +316,9 @@ def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(path: Pat
             [row(f"old-{n}") for n in range(50)],
         )
         db.commit()
-    store = Storage(path)
+    with caplog.at_level("WARNING", logger="tracklane.collector"):
+        store = Storage(path)
+    assert f"upgrading {path} to schema version 2" in caplog.text
     try:
         assert store.insert([row(f"old-{n}") for n in range(50)]) == 0
         assert store.insert([row("new-1"), row("old-3")]) == 1

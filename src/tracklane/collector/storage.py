@@ -351,7 +351,15 @@ class Storage:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, 1, SCHEMA_VERSION):
                 raise StorageError(f"{self.path} has unknown schema version {version}")
-            schema = _FROM_VERSION_1 if version == 1 else _SCHEMA
+            schema = _SCHEMA
+            if version == 1:
+                schema = _FROM_VERSION_1
+                _log.warning(
+                    "upgrading %s to schema version %d: its events are copied into a table"
+                    " without a unique index (about 20 s per million events)",
+                    self.path,
+                    SCHEMA_VERSION,
+                )
             # IMMEDIATE, under the lock file: a deferred transaction upgraded to a write while
             # another process (an ingest worker) commits fails at once with "database is
             # locked" instead of waiting its turn.
