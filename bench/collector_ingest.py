@@ -2,9 +2,9 @@
 
 Starts the collector as a subprocess on a free loopback port (or in this process
 with ``--in-thread``), runs several concurrent clients that each POST batches of
-realistic events with distinct messageIds (at random places in the store's unique index, as
-the UUIDs clients send land; ``--growing-ids`` for ids that mostly grow, which the store
-indexes far more cheaply) for a bounded time and count, then
+realistic events with distinct messageIds (in random order, as the UUIDs clients send;
+``--growing-ids`` for ids that mostly grow, which the store's messageId index used to take
+far more cheaply) for a bounded time and count, then
 checks through ``GET /v1/events/count`` that every acknowledged event was stored.
 It does so for each store in ``--stores``: SQLite (a file) and PostgreSQL (Debian's
 server started in a temporary directory by ``tests/pg.py``, fsync and synchronous
@@ -119,9 +119,10 @@ def batch_templates(
     spends storing them; on a 2-core machine the two would share the cores, so bodies are
     built up front and each request only stamps a counter into its messageIds. With
     ``random_ids`` (the command's default) the message's index leads and the stamp is random,
-    so they land at random places in the store's unique index, as the random UUIDs clients
-    send do (tracklane's and Segment's libraries); otherwise the counter leads and they mostly
-    grow, which costs the store far less (docs/performance.md).
+    so they come in random order, as the random UUIDs clients send do (tracklane's and
+    Segment's libraries); otherwise the counter leads and they mostly grow. With a unique
+    index on events, random ids cost the store twice as much; since schema 2 they cost about
+    what growing ones do (docs/performance.md).
     """
     now = _iso(datetime.now(timezone.utc))
     templates = []
@@ -552,14 +553,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument(
         "--growing-ids",
         action="store_true",
-        help="messageIds that mostly grow, each landing at the end of the store's unique index"
-        " (default: at random places in it, as the UUIDs clients send land)",
+        help="messageIds that mostly grow, each landing at the end of the store's messageId"
+        " index (default: random, as the UUIDs clients send)",
     )
     parser.add_argument(
         "--random-ids",
         action="store_true",
-        help="messageIds at random places in the unique index, as UUIDs (the default; kept so"
-        " that earlier commands still run)",
+        help="messageIds in random order, as UUIDs (the default; kept so that earlier commands"
+        " still run)",
     )
     parser.add_argument(
         "--stores", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql"

@@ -41,21 +41,20 @@ def test_database_uses_wal_and_full_sync(storage: Storage) -> None:
 
 
 def test_the_wal_is_checkpointed_past_its_threshold_and_stays_bounded(tmp_path: Path) -> None:
-    """Rows with random messageIds (as UUIDs land in the unique index): the WAL grows to about
-    WAL_CHECKPOINT_PAGES pages, then a commit copies it into the database file and later
-    commits reuse it from its start, so its file stays under the threshold plus a commit's
-    pages; every event survives reopening."""
+    """The WAL grows to about WAL_CHECKPOINT_PAGES pages, then a commit copies it into the
+    database file and later commits reuse it from its start, so its file stays under the
+    threshold plus a commit's pages; every event survives reopening."""
     path = tmp_path / "events.db"
     wal = Path(f"{path}-wal")
     frame = PAGE_SIZE + 24  # a WAL frame: its header and one page
     body = '"' + "x" * 2_000 + '"'
-    rows_per_commit = 400  # about 100 pages of rows and up to 400 index pages per commit
+    rows_per_commit = 400  # about 100 pages per commit
     store = Storage(path)
     stored = 0
     largest_wal = 0
     after_checkpoint = 10  # commits once the first checkpoint has filled the database file
     try:
-        for _ in range(200):  # some 800 MB of WAL pages: no checkpoint ran if the loop ends
+        for _ in range(200):  # some 160 MB of WAL pages: no checkpoint ran if the loop ends
             if not after_checkpoint:
                 break
             batch = [
@@ -71,7 +70,7 @@ def test_the_wal_is_checkpointed_past_its_threshold_and_stays_bounded(tmp_path: 
             pytest.fail("the WAL was never checkpointed into the database file")
     finally:
         store.close()
-    assert largest_wal > WAL_CHECKPOINT_PAGES * frame * 0.9  # SQLite's default would be 1,000
+    assert largest_wal > WAL_CHECKPOINT_PAGES * frame * 0.9
     assert largest_wal < (WAL_CHECKPOINT_PAGES + 2 * rows_per_commit) * frame
     again = Storage(path)
     try:

@@ -26,15 +26,13 @@ _log = logging.getLogger("tracklane.collector")
 
 SCHEMA_VERSION = 2
 PAGE_SIZE = 8192  # for new files; measured in docs/performance.md
-# Pages the WAL holds before a commit copies them into the database file (SQLite's default
-# is 1,000). MessageIds from clients are UUIDs, which land at random places in the unique
-# index, so a commit of N rows rewrites about N index pages into the WAL; a checkpoint then
-# copies each page once however often the WAL holds it. With 10,000 pages an index page is
-# copied once for many commits instead of once for a few: ingest with random messageIds went
-# from about 23,300 to 28,100 events/s in 8 s runs and from 16,400 to 22,300-24,200 over a
-# minute (docs/performance.md). The WAL file grows to about this many pages (80 MB with 8 KiB
-# pages) and is then reused from its start.
-WAL_CHECKPOINT_PAGES = 10_000
+# Pages the WAL holds before a commit copies them into the database file: SQLite's default.
+# With a unique index on random messageIds (schema 1), 10,000 pages gained 21 %, since a
+# checkpoint copies each index page once however many commits rewrote it. Since the ids
+# are deduplicated apart from events (schema 2), commits append pages: 1,000 and 10,000
+# pages measured the same (6 interleaved pairs, docs/performance.md), and 1,000 keeps the
+# WAL file near 8 MB instead of 80 MB and a restart after kill -9 has less to read.
+WAL_CHECKPOINT_PAGES = 1_000
 
 _EVENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS {name} (
