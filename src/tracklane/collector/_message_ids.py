@@ -84,16 +84,15 @@ class _Filter:
     """
 
     def __init__(self, ids: int) -> None:
-        bits = 1 << (16 * max(ids, FILTER_MIN_IDS) - 1).bit_length()
-        self.capacity = bits // 16
-        self.bits = bytearray(bits >> 3)
-        self.mask = bits - 1
+        self.capacity = max(ids, FILTER_MIN_IDS)
+        self.size = 16 * self.capacity  # in bits
+        self.bits = bytearray(self.size >> 3)
 
     def add(self, message_ids: Iterable[str]) -> None:
-        bits, mask = self.bits, self.mask
+        bits, size = self.bits, self.size
         for message_id in message_ids:
             code = hash(message_id)
-            first, second = code & mask, (code >> 32) & mask
+            first, second = code % size, (code >> 32) % size
             bits[first >> 3] |= 1 << (first & 7)
             bits[second >> 3] |= 1 << (second & 7)
 
@@ -173,7 +172,7 @@ class MessageIds:
         new = 0
         look = self._merged_any
         filter_ = self._filter
-        bits, mask = (filter_.bits, filter_.mask) if filter_ else (None, 0)
+        bits, size = (filter_.bits, filter_.size) if filter_ else (None, 1)
         building = self._building
         last_key: Optional[str] = None
         held: Set[str] = set()
@@ -200,8 +199,8 @@ class MessageIds:
             # The filter's probes (``_Filter.add``), inline as they run once per new event:
             # test, then set, since this id goes into the index at the next merge.
             code = hash(message_id)
-            first = code & mask
-            second = (code >> 32) & mask
+            first = code % size
+            second = (code >> 32) % size
             if (
                 look
                 and bits[first >> 3] & (1 << (first & 7))
