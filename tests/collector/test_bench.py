@@ -40,6 +40,23 @@ def test_short_benchmark_run_verifies_its_counts() -> None:
     assert "events/s" in out
 
 
+def test_store_benchmark_verifies_every_event_once() -> None:
+    """bench/collector_store.py with 2,400 events exits 0 with retries of any age refused."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    script = SCRIPT.parent / "collector_store.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--events", "2400", "--group", "40"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "CPU per event" in result.stdout
+    assert "verification: OK (2,400 stored; 0 of" in result.stdout
+
+
 def test_short_postgres_run_verifies_ingest_and_warehouse_counts() -> None:
     """A short PostgreSQL ingest run and a 1,000-event warehouse load both verify their counts."""
     try:

@@ -22,6 +22,7 @@ from typing import Iterator, List, Tuple
 import pytest
 
 from tracklane.collector import _message_ids
+from tracklane.collector._message_ids import message_id_of, pair_key
 from tracklane.collector.storage import SCHEMA_VERSION, EventFilter, Storage
 
 from .support import row
@@ -69,31 +70,29 @@ def _assert_index_consistent(path: Path) -> None:
     """Every event up to ``through`` has its pair in the index, and nothing else is there."""
     with closing(sqlite3.connect(path)) as db:
         through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
-        missing = db.execute(
-            "SELECT COUNT(*) FROM events AS e WHERE e.id <= ? AND NOT EXISTS"
-            " (SELECT 1 FROM message_ids AS m"
-            "  WHERE m.write_key = e.write_key AND m.message_id = e.message_id)",
-            (through,),
-        ).fetchone()[0]
-        strays = db.execute(
-            "SELECT COUNT(*) FROM message_ids AS m WHERE NOT EXISTS"
-            " (SELECT 1 FROM events AS e"
-            "  WHERE e.write_key = m.write_key AND e.message_id = m.message_id)"
-        ).fetchone()[0]
-    assert (missing, strays) == (0, 0)
+        indexed = {key for (key,) in db.execute("SELECT pair FROM message_ids")}
+        stored = db.execute("SELECT id, write_key, message_id FROM events").fetchall()
+    keys = {pair_key(write_key, message_id): seq for seq, write_key, message_id in stored}
+    missing = [seq for key, seq in keys.items() if seq <= through and key not in indexed]
+    strays = indexed - set(keys)
+    assert (missing, strays) == ([], set())
+
+
+WRITE_KEYS = ("k", "key-beta", "k:1", "k:")  # keys that a naive "key:id" joining confuses
 
 
 def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path) -> None:
-    """Retries of ids in memory, being merged, and merged are all recognised."""
+    """Retries of ids in memory, being merged, and merged are all recognised, per write key;
+    the same messageId under another write key is another event."""
     rng = random.Random(12)
-    sent: List[str] = []
+    sent: List[Tuple[str, str]] = []
     indexed_after: List[int] = []
     for _ in range(60):
-        fresh = _ids(9)
+        fresh = [(rng.choice(WRITE_KEYS), message_id) for message_id in _ids(9)]
         retried = rng.sample(sent, min(len(sent), 6))
         batch = fresh + retried
         rng.shuffle(batch)
-        assert storage.insert([row(i) for i in batch]) == len(fresh)
+        assert storage.insert([row(i, write_key=key) for key, i in batch]) == len(fresh)
         sent += fresh
         indexed_after.append(_index_state(path)[1])
     events, indexed, through, _ = _index_state(path)
@@ -103,8 +102,22 @@ def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path)
     steps = [after - before for before, after in zip(indexed_after, indexed_after[1:])]
     assert len([step for step in steps if step]) > 30  # ... many, step by step:
     assert max(steps) <= 2 * 9  # twice what a commit brings, never a whole merge at once
-    assert storage.insert([row(i) for i in sent]) == 0
+    assert storage.insert([row(i, write_key=key) for key, i in sent]) == 0
+    others = [(WRITE_KEYS[(WRITE_KEYS.index(key) + 1) % 4], i) for key, i in sent[:200]]
+    assert storage.insert([row(i, write_key=key) for key, i in others]) == 200
     _assert_index_consistent(path)
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(("k:1", "x"), ("k", ":1x")), (("k", "1:kx"), ("1:k", "x")), (("", "3:abc"), ("abc", ""))],
+)
+def test_index_keys_of_different_pairs_differ(
+    first: Tuple[str, str], second: Tuple[str, str]
+) -> None:
+    assert pair_key(*first) != pair_key(*second)
+    assert message_id_of(pair_key(*first)) == first[1]
+    assert message_id_of(pair_key(*second)) == second[1]
 
 
 def test_merges_keep_up_with_commits_larger_than_a_step(storage: Storage, path: Path) -> None:
@@ -226,6 +239,7 @@ def test_a_failed_insert_leaves_its_ids_free_to_store(storage: Storage) -> None:
 _CHILD = """
 import sys
 from tracklane.collector import _message_ids
+from tracklane.collector._message_ids import message_id_of, pair_key
 from tracklane.collector.storage import Storage, StoredMessage
 _message_ids.MERGE_AT = 40
 _message_ids.PAIRS_PER_STEP = 3

@@ -79,8 +79,8 @@ ALTER TABLE events_v2 RENAME TO events;
 """
     + message_ids.SCHEMA
     + """
-INSERT OR IGNORE INTO message_ids (write_key, message_id)
-    SELECT write_key, message_id FROM events ORDER BY write_key, message_id;
+INSERT OR IGNORE INTO message_ids (pair)
+    SELECT length(write_key) || ':' || write_key || message_id FROM events ORDER BY 1;
 UPDATE message_ids_merged SET through = (SELECT COALESCE(MAX(id), 0) FROM events);
 """
 )
