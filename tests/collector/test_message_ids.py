@@ -299,6 +299,8 @@ def test_a_writer_killed_during_merges_leaves_nothing_to_store_twice(path: Path)
     _assert_index_consistent(path)
 
 
+# Schema version 1 as c4e7c4c created it, copied on purpose: the upgrade has to keep working
+# whatever the current schema becomes.
 _VERSION_1 = """
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,

@@ -361,20 +361,20 @@ def _prefix(write_key: str) -> str:
 
 
 def _lookup_statement(keys: int) -> str:
-    statement = _lookup_statements.get(keys)
-    if statement is None:
-        marks = ", ".join(["?"] * keys)
-        statement = _lookup_statements[keys] = (
-            f"SELECT pair FROM message_ids WHERE pair IN ({marks})"
-        )
-    return statement
+    return _statement(
+        _lookup_statements, "SELECT pair FROM message_ids WHERE pair IN ({})", "?", keys
+    )
 
 
 def _merge_statement(keys: int) -> str:
-    statement = _merge_statements.get(keys)
+    return _statement(
+        _merge_statements, "INSERT OR IGNORE INTO message_ids (pair) VALUES {}", "(?)", keys
+    )
+
+
+def _statement(cache: Dict[int, str], template: str, mark: str, keys: int) -> str:
+    """``template`` with ``keys`` marks, built once per count."""
+    statement = cache.get(keys)
     if statement is None:
-        values = ", ".join(["(?)"] * keys)
-        statement = _merge_statements[keys] = (
-            f"INSERT OR IGNORE INTO message_ids (pair) VALUES {values}"
-        )
+        statement = cache[keys] = template.format(", ".join([mark] * keys))
     return statement
