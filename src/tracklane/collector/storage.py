@@ -506,7 +506,7 @@ class Storage:
             except sqlite3.Error as exc:
                 ids.forget()
                 _log.warning(
-                    "could not merge messageIds into the index of %s (tried again later): %s",
+                    "messageId index upkeep failed on %s (tried again later): %s",
                     self.path,
                     exc,
                 )
