@@ -322,11 +322,11 @@ class MessageIds:
                 self._building.add(message_ids)
 
     def _add_to_filters(self, message_ids: Iterable[str]) -> None:
-        for filter_ in (self._filter, self._building):
-            if filter_ is not None:
-                if not isinstance(message_ids, list):
-                    message_ids = list(message_ids)
-                filter_.add(message_ids)
+        filters = [filter_ for filter_ in (self._filter, self._building) if filter_ is not None]
+        if len(filters) > 1:
+            message_ids = list(message_ids)  # read twice
+        for filter_ in filters:
+            filter_.add(message_ids)
 
     def _start_merge(self) -> None:
         """Freeze the in-memory ids as the merge's, sorted as SQLite orders the index."""
