@@ -31,11 +31,13 @@ MERGE_AT = 40
 PAIRS_PER_STEP = 7
 FILTER_IDS_PER_STEP = 16
 FILTER_MIN_IDS = 64
+IDS_BUCKETED_PER_STEP = MERGE_AT
 
 
 @pytest.fixture(autouse=True)
 def _small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_message_ids, "MERGE_AT", MERGE_AT)
+    monkeypatch.setattr(_message_ids, "IDS_BUCKETED_PER_STEP", IDS_BUCKETED_PER_STEP)
     monkeypatch.setattr(_message_ids, "PAIRS_PER_STEP", PAIRS_PER_STEP)
     monkeypatch.setattr(_message_ids, "FILTER_IDS_PER_STEP", FILTER_IDS_PER_STEP)
     monkeypatch.setattr(_message_ids, "FILTER_MIN_IDS", FILTER_MIN_IDS)
@@ -118,6 +120,39 @@ def test_index_keys_of_different_pairs_differ(
     assert pair_key(*first) != pair_key(*second)
     assert message_id_of(pair_key(*first)) == first[1]
     assert message_id_of(pair_key(*second)) == second[1]
+
+
+def test_merges_write_their_ids_in_the_index_order(
+    storage: Storage, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each merge writes its ids in the index's key order (so each index page is rewritten
+    once per merge, not once per id): ids of any first character, under write keys whose
+    prefixes have one and two digits, put in buckets over two steps and written bucket by
+    bucket over several more."""
+    monkeypatch.setattr(_message_ids, "IDS_BUCKETED_PER_STEP", 10)
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE merge_log (n INTEGER PRIMARY KEY, pair TEXT NOT NULL);
+            CREATE TRIGGER log_merge AFTER INSERT ON message_ids
+                BEGIN INSERT INTO merge_log (pair) VALUES (NEW.pair); END;
+            """
+        )
+    rng = random.Random(7)
+    firsts = "0123456789abcdefABCDEF-_~é\u00ff\u4e2d\U0001f600"
+    keys = ("k", "key-beta", "a-write-key", "z")  # prefixes "1:k", "8:...", "11:...", "1:z"
+    stored = 0
+    for _ in range(40):
+        batch = [(rng.choice(keys), rng.choice(firsts) + str(uuid.uuid4())) for _ in range(15)]
+        stored += storage.insert([row(i, write_key=key) for key, i in batch])
+    assert stored == 600
+    with closing(sqlite3.connect(path)) as db:
+        logged = [pair for (pair,) in db.execute("SELECT pair FROM merge_log ORDER BY n")]
+    merges = _index_state(path)[2] and len(logged) // MERGE_AT
+    assert merges >= 10
+    runs = 1 + sum(later < earlier for earlier, later in zip(logged, logged[1:]))
+    assert runs <= merges + 1  # one ascending run per merge (random order: about 300)
+    _assert_index_consistent(path)
 
 
 def test_merges_keep_up_with_commits_larger_than_a_step(storage: Storage, path: Path) -> None:

@@ -31,6 +31,7 @@ from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, 
 __all__ = [
     "FILTER_IDS_PER_STEP",
     "FILTER_MIN_IDS",
+    "IDS_BUCKETED_PER_STEP",
     "MERGE_AT",
     "PAIRS_PER_STEP",
     "SCHEMA",
@@ -47,15 +48,18 @@ __all__ = [
 MERGE_AT = 100_000
 # Ids written per merge step (at least; twice what arrived since the last step if that is
 # more): steps run between commits (``Storage.maintain``), so a merge never holds the writer
-# for long. At 1.5 million stored events a step of 2,000 took 2-6 ms (the first, which sorts
-# the merge's ids, 85-90 ms); a merge of 100,000 in one transaction took 0.3 s at 300,000
-# stored events and 1.2 s at 3 million.
+# for long. At 1.5 million stored events a step of 2,000 took 2-6 ms (when the first step
+# sorted all the merge's ids, it took 85-90 ms: see ``IDS_BUCKETED_PER_STEP``); a merge of
+# 100,000 in one transaction took 0.3 s at 300,000 stored events and 1.2 s at 3 million.
 PAIRS_PER_STEP = 2_000
 
 # The filter that spares most lookups in ``message_ids`` (see ``_Filter``): ids it is sized
 # for at least, and ids it reads from ``message_ids`` per step while it is being built.
 FILTER_MIN_IDS = 1 << 20
 FILTER_IDS_PER_STEP = 10_000
+# Ids a merge step puts in buckets (at least; see ``merge_step``), before the steps that
+# write them: about 5 ms per 25,000.
+IDS_BUCKETED_PER_STEP = 25_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS message_ids (pair TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -111,7 +115,15 @@ class MessageIds:
         self._recent: Dict[str, Set[str]] = {}  # ... not being merged
         self._recent_count = 0
         self._merging: Dict[str, Set[str]] = {}  # ... being merged, up to ``_merge_through``
-        self._merge_queue: List[Tuple[str, List[str]]] = []  # the same, sorted
+        self._merge_running = False
+        # The same, as (write key, ids) in the order of the write keys' prefixes: those not
+        # yet in buckets, the first one's buckets so far and how many of its ids they hold ...
+        self._unbucketed: List[Tuple[str, List[str]]] = []
+        self._buckets: Dict[str, List[str]] = {}
+        self._bucketed = 0
+        # ... and in buckets by first character, in the index's order; each bucket is sorted
+        # when the merge reaches it.
+        self._merge_queue: List[Tuple[str, List[str]]] = []
         self._merge_key = 0  # the queue's write key being merged, and the next id's index
         self._merge_index = 0
         self._merge_through = 0
@@ -160,7 +172,7 @@ class MessageIds:
         self._recent = {}
         self._recent_count = 0
         self._merging = {}
-        self._merge_queue = []
+        self._clear_merge()
         self._seen_through = self._merged_through = merged_through
         self._merged_any = merged_through > 0
 
@@ -236,14 +248,20 @@ class MessageIds:
 
     def merge_due(self) -> bool:
         """Whether a merge is running, or enough ids are in memory to start one."""
-        return bool(self._merge_queue) or self._recent_count >= self._merge_at
+        return self._merge_running or self._recent_count >= self._merge_at
 
     def merge_step(self, db: sqlite3.Connection) -> None:
         """Write the next ids of the merge into ``message_ids``, in key order, in one
         transaction; the last step also records what ``message_ids`` now holds."""
-        if not self._merge_queue:
+        if not self._merge_running:
             self._start_merge()
             self._new_since_step = 0  # they are the merge's
+        if self._unbucketed:  # the merge's first steps put its ids in buckets, in memory
+            # Four times what arrived since the last step (a tenth of the cost of writing
+            # them), so that these steps too outrun ingest.
+            self._bucket_some(max(IDS_BUCKETED_PER_STEP, 4 * self._new_since_step))
+            self._new_since_step = 0
+            return
         # Twice what arrived since the last step, so that the merge outruns ingest however
         # many events a commit holds, and the ids waiting in memory stay bounded.
         step = max(self._pairs_per_step, 2 * self._new_since_step)
@@ -252,6 +270,8 @@ class MessageIds:
         key, index = self._merge_key, self._merge_index
         while len(chunk) < step and key < len(self._merge_queue):
             write_key, ids = self._merge_queue[key]
+            if index == 0:
+                ids.sort()  # a bucket, first reached: a few ms, not one sort of the whole merge
             taken = ids[index : index + step - len(chunk)]
             prefix = _prefix(write_key)
             chunk += [prefix + message_id for message_id in taken]
@@ -277,7 +297,7 @@ class MessageIds:
             self._merged_through = self._merge_through
             self._merged_any = True
             self._merging = {}
-            self._merge_queue = []
+            self._clear_merge()
             if (
                 self._filter
                 and self._building is None
@@ -329,15 +349,48 @@ class MessageIds:
             filter_.add(message_ids)
 
     def _start_merge(self) -> None:
-        """Freeze the in-memory ids as the merge's, sorted as SQLite orders the index."""
-        # Python orders str by code point, as SQLite's BINARY collation orders UTF-8 bytes.
+        """Freeze the in-memory ids as the merge's, to be put in buckets in the index's order.
+
+        Python orders str by code point, as SQLite's BINARY collation orders UTF-8 bytes; a
+        key's order is its write key's prefix's, then its messageId's, whose first character
+        picks the bucket. Sorting 100,000 ids at once held the writer for 85-90 ms; they go
+        into buckets (a sixteenth of them each, for UUIDs) a few ms at a time instead, and
+        each bucket is sorted when the merge reaches it.
+        """
         self._merging, self._recent, self._recent_count = self._recent, {}, 0
-        self._merge_queue = [
-            (key, sorted(ids))
-            for key, ids in sorted(self._merging.items(), key=lambda item: _prefix(item[0]))
+        self._clear_merge()
+        self._merge_running = True
+        self._unbucketed = [
+            (write_key, list(ids))
+            for write_key, ids in sorted(self._merging.items(), key=lambda item: _prefix(item[0]))
         ]
-        self._merge_key = self._merge_index = 0
         self._merge_through = self._seen_through
+
+    def _bucket_some(self, count: int) -> None:
+        """Put the next ``count`` ids of the merge in their buckets."""
+        while count > 0 and self._unbucketed:
+            write_key, ids = self._unbucketed[0]
+            buckets = self._buckets
+            end = min(len(ids), self._bucketed + count)
+            for message_id in ids[self._bucketed : end]:
+                first = message_id[:1]
+                bucket = buckets.get(first)
+                if bucket is None:
+                    buckets[first] = [message_id]
+                else:
+                    bucket.append(message_id)
+            count -= end - self._bucketed
+            self._bucketed = end
+            if end >= len(ids):
+                self._merge_queue += [(write_key, buckets[first]) for first in sorted(buckets)]
+                del self._unbucketed[0]
+                self._buckets, self._bucketed = {}, 0
+
+    def _clear_merge(self) -> None:
+        self._merge_running = False
+        self._unbucketed, self._buckets, self._bucketed = [], {}, 0
+        self._merge_queue = []
+        self._merge_key = self._merge_index = 0
 
     def _in_index(self, db: sqlite3.Connection, pairs: List[Pair]) -> List[Pair]:
         keys = {pair_key(*pair): pair for pair in pairs}
