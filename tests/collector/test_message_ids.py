@@ -74,7 +74,12 @@ def _assert_index_consistent(path: Path) -> None:
         through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
         indexed = {key for (key,) in db.execute("SELECT pair FROM message_ids")}
         stored = db.execute("SELECT id, write_key, message_id FROM events").fetchall()
-    keys = {pair_key(write_key, message_id): seq for seq, write_key, message_id in stored}
+        numbers = dict(db.execute("SELECT write_key, id FROM write_keys").fetchall())
+    assert len(set(numbers.values())) == len(numbers)
+    keys = {
+        pair_key(numbers[write_key], message_id) if write_key in numbers else "": seq
+        for seq, write_key, message_id in stored
+    }
     missing = [seq for key, seq in keys.items() if seq <= through and key not in indexed]
     strays = indexed - set(keys)
     assert (missing, strays) == ([], set())
@@ -110,16 +115,13 @@ def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path)
     _assert_index_consistent(path)
 
 
-@pytest.mark.parametrize(
-    ("first", "second"),
-    [(("k:1", "x"), ("k", ":1x")), (("k", "1:kx"), ("1:k", "x")), (("", "3:abc"), ("abc", ""))],
-)
-def test_index_keys_of_different_pairs_differ(
-    first: Tuple[str, str], second: Tuple[str, str]
-) -> None:
-    assert pair_key(*first) != pair_key(*second)
-    assert message_id_of(pair_key(*first)) == first[1]
-    assert message_id_of(pair_key(*second)) == second[1]
+def test_index_keys_of_different_pairs_differ() -> None:
+    """A key is the write key's number, a colon and the messageId: pairs whose joined text
+    would be the same ("1" + "1:x", "11" + ":x") still differ, and the messageId comes back."""
+    pairs = [(1, "1:x"), (11, ":x"), (1, "1x"), (11, "x"), (2, ""), (1, "2:"), (12, ":")]
+    keys = [pair_key(*pair) for pair in pairs]
+    assert len(set(keys)) == len(pairs)
+    assert [message_id_of(key) for key in keys] == [message_id for _, message_id in pairs]
 
 
 def test_merges_write_their_ids_in_the_index_order(
@@ -271,10 +273,44 @@ def test_a_failed_insert_leaves_its_ids_free_to_store(storage: Storage) -> None:
     assert storage.insert([row(i) for i in ids]) == 0
 
 
+def test_a_merge_that_fails_leaves_no_write_key_number_behind(
+    storage: Storage, path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A merge step numbers its new write keys, then fails and is rolled back: the number it
+    gave is forgotten with it, so a write key numbered meanwhile by another writer, which
+    got that number, never shares its keys with the first."""
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(
+            """
+            CREATE TABLE refuse (flag INTEGER NOT NULL);
+            INSERT INTO refuse (flag) VALUES (1);
+            CREATE TRIGGER refuse_merges BEFORE INSERT ON message_ids
+                WHEN (SELECT flag FROM refuse) BEGIN SELECT RAISE(ABORT, 'refused'); END;
+            """
+        )
+    x_ids = _ids(45)
+    with caplog.at_level("WARNING", logger="tracklane.collector"):
+        storage.insert([row(i, write_key="x") for i in x_ids])
+        for _ in range(5):  # the merge's steps: buckets, then a write that fails
+            storage.insert([row(i, write_key="x") for i in _ids(1)])
+            if "upkeep failed" in caplog.text:
+                break
+    assert "refused" in caplog.text
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT COUNT(*) FROM write_keys").fetchone()[0] == 0
+        db.execute("INSERT INTO write_keys (write_key) VALUES ('y')")  # another writer's
+        db.execute("UPDATE refuse SET flag = 0")
+        db.commit()
+    for _ in range(30):
+        storage.insert([row(i, write_key="x") for i in _ids(5)])
+    assert _index_state(path)[2] >= 45
+    assert storage.insert([row(i, write_key="y") for i in x_ids]) == 45
+    _assert_index_consistent(path)
+
+
 _CHILD = """
 import sys
 from tracklane.collector import _message_ids
-from tracklane.collector._message_ids import message_id_of, pair_key
 from tracklane.collector.storage import Storage, StoredMessage
 _message_ids.MERGE_AT = 40
 _message_ids.PAIRS_PER_STEP = 3
@@ -369,7 +405,7 @@ def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(
         db.commit()
     with caplog.at_level("WARNING", logger="tracklane.collector"):
         store = Storage(path)
-    assert f"upgrading {path} to schema version 2" in caplog.text
+    assert f"upgrading {path} to schema version {SCHEMA_VERSION}" in caplog.text
     try:
         assert store.insert([row(f"old-{n}") for n in range(50)]) == 0
         assert store.insert([row("new-1"), row("old-3")]) == 1
@@ -388,4 +424,67 @@ def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(
         assert first == (1, "old-0")
     events, indexed, through, _ = _index_state(path)
     assert (events, indexed, through) == (51, 50, 50)
+    _assert_index_consistent(path)
+
+
+# Schema version 2 as 9e6b4a3 created it (its message_ids keyed by the write key's length, a
+# colon, the write key and the messageId), copied on purpose, as version 1 above.
+_VERSION_2 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    write_key TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    user_id TEXT,
+    anonymous_id TEXT,
+    event TEXT,
+    received_at TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    original_timestamp TEXT,
+    body TEXT NOT NULL
+);
+CREATE TABLE message_ids (pair TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE message_ids_merged (through INTEGER NOT NULL);
+INSERT INTO message_ids_merged (through) VALUES (0);
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_file_gets_its_index_built_again_keeping_every_id(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The index of a schema-2 file held keys with the write keys in them; it is built again
+    with their numbers, for the events merged before (up to ``through``), and the newer
+    events' ids are read back into memory as usual: none of them is stored twice."""
+    stored = [(WRITE_KEYS[n % 4], f"old-{n}") for n in range(60)]
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(_VERSION_2)
+        db.executemany(
+            "INSERT INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
+            " received_at, timestamp, original_timestamp, body)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [row(message_id, write_key=key) for key, message_id in stored],
+        )
+        db.executemany(
+            "INSERT INTO message_ids (pair) VALUES (?)",
+            [(f"{len(key)}:{key}{message_id}",) for key, message_id in stored[:45]],
+        )
+        db.execute("UPDATE message_ids_merged SET through = 45")
+        db.commit()
+    with caplog.at_level("WARNING", logger="tracklane.collector"):
+        store = Storage(path)
+    assert f"upgrading {path} to schema version {SCHEMA_VERSION}" in caplog.text
+    try:
+        assert _index_state(path)[1:3] == (45, 45)
+        _assert_index_consistent(path)
+        assert store.insert([row(i, write_key=key) for key, i in stored]) == 0
+        assert store.insert([row("old-1", write_key="k"), row("new", write_key="k")]) == 2
+        for _ in range(20):  # merges go on with the numbered keys
+            assert store.insert([row(i) for i in _ids(9)]) == 9
+        assert store.insert([row(i, write_key=key) for key, i in stored]) == 0
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert _index_state(path)[2] > 60
     _assert_index_consistent(path)

@@ -9,11 +9,13 @@ ones (docs/performance.md). So the index is kept in two parts:
   that writes; they are read back from the ``events`` table, which holds every event's
   write key and messageId, so nothing about them needs writing beyond the event itself;
 - every older id is in the ``message_ids`` table, a B-tree of one text key per pair: the
-  write key's length, a colon, the write key and the messageId (``pair_key``; one column
-  inserts in about two thirds of the time of two). When the newest ids reach ``MERGE_AT``
-  they are written there in key order, a few thousand per step between commits, which
-  rewrites each index page at most once for all of them; ids that arrive meanwhile wait in
-  memory for the next merge.
+  write key's number (``write_keys``, each write key numbered when its first id is merged),
+  a colon and the messageId (``pair_key``; one column inserts in about two thirds of the
+  time of two, and a number keeps the keys short however long the write keys: keys holding
+  a 32-character write key cost 40 % more to merge). When the newest ids reach
+  ``MERGE_AT`` they are written there in key order, a few thousand per step between
+  commits, which rewrites each index page at most once for all of them; ids that arrive
+  meanwhile wait in memory for the next merge.
 
 A message is new when neither part holds its pair: deduplication stays exact and
 forever, as with the unique index. ``message_ids_merged.through`` is the newest event id
@@ -63,6 +65,7 @@ IDS_BUCKETED_PER_STEP = 25_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS message_ids (pair TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS write_keys (id INTEGER PRIMARY KEY, write_key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS message_ids_merged (through INTEGER NOT NULL);
 INSERT INTO message_ids_merged (through)
     SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM message_ids_merged);
@@ -116,6 +119,7 @@ class MessageIds:
         self._recent_count = 0
         self._merging: Dict[str, Set[str]] = {}  # ... being merged, up to ``_merge_through``
         self._merge_running = False
+        self._merge_numbered = False  # whether the merge's write keys have their numbers
         # The same, as (write key, ids) in the order of the write keys' prefixes: those not
         # yet in buckets, the first one's buckets so far and how many of its ids they hold ...
         self._unbucketed: List[Tuple[str, List[str]]] = []
@@ -134,6 +138,8 @@ class MessageIds:
         self._filter: Optional[_Filter] = None  # complete: holds every id in ``message_ids``
         self._building: Optional[_Filter] = None  # being filled from ``message_ids`` ...
         self._built_after = ""  # ... up to this key
+        # Write keys' numbers in ``write_keys`` (committed rows, which never change).
+        self._key_numbers: Dict[str, int] = {}
 
     def sync(self, db: sqlite3.Connection) -> None:
         """Catch up with what other processes stored or merged since this one last wrote."""
@@ -243,8 +249,9 @@ class MessageIds:
             self._seen_through = last_id
 
     def forget(self) -> None:
-        """Something failed: read the newest ids again before the next insert."""
+        """Something failed: read the newest ids, and write keys' numbers, again."""
         self._seen_through = -1
+        self._key_numbers = {}  # a rolled-back merge may have numbered write keys
 
     def merge_due(self) -> bool:
         """Whether a merge is running, or enough ids are in memory to start one."""
@@ -266,21 +273,23 @@ class MessageIds:
         # many events a commit holds, and the ids waiting in memory stay bounded.
         step = max(self._pairs_per_step, 2 * self._new_since_step)
         self._new_since_step = 0
-        chunk: List[str] = []
-        key, index = self._merge_key, self._merge_index
-        while len(chunk) < step and key < len(self._merge_queue):
-            write_key, ids = self._merge_queue[key]
-            if index == 0:
-                ids.sort()  # a bucket, first reached: a few ms, not one sort of the whole merge
-            taken = ids[index : index + step - len(chunk)]
-            prefix = _prefix(write_key)
-            chunk += [prefix + message_id for message_id in taken]
-            index += len(taken)
-            if index >= len(ids):
-                key, index = key + 1, 0
-        done = key >= len(self._merge_queue)
         db.execute("BEGIN IMMEDIATE")
         try:
+            if not self._merge_numbered:
+                self._number_merge(db)
+            chunk: List[str] = []
+            key, index = self._merge_key, self._merge_index
+            while len(chunk) < step and key < len(self._merge_queue):
+                write_key, ids = self._merge_queue[key]
+                if index == 0:
+                    ids.sort()  # a bucket first reached: a few ms, not one sort of the merge
+                taken = ids[index : index + step - len(chunk)]
+                prefix = f"{self._key_numbers[write_key]}:"
+                chunk += [prefix + message_id for message_id in taken]
+                index += len(taken)
+                if index >= len(ids):
+                    key, index = key + 1, 0
+            done = key >= len(self._merge_queue)
             for start in range(0, len(chunk), _KEYS_PER_STATEMENT):
                 values = chunk[start : start + _KEYS_PER_STATEMENT]
                 db.execute(_merge_statement(len(values)), values)
@@ -352,19 +361,47 @@ class MessageIds:
         """Freeze the in-memory ids as the merge's, to be put in buckets in the index's order.
 
         Python orders str by code point, as SQLite's BINARY collation orders UTF-8 bytes; a
-        key's order is its write key's prefix's, then its messageId's, whose first character
-        picks the bucket. Sorting 100,000 ids at once held the writer for 85-90 ms; they go
-        into buckets (a sixteenth of them each, for UUIDs) a few ms at a time instead, and
-        each bucket is sorted when the merge reaches it.
+        key's order is its prefix's (its write key's number), then its messageId's, whose
+        first character picks the bucket. Sorting 100,000 ids at once held the writer for
+        85-90 ms; they go into buckets (a sixteenth of them each, for UUIDs) a few ms at a
+        time instead, and each bucket is sorted when the merge reaches it.
         """
         self._merging, self._recent, self._recent_count = self._recent, {}, 0
         self._clear_merge()
         self._merge_running = True
-        self._unbucketed = [
-            (write_key, list(ids))
-            for write_key, ids in sorted(self._merging.items(), key=lambda item: _prefix(item[0]))
-        ]
+        self._unbucketed = [(write_key, list(ids)) for write_key, ids in self._merging.items()]
         self._merge_through = self._seen_through
+
+    def _number_merge(self, db: sqlite3.Connection) -> None:
+        """Number the merge's write keys (in its first write's transaction), and order its
+        buckets by their keys' prefixes, keeping each write key's buckets in their order."""
+        numbers = self._numbers(db, {write_key for write_key, _ in self._merge_queue}, True)
+        self._merge_queue.sort(key=lambda entry: f"{numbers[entry[0]]}:")
+        self._merge_numbered = True
+
+    def _numbers(
+        self, db: sqlite3.Connection, write_keys: AbstractSet[str], add: bool
+    ) -> Dict[str, int]:
+        """The numbers of ``write_keys`` in ``write_keys``, numbering those without one if
+        ``add`` (in a write transaction), else leaving them out."""
+        known = self._key_numbers
+        missing = [write_key for write_key in write_keys if write_key not in known]
+        if missing:
+            if add:
+                db.executemany(
+                    "INSERT OR IGNORE INTO write_keys (write_key) VALUES (?)",
+                    [(write_key,) for write_key in missing],
+                )
+            for start in range(0, len(missing), _KEYS_PER_STATEMENT):
+                chunk = missing[start : start + _KEYS_PER_STATEMENT]
+                marks = ", ".join("?" * len(chunk))
+                known.update(
+                    db.execute(
+                        f"SELECT write_key, id FROM write_keys WHERE write_key IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                )
+        return known
 
     def _bucket_some(self, count: int) -> None:
         """Put the next ``count`` ids of the merge in their buckets."""
@@ -387,13 +424,18 @@ class MessageIds:
                 self._buckets, self._bucketed = {}, 0
 
     def _clear_merge(self) -> None:
-        self._merge_running = False
+        self._merge_running = self._merge_numbered = False
         self._unbucketed, self._buckets, self._bucketed = [], {}, 0
         self._merge_queue = []
         self._merge_key = self._merge_index = 0
 
     def _in_index(self, db: sqlite3.Connection, pairs: List[Pair]) -> List[Pair]:
-        keys = {pair_key(*pair): pair for pair in pairs}
+        numbers = self._numbers(db, {write_key for write_key, _ in pairs}, False)
+        keys = {  # a write key without a number has no id in the index
+            pair_key(numbers[write_key], message_id): (write_key, message_id)
+            for write_key, message_id in pairs
+            if write_key in numbers
+        }
         listed = list(keys)
         found: List[Pair] = []
         for start in range(0, len(listed), _KEYS_PER_STATEMENT):
@@ -402,19 +444,15 @@ class MessageIds:
         return found
 
 
-def pair_key(write_key: str, message_id: str) -> str:
-    """The key ``message_ids`` holds for a pair: one string, and no two pairs share one."""
-    return _prefix(write_key) + message_id
+def pair_key(key_number: int, message_id: str) -> str:
+    """The key ``message_ids`` holds for a pair, given its write key's number in
+    ``write_keys``: one string, and no two pairs share one (the number has no colon)."""
+    return f"{key_number}:{message_id}"
 
 
 def message_id_of(key: str) -> str:
     """The messageId in a key of ``message_ids``."""
-    colon = key.index(":")
-    return key[colon + 1 + int(key[:colon]) :]
-
-
-def _prefix(write_key: str) -> str:
-    return f"{len(write_key)}:{write_key}"
+    return key[key.index(":") + 1 :]
 
 
 def _lookup_statement(keys: int) -> str:

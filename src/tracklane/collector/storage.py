@@ -24,7 +24,7 @@ __all__ = ["EventFilter", "EventRow", "Storage", "StorageError", "StoredMessage"
 
 _log = logging.getLogger("tracklane.collector")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 8192  # for new files; measured in docs/performance.md
 # Pages the WAL holds before a commit copies them into the database file: SQLite's default.
 # With a unique index on random messageIds (schema 1), 10,000 pages gained 21 %, since a
@@ -68,8 +68,17 @@ DROP INDEX IF EXISTS events_anonymous_id;
 # third of what SQLite spent on ingest (docs/performance.md). Reads filtered by user scan
 # from the newest event, which their LIMIT bounds.
 
+# The index of the pairs merged so far (the events up to ``through``), built from the
+# events in key order, with their write keys numbered (see _message_ids.pair_key).
+_INDEX_FROM_EVENTS = """
+INSERT OR IGNORE INTO write_keys (write_key)
+    SELECT DISTINCT write_key FROM events WHERE id <= (SELECT through FROM message_ids_merged);
+INSERT OR IGNORE INTO message_ids (pair)
+    SELECT w.id || ':' || e.message_id FROM events AS e JOIN write_keys AS w USING (write_key)
+    WHERE e.id <= (SELECT through FROM message_ids_merged) ORDER BY 1;
+"""
 # Schema version 1 kept the pairs unique with UNIQUE (write_key, message_id) on events:
-# the table is copied into one without it, and the pairs go to message_ids in key order.
+# the table is copied into one without it, and every pair goes to message_ids.
 _FROM_VERSION_1 = (
     _EVENTS_TABLE.format(name="events_v2")
     + f"INSERT INTO events_v2 ({_EVENT_COLUMNS}) SELECT {_EVENT_COLUMNS} FROM events;"
@@ -78,12 +87,17 @@ DROP TABLE events;
 ALTER TABLE events_v2 RENAME TO events;
 """
     + message_ids.SCHEMA
-    + """
-INSERT OR IGNORE INTO message_ids (pair)
-    SELECT length(write_key) || ':' || write_key || message_id FROM events ORDER BY 1;
-UPDATE message_ids_merged SET through = (SELECT COALESCE(MAX(id), 0) FROM events);
-"""
+    + "UPDATE message_ids_merged SET through = (SELECT COALESCE(MAX(id), 0) FROM events);"
+    + _INDEX_FROM_EVENTS
 )
+# Schema version 2 keyed message_ids with the write key itself (its length, a colon, the
+# write key, the messageId): the index is built again with the write keys' numbers.
+_FROM_VERSION_2 = "DROP TABLE IF EXISTS message_ids;" + message_ids.SCHEMA + _INDEX_FROM_EVENTS
+# What an upgrade does, for the log (measured: docs/collector.md).
+_UPGRADES = {
+    1: "its events are copied into a table without a unique index (about 20 s per million events)",
+    2: "its messageId index is built again (about 3 s per million events)",
+}
 
 _INSERT = (
     "INSERT INTO events (write_key, message_id, type, user_id, anonymous_id, event,"
@@ -347,16 +361,15 @@ class Storage:
     def _init_schema(self) -> None:
         try:
             version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, 1, SCHEMA_VERSION):
+            if version not in (0, 1, 2, SCHEMA_VERSION):
                 raise StorageError(f"{self.path} has unknown schema version {version}")
-            schema = _SCHEMA
-            if version == 1:
-                schema = _FROM_VERSION_1
+            schema = {1: _FROM_VERSION_1, 2: _FROM_VERSION_2}.get(version, _SCHEMA)
+            if version in _UPGRADES:
                 _log.warning(
-                    "upgrading %s to schema version %d: its events are copied into a table"
-                    " without a unique index (about 20 s per million events)",
+                    "upgrading %s to schema version %d: %s",
                     self.path,
                     SCHEMA_VERSION,
+                    _UPGRADES[version],
                 )
             # IMMEDIATE, under the lock file: a deferred transaction upgraded to a write while
             # another process (an ingest worker) commits fails at once with "database is
