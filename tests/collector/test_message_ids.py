@@ -32,12 +32,16 @@ PAIRS_PER_STEP = 7
 FILTER_IDS_PER_STEP = 16
 FILTER_MIN_IDS = 64
 IDS_BUCKETED_PER_STEP = MERGE_AT
+RECENT_IDS_AT_MOST = 100
+IDS_MOVED_PER_STEP = 15
 
 
 @pytest.fixture(autouse=True)
 def _small_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_message_ids, "MERGE_AT", MERGE_AT)
     monkeypatch.setattr(_message_ids, "IDS_BUCKETED_PER_STEP", IDS_BUCKETED_PER_STEP)
+    monkeypatch.setattr(_message_ids, "RECENT_IDS_AT_MOST", RECENT_IDS_AT_MOST)
+    monkeypatch.setattr(_message_ids, "IDS_MOVED_PER_STEP", IDS_MOVED_PER_STEP)
     monkeypatch.setattr(_message_ids, "PAIRS_PER_STEP", PAIRS_PER_STEP)
     monkeypatch.setattr(_message_ids, "FILTER_IDS_PER_STEP", FILTER_IDS_PER_STEP)
     monkeypatch.setattr(_message_ids, "FILTER_MIN_IDS", FILTER_MIN_IDS)
@@ -59,20 +63,32 @@ def _ids(count: int) -> List[str]:
     return [str(uuid.uuid4()) for _ in range(count)]
 
 
+_BOTH_TABLES = "SELECT pair FROM message_ids UNION ALL SELECT pair FROM message_ids_recent"
+
+
 def _index_state(path: Path) -> Tuple[int, int, int, int]:
-    """(events, ids in the index, the index's ``through``, the newest event id)."""
+    """(events, ids in the index's two tables, its ``through``, the newest event id)."""
     with closing(sqlite3.connect(path)) as db:
         events, newest = db.execute("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM events").fetchone()
-        indexed = db.execute("SELECT COUNT(*) FROM message_ids").fetchone()[0]
+        indexed = db.execute(f"SELECT COUNT(*) FROM ({_BOTH_TABLES})").fetchone()[0]
         through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
     return events, indexed, through, newest
 
 
+def _moved_on(path: Path) -> int:
+    """Ids in ``message_ids``, where ``message_ids_recent`` moves its ids on."""
+    with closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM message_ids").fetchone()[0])
+
+
 def _assert_index_consistent(path: Path) -> None:
-    """Every event up to ``through`` has its pair in the index, and nothing else is there."""
+    """Every event up to ``through`` has its pair in one of the index's tables, once, and
+    nothing else is there."""
     with closing(sqlite3.connect(path)) as db:
         through = db.execute("SELECT through FROM message_ids_merged").fetchone()[0]
-        indexed = {key for (key,) in db.execute("SELECT pair FROM message_ids")}
+        listed = [key for (key,) in db.execute(_BOTH_TABLES)]
+        indexed = set(listed)
+        assert len(indexed) == len(listed)
         stored = db.execute("SELECT id, write_key, message_id FROM events").fetchall()
         numbers = dict(db.execute("SELECT write_key, id FROM write_keys").fetchall())
     assert len(set(numbers.values())) == len(numbers)
@@ -94,6 +110,7 @@ def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path)
     rng = random.Random(12)
     sent: List[Tuple[str, str]] = []
     indexed_after: List[int] = []
+    moved_after: List[int] = []
     for _ in range(60):
         fresh = [(rng.choice(WRITE_KEYS), message_id) for message_id in _ids(9)]
         retried = rng.sample(sent, min(len(sent), 6))
@@ -102,13 +119,17 @@ def test_retries_of_any_age_are_never_stored_twice(storage: Storage, path: Path)
         assert storage.insert([row(i, write_key=key) for key, i in batch]) == len(fresh)
         sent += fresh
         indexed_after.append(_index_state(path)[1])
+        moved_after.append(_moved_on(path))
     events, indexed, through, _ = _index_state(path)
+    assert indexed >= through
     assert events == len(sent) == 540
     assert through > 0
-    assert indexed > 0
+    assert moved_after[-1] > 0
     steps = [after - before for before, after in zip(indexed_after, indexed_after[1:])]
-    assert len([step for step in steps if step]) > 30  # ... many, step by step:
+    moves = [after - before for before, after in zip(moved_after, moved_after[1:])]
+    assert len([step for step in steps if step]) > 20  # ... many, step by step:
     assert max(steps) <= 2 * 9  # twice what a commit brings, never a whole merge at once
+    assert len([moved for moved in moves if moved]) >= 3  # and moved on, several times
     assert storage.insert([row(i, write_key=key) for key, i in sent]) == 0
     others = [(WRITE_KEYS[(WRITE_KEYS.index(key) + 1) % 4], i) for key, i in sent[:200]]
     assert storage.insert([row(i, write_key=key) for key, i in others]) == 200
@@ -130,14 +151,18 @@ def test_merges_write_their_ids_in_the_index_order(
     """Each merge writes its ids in the index's key order (so each index page is rewritten
     once per merge, not once per id): ids of any first character, under write keys whose
     prefixes have one and two digits, put in buckets over two steps and written bucket by
-    bucket over several more."""
+    bucket over several more. Moves from ``message_ids_recent`` on to ``message_ids`` go in
+    key order too, over several steps."""
     monkeypatch.setattr(_message_ids, "IDS_BUCKETED_PER_STEP", 10)
     with closing(sqlite3.connect(path)) as db:
         db.executescript(
             """
             CREATE TABLE merge_log (n INTEGER PRIMARY KEY, pair TEXT NOT NULL);
-            CREATE TRIGGER log_merge AFTER INSERT ON message_ids
+            CREATE TRIGGER log_merge AFTER INSERT ON message_ids_recent
                 BEGIN INSERT INTO merge_log (pair) VALUES (NEW.pair); END;
+            CREATE TABLE move_log (n INTEGER PRIMARY KEY, pair TEXT NOT NULL);
+            CREATE TRIGGER log_move AFTER INSERT ON message_ids
+                BEGIN INSERT INTO move_log (pair) VALUES (NEW.pair); END;
             """
         )
     rng = random.Random(7)
@@ -149,23 +174,31 @@ def test_merges_write_their_ids_in_the_index_order(
         stored += storage.insert([row(i, write_key=key) for key, i in batch])
     assert stored == 600
     with closing(sqlite3.connect(path)) as db:
-        logged = [pair for (pair,) in db.execute("SELECT pair FROM merge_log ORDER BY n")]
-    merges = _index_state(path)[2] and len(logged) // MERGE_AT
+        merged = [pair for (pair,) in db.execute("SELECT pair FROM merge_log ORDER BY n")]
+        moved = [pair for (pair,) in db.execute("SELECT pair FROM move_log ORDER BY n")]
+    merges = len(merged) // MERGE_AT  # each merges MERGE_AT ids or more
     assert merges >= 10
-    runs = 1 + sum(later < earlier for earlier, later in zip(logged, logged[1:]))
-    assert runs <= merges + 1  # one ascending run per merge (random order: about 300)
+    assert _runs(merged) <= merges + 1  # one ascending run per merge (random order: ~300)
+    assert len(moved) >= 2 * RECENT_IDS_AT_MOST
+    assert _runs(moved) <= len(moved) // RECENT_IDS_AT_MOST + 1  # one per move
     _assert_index_consistent(path)
+
+
+def _runs(keys: List[str]) -> int:
+    """How many ascending runs ``keys`` make, in their order."""
+    return 1 + sum(later < earlier for earlier, later in zip(keys, keys[1:]))
 
 
 def test_merges_keep_up_with_commits_larger_than_a_step(storage: Storage, path: Path) -> None:
     """Commits of 20 new ids against steps of 7: the merge still outruns ingest, so the ids
-    held in memory (those after ``through``) stay a few merges' worth."""
+    held in memory (those after ``through``) stay a few merges' worth, though a merge
+    waits while ``message_ids_recent`` is moved on."""
     behind = []
     for _ in range(150):
         assert storage.insert([row(i) for i in _ids(20)]) == 20
         _, _, through, newest = _index_state(path)
         behind.append(newest - through)
-    assert max(behind) <= 4 * MERGE_AT
+    assert max(behind) <= 5 * MERGE_AT
     assert behind[-1] < 3000 - MERGE_AT  # and merges went on to the end
 
 
@@ -284,7 +317,7 @@ def test_a_merge_that_fails_leaves_no_write_key_number_behind(
             """
             CREATE TABLE refuse (flag INTEGER NOT NULL);
             INSERT INTO refuse (flag) VALUES (1);
-            CREATE TRIGGER refuse_merges BEFORE INSERT ON message_ids
+            CREATE TRIGGER refuse_merges BEFORE INSERT ON message_ids_recent
                 WHEN (SELECT flag FROM refuse) BEGIN SELECT RAISE(ABORT, 'refused'); END;
             """
         )

@@ -8,21 +8,22 @@ ones (docs/performance.md). So the index is kept in two parts:
 - the ids of the newest events (``MERGE_AT`` at most) live in memory, in each process
   that writes; they are read back from the ``events`` table, which holds every event's
   write key and messageId, so nothing about them needs writing beyond the event itself;
-- every older id is in the ``message_ids`` table, a B-tree of one text key per pair: the
-  write key's number (``write_keys``, each write key numbered when its first id is merged),
-  a colon and the messageId (``pair_key``; one column inserts in about two thirds of the
-  time of two, and a number keeps the keys short however long the write keys: keys holding
-  a 32-character write key cost 40 % more to merge). When the newest ids reach
-  ``MERGE_AT`` they are written there in key order, a few thousand per step between
-  commits, which rewrites each index page at most once for all of them; ids that arrive
-  meanwhile wait in memory for the next merge.
+- every older id is in the index: B-trees of one text key per pair, the write key's number
+  (``write_keys``, each write key numbered when its first id is merged), a colon and the
+  messageId (``pair_key``; one column inserts in about two thirds of the time of two, and
+  a number keeps the keys short however long the write keys: keys holding a 32-character
+  write key cost 40 % more to merge). When the newest ids reach ``MERGE_AT`` they are
+  merged into ``message_ids_recent`` in key order, a few thousand per step between commits,
+  which rewrites each of its pages at most once for all of them; ids that arrive meanwhile
+  wait in memory for the next merge. When that table holds ``RECENT_IDS_AT_MOST`` ids, they
+  are moved on into ``message_ids`` in key order, the same way.
 
-A message is new when neither part holds its pair: deduplication stays exact and
-forever, as with the unique index. ``message_ids_merged.through`` is the newest event id
-whose pair ``message_ids`` holds; the merge's last step moves it. A kill -9 at any point
-leaves the two parts consistent (a half-done merge is done again, its ids inserted with
-``OR IGNORE``), and a process that opens the store, or sees that another process merged,
-reads the newer ids again from ``events``.
+A message is new when no part holds its pair: deduplication stays exact and forever, as
+with the unique index. ``message_ids_merged.through`` is the newest event id whose pair the
+index holds; a merge's last step moves it. A kill -9 at any point leaves the parts
+consistent (a half-done merge is done again, its ids inserted with ``OR IGNORE``; each step
+of a move is one transaction), and a process that opens the store, or sees that another
+process merged, reads the newer ids again from ``events``.
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ __all__ = [
     "pair_key",
 ]
 
-# Ids held in memory before they are merged into ``message_ids``. A merge rewrites each
-# index page it touches once for all its ids: about min(ids, index pages) pages, where an
-# 8 KiB page holds about 150 keys of UUIDs, so per stored event about (stored events / 15
-# million) index pages instead of one. 100,000 ids take about 13 MB in each writing process
-# (twice that while a merge runs). See docs/performance.md.
+# Ids held in memory before they are merged into ``message_ids_recent``. A merge rewrites each
+# page it touches once for all its ids (see ``RECENT_IDS_AT_MOST``). 100,000 ids take about
+# 13 MB in each writing process (twice that while a merge runs). See docs/performance.md.
 MERGE_AT = 100_000
 # Ids written per merge step (at least; twice what arrived since the last step if that is
 # more): steps run between commits (``Storage.maintain``), so a merge never holds the writer
@@ -55,16 +54,27 @@ MERGE_AT = 100_000
 # 100,000 in one transaction took 0.3 s at 300,000 stored events and 1.2 s at 3 million.
 PAIRS_PER_STEP = 2_000
 
-# The filter that spares most lookups in ``message_ids`` (see ``_Filter``): ids it is sized
-# for at least, and ids it reads from ``message_ids`` per step while it is being built.
+# The filter that spares most lookups in the index (see ``_Filter``): ids it is sized for at
+# least, and ids it reads from the index per step while it is being built.
 FILTER_MIN_IDS = 1 << 20
 FILTER_IDS_PER_STEP = 10_000
 # Ids a merge step puts in buckets (at least; see ``merge_step``), before the steps that
 # write them: about 5 ms per 25,000.
 IDS_BUCKETED_PER_STEP = 25_000
+# Ids ``message_ids_recent`` holds before they are all moved on into ``message_ids`` (when a
+# merge leaves at least that many), and how many a step moves (at least; ten times what
+# arrived since the last step if that is more, so about a tenth of the table arrives in
+# memory meanwhile). Writing N sorted ids into a table of P pages (130 keys to a page)
+# rewrites about min(N, P) pages: merged straight into one table of 15 million ids, each id
+# would cost a page of 8 KiB again, as the unique index on events did. Merged into
+# ``message_ids_recent`` (about 8,000 pages at most) an id costs about 0.04 page, then moved
+# on with a million others about (stored ids / 130 million) of a page in ``message_ids``.
+RECENT_IDS_AT_MOST = 1_000_000
+IDS_MOVED_PER_STEP = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS message_ids (pair TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS message_ids_recent (pair TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS write_keys (id INTEGER PRIMARY KEY, write_key TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS message_ids_merged (through INTEGER NOT NULL);
 INSERT INTO message_ids_merged (through)
@@ -74,6 +84,8 @@ INSERT INTO message_ids_merged (through)
 # Keys per statement: SQLite's oldest limit of bound variables.
 _KEYS_PER_STATEMENT = 999
 _lookup_statements: Dict[int, str] = {}
+# The index's two tables, in the order a filter reads them.
+_INDEX_TABLES = ("message_ids_recent", "message_ids")
 _merge_statements: Dict[int, str] = {}
 _NONE: FrozenSet[str] = frozenset()
 
@@ -83,7 +95,7 @@ Pair = Tuple[str, str]
 class _Filter:
     """A Bloom filter of the stored messageIds, kept in memory by each writing process.
 
-    "No" means an id is not in ``message_ids``: a new event's id is looked up there only on
+    "No" means an id is not in the index: a new event's id is looked up there only on
     a "maybe" (about 1 % of new ids when it holds as many ids as it was sized for) instead
     of one B-tree search (about 3 µs) per new event. Two probes into 16 bits per id, from
     Python's own hash of the string, which the in-memory sets have already computed. An id
@@ -120,6 +132,7 @@ class MessageIds:
         self._merging: Dict[str, Set[str]] = {}  # ... being merged, up to ``_merge_through``
         self._merge_running = False
         self._merge_numbered = False  # whether the merge's write keys have their numbers
+        self._moving = False  # whether ``message_ids_recent`` is being moved on
         # The same, as (write key, ids) in the order of the write keys' prefixes: those not
         # yet in buckets, the first one's buckets so far and how many of its ids they hold ...
         self._unbucketed: List[Tuple[str, List[str]]] = []
@@ -133,11 +146,12 @@ class MessageIds:
         self._merge_through = 0
         self._seen_through = -1  # the newest event id whose pair is held; -1: not read yet
         self._merged_through = 0
-        self._merged_any = False  # whether ``message_ids`` may hold anything
+        self._merged_any = False  # whether the index may hold anything
         self._new_since_step = 0
-        self._filter: Optional[_Filter] = None  # complete: holds every id in ``message_ids``
-        self._building: Optional[_Filter] = None  # being filled from ``message_ids`` ...
-        self._built_after = ""  # ... up to this key
+        self._filter: Optional[_Filter] = None  # complete: holds every id in the index
+        self._building: Optional[_Filter] = None  # being filled from the index tables ...
+        self._built_table = 0  # ... ``_INDEX_TABLES[_built_table]`` up to this key:
+        self._built_after = ""
         # Write keys' numbers in ``write_keys`` (committed rows, which never change).
         self._key_numbers: Dict[str, int] = {}
 
@@ -189,7 +203,7 @@ class MessageIds:
         recent = self._recent
         merging = self._merging
         fresh: List[bool] = []
-        maybe: List[int] = []  # rows whose pair may be in ``message_ids``: looked up there
+        maybe: List[int] = []  # rows whose pair may be in the index: looked up there
         new = 0
         look = self._merged_any
         filter_ = self._filter
@@ -254,12 +268,17 @@ class MessageIds:
         self._key_numbers = {}  # a rolled-back merge may have numbered write keys
 
     def merge_due(self) -> bool:
-        """Whether a merge is running, or enough ids are in memory to start one."""
-        return self._merge_running or self._recent_count >= self._merge_at
+        """Whether a merge is running, or enough ids are in memory to start one, or ids are
+        being moved from ``message_ids_recent`` into ``message_ids``."""
+        return self._moving or self._merge_running or self._recent_count >= self._merge_at
 
     def merge_step(self, db: sqlite3.Connection) -> None:
-        """Write the next ids of the merge into ``message_ids``, in key order, in one
-        transaction; the last step also records what ``message_ids`` now holds."""
+        """Write the next ids of the merge into ``message_ids_recent``, in key order, in one
+        transaction; the last step also records what the index now holds. Or, while that
+        table is being moved on, move the next of its ids (:meth:`_move_step`)."""
+        if self._moving and not self._merge_running:
+            self._move_step(db)
+            return
         if not self._merge_running:
             self._start_merge()
             self._new_since_step = 0  # they are the merge's
@@ -295,6 +314,7 @@ class MessageIds:
                 db.execute(_merge_statement(len(values)), values)
             if done:
                 db.execute("UPDATE message_ids_merged SET through = ?", (self._merge_through,))
+                (recent,) = db.execute("SELECT COUNT(*) FROM message_ids_recent").fetchone()
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -303,6 +323,7 @@ class MessageIds:
             raise
         self._merge_key, self._merge_index = key, index
         if done:
+            self._moving = recent >= RECENT_IDS_AT_MOST
             self._merged_through = self._merge_through
             self._merged_any = True
             self._merging = {}
@@ -314,27 +335,60 @@ class MessageIds:
             ):
                 self._start_filter(self._merged_through)  # a bigger one, to keep "maybe" rare
 
+    def _move_step(self, db: sqlite3.Connection) -> None:
+        """Move the next ids of ``message_ids_recent``, in key order, into ``message_ids``.
+
+        One transaction per step, so each id is in one table or the other at every commit;
+        a store reopened in the middle moves the rest when a merge next leaves enough.
+        """
+        step = max(IDS_MOVED_PER_STEP, 10 * self._new_since_step)
+        self._new_since_step = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            last = db.execute(
+                "SELECT pair FROM message_ids_recent ORDER BY pair LIMIT 1 OFFSET ?", (step - 1,)
+            ).fetchone()
+            upto, bound = ("WHERE pair <= ?", last) if last is not None else ("", ())
+            db.execute(
+                "INSERT OR IGNORE INTO message_ids (pair)"
+                f" SELECT pair FROM message_ids_recent {upto} ORDER BY pair",
+                bound,
+            )
+            db.execute(f"DELETE FROM message_ids_recent {upto}", bound)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            self.forget()
+            raise
+        self._moving = last is not None
+
     def filter_due(self) -> bool:
         """Whether a filter is being built (:meth:`filter_step` goes on with it)."""
         return self._building is not None
 
     def filter_step(self, db: sqlite3.Connection) -> None:
-        """Read the next ids of ``message_ids`` into the filter being built."""
+        """Read the next ids of the index into the filter being built."""
         building = self._building
         if building is None:
             return
+        # ``message_ids_recent`` first: an id moved on while the filter is built leaves it
+        # for ``message_ids``, read after it (each step of a move is one transaction).
+        table = _INDEX_TABLES[self._built_table]
         keys = [
             key
             for (key,) in db.execute(
-                "SELECT pair FROM message_ids WHERE pair > ? ORDER BY pair LIMIT ?",
+                f"SELECT pair FROM {table} WHERE pair > ? ORDER BY pair LIMIT ?",
                 (self._built_after, FILTER_IDS_PER_STEP),
             )
         ]
         building.add(message_id_of(key) for key in keys)
-        if len(keys) < FILTER_IDS_PER_STEP:
-            self._filter, self._building, self._built_after = building, None, ""
-        else:
+        if len(keys) == FILTER_IDS_PER_STEP:
             self._built_after = keys[-1]
+        elif self._built_table + 1 < len(_INDEX_TABLES):
+            self._built_table, self._built_after = self._built_table + 1, ""
+        else:
+            self._filter, self._building, self._built_after = building, None, ""
 
     def _start_filter(self, ids: int) -> None:
         """Start a filter for about ``ids`` ids; an empty index needs no reading.
@@ -345,7 +399,7 @@ class MessageIds:
         if ids == 0:
             self._filter = _Filter(ids)
             return
-        self._building, self._built_after = _Filter(2 * ids), ""
+        self._building, self._built_table, self._built_after = _Filter(2 * ids), 0, ""
         for held in (self._recent, self._merging):
             for message_ids in held.values():
                 self._building.add(message_ids)
@@ -445,25 +499,32 @@ class MessageIds:
 
 
 def pair_key(key_number: int, message_id: str) -> str:
-    """The key ``message_ids`` holds for a pair, given its write key's number in
+    """The key the index holds for a pair, given its write key's number in
     ``write_keys``: one string, and no two pairs share one (the number has no colon)."""
     return f"{key_number}:{message_id}"
 
 
 def message_id_of(key: str) -> str:
-    """The messageId in a key of ``message_ids``."""
+    """The messageId in a key of the index."""
     return key[key.index(":") + 1 :]
 
 
 def _lookup_statement(keys: int) -> str:
-    return _statement(
-        _lookup_statements, "SELECT pair FROM message_ids WHERE pair IN ({})", "?", keys
-    )
+    statement = _lookup_statements.get(keys)
+    if statement is None:
+        marks = ", ".join(f"?{number}" for number in range(1, keys + 1))
+        statement = _lookup_statements[keys] = " UNION ALL ".join(
+            f"SELECT pair FROM {table} WHERE pair IN ({marks})" for table in _INDEX_TABLES
+        )
+    return statement
 
 
 def _merge_statement(keys: int) -> str:
     return _statement(
-        _merge_statements, "INSERT OR IGNORE INTO message_ids (pair) VALUES {}", "(?)", keys
+        _merge_statements,
+        "INSERT OR IGNORE INTO message_ids_recent (pair) VALUES {}",
+        "(?)",
+        keys,
     )
 
 
