@@ -23,6 +23,7 @@ into the ``postgres`` warehouse destination in batches of ``--warehouse-batch`` 
 reports events/s, checking the row counts.
 
     python bench/collector_ingest.py --clients 4 --duration 10
+    python bench/collector_ingest.py --batch-size 1-100   # part-filled batches, as clients flush
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ _TEMPLATES = 16
 
 
 def batch_templates(
-    rng: random.Random, client: int, batch_size: int, random_ids: bool
-) -> List[bytes]:
-    """Request bodies built before the clock starts, each messageId with a placeholder.
+    rng: random.Random, client: int, batch_sizes: Tuple[int, int], random_ids: bool
+) -> List[Tuple[bytes, int]]:
+    """Request bodies built before the clock starts, each messageId with a placeholder, and
+    how many messages each holds (from ``batch_sizes``, both ends included).
 
     Building realistic messages costs the load generator far more CPU than the collector
     spends storing them; on a 2-core machine the two would share the cores, so bodies are
@@ -127,21 +129,21 @@ def batch_templates(
     now = _iso(datetime.now(timezone.utc))
     templates = []
     for number in range(_TEMPLATES):
-        batch = [realistic_message(rng, now) for _ in range(batch_size)]
+        batch = [realistic_message(rng, now) for _ in range(rng.randint(*batch_sizes))]
         for index, message in enumerate(batch):
             message["messageId"] = (
                 f"{index:04x}-@@@@@@@@-{client:04x}-{number:04x}-bench"
                 if random_ids
                 else f"@@@@@@@@-{client:04x}-{number:04x}-{index:04x}-bench"
             )
-        templates.append(orjson.dumps({"batch": batch, "sentAt": now}))
+        templates.append((orjson.dumps({"batch": batch, "sentAt": now}), len(batch)))
     return templates
 
 
 def run_client(
     url: str,
     key: str,
-    batch_size: int,
+    batch_sizes: Tuple[int, int],
     max_batches: int,
     duration: float,
     start: threading.Barrier,
@@ -151,19 +153,20 @@ def run_client(
 ) -> None:
     """POST batches with httpx until the time or count bound; count acknowledged events."""
     rng = random.Random(seed)
-    templates = batch_templates(rng, seed, batch_size, random_ids)
+    templates = batch_templates(rng, seed, batch_sizes, random_ids)
     with httpx.Client(base_url=url, auth=(key, ""), timeout=30) as http:
         start.wait(120)
         stop_at = time.monotonic() + duration
         while result.requests < max_batches and time.monotonic() < stop_at:
             counter = rng.getrandbits(32) if random_ids else result.requests // _TEMPLATES
-            body = templates[result.requests % _TEMPLATES].replace(_PLACE, b"%08x" % counter)
+            template, size = templates[result.requests % _TEMPLATES]
+            body = template.replace(_PLACE, b"%08x" % counter)
             response = http.post(
                 "/v1/batch", content=body, headers={"Content-Type": "application/json"}
             )
             result.requests += 1
-            if response.status_code == 200 and response.json()["stored"] == batch_size:
-                result.events += batch_size
+            if response.status_code == 200 and response.json()["stored"] == size:
+                result.events += size
             else:
                 result.failures += 1
 
@@ -171,7 +174,7 @@ def run_client(
 def run_raw_client(
     url: str,
     key: str,
-    batch_size: int,
+    batch_sizes: Tuple[int, int],
     max_batches: int,
     duration: float,
     start: threading.Barrier,
@@ -188,17 +191,20 @@ def run_raw_client(
     its Content-Length and parsed like httpx's (status 200, ``stored`` equal to the batch).
     """
     rng = random.Random(seed)
-    templates = batch_templates(rng, seed, batch_size, random_ids)
+    templates = batch_templates(rng, seed, batch_sizes, random_ids)
     parsed = urlsplit(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     auth = base64.b64encode(f"{key}:".encode()).decode()
     requests = [
         (
-            f"POST /v1/batch HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {auth}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        ).encode("latin-1")
-        + body
-        for body in templates
+            (
+                f"POST /v1/batch HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {auth}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("latin-1")
+            + body,
+            size,
+        )
+        for body, size in templates
     ]
     with socket.create_connection((host, port), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -207,11 +213,12 @@ def run_raw_client(
         stop_at = time.monotonic() + duration
         while result.requests < max_batches and time.monotonic() < stop_at:
             counter = rng.getrandbits(32) if random_ids else result.requests // _TEMPLATES
-            sock.sendall(requests[result.requests % _TEMPLATES].replace(_PLACE, b"%08x" % counter))
+            request, size = requests[result.requests % _TEMPLATES]
+            sock.sendall(request.replace(_PLACE, b"%08x" % counter))
             status, answer = _read_response(reader)
             result.requests += 1
-            if status == 200 and orjson.loads(answer)["stored"] == batch_size:
-                result.events += batch_size
+            if status == 200 and orjson.loads(answer)["stored"] == size:
+                result.events += size
             else:
                 result.failures += 1
 
@@ -450,7 +457,7 @@ def _ingest(store: str, location: str, args: argparse.Namespace) -> bool:
     ids = ", random messageIds as UUIDs" if args.random_ids else ", growing messageIds"
     print(
         f"collector ingest into {store} ({mode}, {args.clients} clients,"
-        f" batches of {args.batch_size}{ids})"
+        f" batches of {_sizes_text(args.batch_size)}{ids})"
     )
     print(f"  requests: {requests} ({failures} failed) in {elapsed:.2f} s")
     if requests:
@@ -525,11 +532,34 @@ def _warehouse(dsn: str, args: argparse.Namespace) -> bool:
     return ok
 
 
+def _batch_sizes(text: str) -> Tuple[int, int]:
+    """``--batch-size``: N or MIN-MAX, from 1 to 500 (500 of these messages stay under the
+    500 KB batch limit)."""
+    low, _, high = text.partition("-")
+    try:
+        sizes = (int(low), int(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not N or MIN-MAX: {text!r}") from None
+    if not 1 <= sizes[0] <= sizes[1] <= 500:
+        raise argparse.ArgumentTypeError(f"sizes from 1 to 500, the smaller first: {text!r}")
+    return sizes
+
+
+def _sizes_text(sizes: Tuple[int, int]) -> str:
+    return str(sizes[0]) if sizes[0] == sizes[1] else f"{sizes[0]}-{sizes[1]}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark and print the sustained ingest and warehouse load rates."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=4, help="concurrent client threads")
-    parser.add_argument("--batch-size", type=int, default=100, help="events per request")
+    parser.add_argument(
+        "--batch-size",
+        type=_batch_sizes,
+        default=(100, 100),
+        help="events per request: N, or MIN-MAX for sizes drawn at random (clients flush"
+        " part-filled batches; each size is its own INSERT statement's length)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     parser.add_argument("--max-batches", type=int, default=5_000, help="per client")
     parser.add_argument(

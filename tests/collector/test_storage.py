@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import pytest
 
+from tracklane.collector import _statements as statements
 from tracklane.collector.storage import (
     PAGE_SIZE,
     WAL_CHECKPOINT_PAGES,
@@ -172,3 +173,32 @@ def test_missing_directory_is_refused(tmp_path: Path) -> None:
     """A path in a directory that does not exist raises StorageError naming it."""
     with pytest.raises(StorageError, match="cannot open"):
         Storage(tmp_path / "missing" / "events.db")
+
+
+@pytest.mark.parametrize("unit", [100, 64, 512])
+def test_statement_sizes_add_up_and_come_in_few_sizes(unit: int) -> None:
+    """Bound values go in statements of ``unit`` and of powers of two below it, so that a
+    connection compiles a dozen texts at most however many rows its commits hold."""
+    seen = set()
+    for count in range(3 * unit + 2):
+        sizes = statements.sizes(count, unit)
+        assert sum(sizes) == count
+        assert sizes == sorted(sizes, reverse=True)
+        seen.update(sizes)
+    assert seen == {unit} | {1 << bit for bit in range(unit.bit_length()) if 1 << bit < unit}
+
+
+def test_groups_of_every_size_store_each_new_row_once(storage: Storage) -> None:
+    """Commits of 1 to 260 rows (several statements each, some rows already stored) store
+    every new row once, in order, and count each request's new rows."""
+    stored: list[str] = []
+    for size in [1, 2, 3, 63, 64, 65, 99, 100, 101, 127, 200, 231, 260]:
+        fresh = [f"m-{size}-{number}" for number in range(size)]
+        again = stored[-(size // 3) :] if size >= 3 else []
+        group = [[row(i) for i in fresh[: size // 2] + again], [row(i) for i in fresh]]
+        counts = storage.insert_gathered(lambda group=group: group)  # type: ignore[misc]
+        assert counts == [size // 2, size - size // 2]
+        stored += fresh
+    rows = storage.rows(EventFilter(after=0), 5000)
+    assert [r.seq for r in rows] == list(range(1, len(stored) + 1))
+    assert [r.body.split('"messageId":"')[1].split('"')[0] for r in rows] == stored

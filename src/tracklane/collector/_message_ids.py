@@ -31,6 +31,8 @@ from __future__ import annotations
 import sqlite3
 from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
+from tracklane.collector import _statements as statements
+
 __all__ = [
     "FILTER_IDS_PER_STEP",
     "FILTER_MIN_IDS",
@@ -81,8 +83,9 @@ INSERT INTO message_ids_merged (through)
     SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM message_ids_merged);
 """
 
-# Keys per statement: SQLite's oldest limit of bound variables.
-_KEYS_PER_STATEMENT = 999
+# Keys per statement at most (SQLite's oldest limit of bound variables is 999), in the few
+# sizes of ``_statements``.
+_KEYS_PER_STATEMENT = 512
 _lookup_statements: Dict[int, str] = {}
 # The index's two tables, in the order a filter reads them.
 _INDEX_TABLES = ("message_ids_recent", "message_ids")
@@ -309,9 +312,10 @@ class MessageIds:
                 if index >= len(ids):
                     key, index = key + 1, 0
             done = key >= len(self._merge_queue)
-            for start in range(0, len(chunk), _KEYS_PER_STATEMENT):
-                values = chunk[start : start + _KEYS_PER_STATEMENT]
-                db.execute(_merge_statement(len(values)), values)
+            start = 0
+            for size in statements.sizes(len(chunk), _KEYS_PER_STATEMENT):
+                db.execute(_merge_statement(size), chunk[start : start + size])
+                start += size
             if done:
                 db.execute("UPDATE message_ids_merged SET through = ?", (self._merge_through,))
                 (recent,) = db.execute("SELECT COUNT(*) FROM message_ids_recent").fetchone()
@@ -492,9 +496,11 @@ class MessageIds:
         }
         listed = list(keys)
         found: List[Pair] = []
-        for start in range(0, len(listed), _KEYS_PER_STATEMENT):
-            chunk = listed[start : start + _KEYS_PER_STATEMENT]
-            found += [keys[key] for (key,) in db.execute(_lookup_statement(len(chunk)), chunk)]
+        start = 0
+        for size in statements.sizes(len(listed), _KEYS_PER_STATEMENT):
+            chunk = listed[start : start + size]
+            found += [keys[key] for (key,) in db.execute(_lookup_statement(size), chunk)]
+            start += size
         return found
 
 
@@ -520,17 +526,9 @@ def _lookup_statement(keys: int) -> str:
 
 
 def _merge_statement(keys: int) -> str:
-    return _statement(
+    return statements.text(
         _merge_statements,
         "INSERT OR IGNORE INTO message_ids_recent (pair) VALUES {}",
         "(?)",
         keys,
     )
-
-
-def _statement(cache: Dict[int, str], template: str, mark: str, keys: int) -> str:
-    """``template`` with ``keys`` marks, built once per count."""
-    statement = cache.get(keys)
-    if statement is None:
-        statement = cache[keys] = template.format(", ".join([mark] * keys))
-    return statement

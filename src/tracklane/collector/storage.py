@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from tracklane.collector import _message_ids as message_ids
+from tracklane.collector import _statements as statements
 from tracklane.collector._json import loads_stored
 
 __all__ = ["EventFilter", "EventRow", "Storage", "StorageError", "StoredMessage"]
@@ -109,41 +110,41 @@ _INSERT = (
 # so with request threads busy in Python the writer waited for the GIL again at every row
 # (measured: 130 µs of wall time per row for 30 µs of CPU under load). Each wait is for the
 # event loop to finish what it is doing in Python, so a group commit costs as many waits as
-# it has statements: one per request of up to 500 rows where SQLite allows 5,000 bound
-# variables (SQLite 3.32 and later allow 32,766; Python 3.11 reads the limit), else 99 rows,
-# under SQLite's oldest limit of 999.
-_MAX_ROWS_PER_STATEMENT = 500
-_OLD_ROWS_PER_STATEMENT = 99
+# it has statements. A group's rows go in statements of 100 rows (a client's full batch: one
+# statement for a request of one) and then of powers of two (``_statements``: compiling a
+# statement for every count of rows cost more than the waits), where SQLite allows 1,000
+# bound variables (SQLite 3.32 and later allow 32,766; Python 3.11 reads the limit), else
+# 64 rows, under SQLite's oldest limit of 999.
+_FULL_ROWS_PER_STATEMENT = 100
 _COLUMNS = 10
 _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_TEMPLATE = _INSERT.partition(" VALUES ")[0] + " VALUES {}"
 _insert_statements: Dict[int, str] = {}
 
 
 def _rows_per_statement(connection: sqlite3.Connection) -> int:
-    """How many rows one INSERT may bind on ``connection`` (its bound-variable limit)."""
+    """The rows of a full INSERT on ``connection`` (by its bound-variable limit)."""
     getlimit = getattr(connection, "getlimit", None)  # Python 3.11+
-    if getlimit is None:
-        return _OLD_ROWS_PER_STATEMENT
-    variables: int = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
-    return max(1, min(_MAX_ROWS_PER_STATEMENT, variables // _COLUMNS))
+    variables: int = 999
+    if getlimit is not None:
+        variables = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # type: ignore[attr-defined]
+    rows = variables // _COLUMNS
+    if rows >= _FULL_ROWS_PER_STATEMENT:
+        return _FULL_ROWS_PER_STATEMENT
+    return 1 << (max(rows, 1).bit_length() - 1)  # a power of two, as the smaller ones
 
 
 def _insert_many(
-    connection: sqlite3.Connection,
-    rows: Sequence[Sequence[Optional[str]]],
-    per_statement: int = _OLD_ROWS_PER_STATEMENT,
+    connection: sqlite3.Connection, rows: Sequence[Sequence[Optional[str]]], sizes: List[int]
 ) -> Optional[int]:
-    """Insert ``rows`` with statements of at most ``per_statement`` rows; return the last id."""
+    """Insert ``rows`` with statements of ``sizes`` rows (summing to all); return the last id."""
     last_id: Optional[int] = None
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
-        statement = _insert_statements.get(len(chunk))
-        if statement is None:
-            values = ", ".join([_VALUES] * len(chunk))
-            statement = _insert_statements[len(chunk)] = _INSERT.partition(" VALUES ")[0] + (
-                f" VALUES {values}"
-            )
+    start = 0
+    for size in sizes:
+        statement = statements.text(_insert_statements, _INSERT_TEMPLATE, _VALUES, size)
+        chunk = rows[start : start + size]
         last_id = connection.execute(statement, list(chain.from_iterable(chunk))).lastrowid
+        start += size
     return last_id
 
 
@@ -452,7 +453,7 @@ class Storage:
     def _insert_durably(self, rows: Sequence[Sequence[Optional[str]]]) -> List[bool]:
         """Insert the new ones of ``rows`` and commit; return which were new (locks held).
 
-        Up to one statement's worth of rows (500 where SQLite allows it) is one INSERT run as
+        Rows that one statement takes (a request of 100 rows, or fewer) are one INSERT run as
         its own transaction: the sqlite3 module releases the GIL around each statement's step
         and takes it back after, so the insert, the commit and its fsync cost the writer one
         turn for the GIL instead of three (BEGIN, INSERT, COMMIT), and each turn can mean
@@ -466,10 +467,11 @@ class Storage:
             new_rows = rows if all(fresh) else [row for row, new in zip(rows, fresh) if new]
             if not new_rows:
                 return fresh
-            several = len(new_rows) > self._rows_per_statement
+            sizes = statements.sizes(len(new_rows), self._rows_per_statement)
+            several = len(sizes) > 1
             if several:
                 self._writer.execute("BEGIN IMMEDIATE")
-            last_id = _insert_many(self._writer, new_rows, self._rows_per_statement)
+            last_id = _insert_many(self._writer, new_rows, sizes)
             if several:
                 self._writer.execute("COMMIT")
         except BaseException:
