@@ -403,9 +403,10 @@ def test_a_writer_killed_during_merges_leaves_nothing_to_store_twice(path: Path)
     _assert_index_consistent(path)
 
 
-# Schema version 1 as c4e7c4c created it, copied on purpose: the upgrade has to keep working
-# whatever the current schema becomes.
-_VERSION_1 = """
+# The events table of schema versions 1 (c4e7c4c, with ``UNIQUE (write_key, message_id)``
+# where ``{unique}`` is) and 2 (9e6b4a3, without), copied on purpose: the upgrades have to
+# keep working whatever the current schema becomes.
+_OLD_EVENTS = """
 CREATE TABLE events (
     id INTEGER PRIMARY KEY,
     write_key TEXT NOT NULL,
@@ -417,11 +418,12 @@ CREATE TABLE events (
     received_at TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     original_timestamp TEXT,
-    body TEXT NOT NULL,
-    UNIQUE (write_key, message_id)
+    body TEXT NOT NULL{unique}
 );
-PRAGMA user_version = 1;
 """
+_VERSION_1 = (
+    _OLD_EVENTS.format(unique=",\n    UNIQUE (write_key, message_id)") + "PRAGMA user_version = 1;"
+)
 
 
 def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(
@@ -460,27 +462,17 @@ def test_a_version_1_file_is_upgraded_keeping_its_events_and_their_ids(
     _assert_index_consistent(path)
 
 
-# Schema version 2 as 9e6b4a3 created it (its message_ids keyed by the write key's length, a
-# colon, the write key and the messageId), copied on purpose, as version 1 above.
-_VERSION_2 = """
-CREATE TABLE events (
-    id INTEGER PRIMARY KEY,
-    write_key TEXT NOT NULL,
-    message_id TEXT NOT NULL,
-    type TEXT NOT NULL,
-    user_id TEXT,
-    anonymous_id TEXT,
-    event TEXT,
-    received_at TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    original_timestamp TEXT,
-    body TEXT NOT NULL
-);
+# Schema version 2 (9e6b4a3): its message_ids keyed by the write key's length, a colon, the
+# write key and the messageId.
+_VERSION_2 = (
+    _OLD_EVENTS.format(unique="")
+    + """
 CREATE TABLE message_ids (pair TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE message_ids_merged (through INTEGER NOT NULL);
 INSERT INTO message_ids_merged (through) VALUES (0);
 PRAGMA user_version = 2;
 """
+)
 
 
 def test_a_version_2_file_gets_its_index_built_again_keeping_every_id(

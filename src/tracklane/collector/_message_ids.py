@@ -29,7 +29,20 @@ process merged, reads the newer ids again from ``events``.
 from __future__ import annotations
 
 import sqlite3
-from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
+from contextlib import contextmanager
+from typing import (
+    AbstractSet,
+    Any,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from tracklane.collector import _statements as statements
 
@@ -295,8 +308,7 @@ class MessageIds:
         # many events a commit holds, and the ids waiting in memory stay bounded.
         step = max(self._pairs_per_step, 2 * self._new_since_step)
         self._new_since_step = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(db):
             if not self._merge_numbered:
                 self._number_merge(db)
             chunk: List[str] = []
@@ -319,12 +331,6 @@ class MessageIds:
             if done:
                 db.execute("UPDATE message_ids_merged SET through = ?", (self._merge_through,))
                 (recent,) = db.execute("SELECT COUNT(*) FROM message_ids_recent").fetchone()
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            self.forget()
-            raise
         self._merge_key, self._merge_index = key, index
         if done:
             self._moving = recent >= RECENT_IDS_AT_MOST
@@ -347,8 +353,7 @@ class MessageIds:
         """
         step = max(IDS_MOVED_PER_STEP, 10 * self._new_since_step)
         self._new_since_step = 0
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction(db):
             last = db.execute(
                 "SELECT pair FROM message_ids_recent ORDER BY pair LIMIT 1 OFFSET ?", (step - 1,)
             ).fetchone()
@@ -359,13 +364,20 @@ class MessageIds:
                 bound,
             )
             db.execute(f"DELETE FROM message_ids_recent {upto}", bound)
+        self._moving = last is not None
+
+    @contextmanager
+    def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
+        """One step's write transaction; if it fails, rolled back and the state read again."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             self.forget()
             raise
-        self._moving = last is not None
 
     def filter_due(self) -> bool:
         """Whether a filter is being built (:meth:`filter_step` goes on with it)."""
