@@ -149,13 +149,13 @@ class MessageIds:
         self._merge_running = False
         self._merge_numbered = False  # whether the merge's write keys have their numbers
         self._moving = False  # whether ``message_ids_recent`` is being moved on
-        # The same, as (write key, ids) in the order of the write keys' prefixes: those not
-        # yet in buckets, the first one's buckets so far and how many of its ids they hold ...
+        # The same, as (write key, ids): those not yet in buckets, the first one's buckets so
+        # far and how many of its ids they hold ...
         self._unbucketed: List[Tuple[str, List[str]]] = []
         self._buckets: Dict[str, List[str]] = {}
         self._bucketed = 0
-        # ... and in buckets by first character, in the index's order; each bucket is sorted
-        # when the merge reaches it.
+        # ... and in buckets by first character, in the index's order once the merge's first
+        # write has numbered the write keys; each bucket is sorted when the merge reaches it.
         self._merge_queue: List[Tuple[str, List[str]]] = []
         self._merge_key = 0  # the queue's write key being merged, and the next id's index
         self._merge_index = 0
