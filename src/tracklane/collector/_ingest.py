@@ -31,12 +31,16 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MESSAGE_TYPES",
     "Prepared",
+    "Rejected",
     "Rejection",
     "RequestError",
+    "Times",
     "body_write_key",
     "may_hold_nul",
+    "message_id_of",
     "parse_body",
     "prepare_batch",
+    "prepare_one",
     "prepare_single",
 ]
 
@@ -427,3 +431,14 @@ def _message_id_of(message: object) -> Optional[str]:
         if isinstance(message_id, str):
             return message_id
     return None
+
+
+# For ``_shallow``, which leaves to this module the messages it does not handle as it would.
+Times = _Times
+Rejected = _Rejected
+message_id_of = _message_id_of
+
+
+def prepare_one(message: object, write_key: str, times: _Times) -> StoredMessage:
+    """Validate one message of a batch and build its row; raises Rejected with the reason."""
+    return _prepare(message, write_key, times, None)
