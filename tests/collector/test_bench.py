@@ -47,6 +47,17 @@ def test_store_benchmark_verifies_every_event_once() -> None:
     assert "verification: OK (2,400 stored; 0 of" in out
 
 
+@pytest.mark.parametrize("form", ["compact", "spaced"])
+def test_check_benchmark_compares_both_paths(form: str) -> None:
+    """bench/collector_check.py runs both checks on every body and reports their ratio."""
+    args = ["--form", form, "--rounds", "1", "--bodies", "2", "--repeat", "1"]
+    out = _run(args, SCRIPT.with_name("collector_check.py"))
+    assert f"Checking 100-event batches ({form}" in out
+    assert "shallow: median" in out
+    assert "full parse: median" in out
+    assert "shallow / full parse, round by round: median" in out
+
+
 def test_short_postgres_run_verifies_ingest_and_warehouse_counts() -> None:
     """A short PostgreSQL ingest run and a 1,000-event warehouse load both verify their counts."""
     try:
