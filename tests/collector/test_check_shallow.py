@@ -29,6 +29,7 @@ from tracklane.collector._json import loads_stored
 from tracklane.collector.outbox import _wire_rows
 from tracklane.collector.storage import EventFilter, Storage
 from tracklane.config import MAX_MESSAGE_BYTES
+from tracklane.messages import REQUIRED_WIRE_FIELD
 
 from .test_check_fast_path import _ABSENT, _FIELDS, _VALUE, MESSAGES, RECEIVED, SENT, _track
 
@@ -337,3 +338,8 @@ def test_ordinary_numbers_and_lookalike_text_stay_on_the_shallow_path(properties
         assert _shallow.read_batch(raw) is not None
     fast, reference = _both(raw)
     assert fast == reference
+
+
+def test_every_required_field_is_checked() -> None:
+    """The shallow check knows each type's required field (track's event, inline)."""
+    assert set(_shallow._REQUIRED) | {"track"} == set(REQUIRED_WIRE_FIELD)

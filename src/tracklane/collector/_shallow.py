@@ -6,12 +6,12 @@ freeing the dicts, lists and strings of ``context`` and ``properties``, which th
 stores as they are. Here msgspec reads each message's top-level fields, with the values of
 the fields the rules do not look at kept as the bytes they came in (``msgspec.Raw``); the
 rules of ``check_wire_message`` are applied to the fields they look at, and the message is
-stored as it came (plus the batch's ``sentAt``) or, when it has to be, as msgspec encodes
-its top-level fields again. Measured in docs/performance.md.
+stored as msgspec writes its fields again, the raw ones verbatim. A third less CPU per
+event (``bench/collector_check.py``; docs/performance.md).
 
 ``_ingest`` stays the reference: whatever this path would not handle as it does goes there,
-one message (``_ingest._prepare``, with the message parsed as the whole body would have
-been) or the whole body (:func:`read_batch` gives ``None``):
+one message (``_ingest.prepare_one``, given the message as the whole body's parse would
+have given it) or the whole body (:func:`read_batch` gives ``None``):
 
 - the whole body: not UTF-8, a ``\\u0000`` escape, 19 digits in a row or an exponent of three
   digits (a number JSON's readers may round, or find out of range), anything msgspec
@@ -22,9 +22,9 @@ been) or the whole body (:func:`read_batch` gives ``None``):
   refuse or read otherwise than as plain text.
 
 A body stored here differs from the reference's in form only, and decodes to the same
-values: nested objects keep the sender's spacing and number forms; the top-level fields
-keep the sender's order when they come compact, plain and once each (the body stored as
-received), else are encoded again, once each, the last of a repeated key winning.
+values: nested objects keep the sender's spacing and number forms, and the top-level fields
+come in a fixed order, once each (the last of a repeated key wins, as in every decoder the
+collector uses).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from tracklane.collector._ingest import (
 )
 from tracklane.collector._json import loads
 from tracklane.collector.storage import StoredMessage
-from tracklane.messages import MESSAGE_TYPES, REQUIRED_WIRE_FIELD
+from tracklane.messages import MESSAGE_TYPES
 
 __all__ = ["ShallowBatch", "read_batch"]
 
@@ -228,7 +228,7 @@ class ShallowBatch:
                             )
                         )
                         continue
-                    message.sentAt = unset
+                    message.sentAt = unset  # (its writeKey stays out: the reference drops it)
             # The reference path, with the message as the whole body's parse gives it.
             parsed = loads(encode(message))
             try:
@@ -300,4 +300,3 @@ _REQUIRED: Dict[str, Callable[[_Message], Any]] = {
     "group": lambda message: message.groupId,
     "alias": lambda message: message.previousId,
 }
-assert set(_REQUIRED) | {"track"} == set(REQUIRED_WIRE_FIELD)
