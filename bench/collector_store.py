@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Callable, List
 
+from tracklane.collector import storage
 from tracklane.collector.storage import EventFilter, Storage, StoredMessage
 
 _BODY = '{"type":"track","event":"Order Completed","properties":{"a":1,"b":"hello world"}}' * 6
@@ -69,6 +70,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     groups = make_groups(args.events, args.group, args.growing_ids, args.write_key)
+    getattr(storage, "bind_none_directly", lambda: None)()  # as the writer process does
     with tempfile.TemporaryDirectory(prefix="tracklane-store-bench-") as directory:
         store = Storage(os.path.join(directory, "events.db"))
         maintain: Callable[[], None] = getattr(store, "maintain", lambda: None)  # older trees

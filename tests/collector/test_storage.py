@@ -20,6 +20,7 @@ from tracklane.collector.storage import (
     EventFilter,
     Storage,
     StorageError,
+    bind_none_directly,
 )
 
 from .support import row
@@ -202,3 +203,21 @@ def test_groups_of_every_size_store_each_new_row_once(storage: Storage) -> None:
     rows = storage.rows(EventFilter(after=0), 5000)
     assert [r.seq for r in rows] == list(range(1, len(stored) + 1))
     assert [r.body.split('"messageId":"')[1].split('"')[0] for r in rows] == stored
+
+
+def test_none_is_stored_as_null_when_bound_directly(storage: Storage) -> None:
+    """The writer process's adapter for None changes nothing stored: NULL, and the filters."""
+    key = (type(None), sqlite3.PrepareProtocol)
+    assert key not in sqlite3.adapters  # the test process never registers it otherwise
+    bind_none_directly()
+    try:
+        storage.insert([row("m-1", user_id=None, anonymous_id="a"), row("m-2", event=None)])
+    finally:
+        del sqlite3.adapters[key]
+    with closing(sqlite3.connect(storage.path)) as db:
+        stored = db.execute(
+            "SELECT message_id, user_id IS NULL, anonymous_id IS NULL, event IS NULL,"
+            " original_timestamp IS NULL FROM events ORDER BY id"
+        ).fetchall()
+    assert stored == [("m-1", 1, 0, 0, 1), ("m-2", 0, 1, 1, 1)]
+    assert [e["messageId"] for e in storage.query(EventFilter(user="a"), 10)] == ["m-1"]

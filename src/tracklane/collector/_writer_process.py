@@ -50,7 +50,7 @@ from tracklane.collector._gc import tune_gc_for_serving
 from tracklane.collector._group_writer import answer_body
 from tracklane.collector._ingest import Prepared
 from tracklane.collector._ingest_route import Answer
-from tracklane.collector.storage import Storage, StorageError, StrPath
+from tracklane.collector.storage import Storage, StorageError, StrPath, bind_none_directly
 
 __all__ = ["WriterProcess", "WriterProcessError", "WriterProcesses"]
 
@@ -304,6 +304,7 @@ def serve(channels: Sequence[Connection], path: str) -> None:
         return
     try:
         tune_gc_for_serving()
+        bind_none_directly()
         channel.send_bytes(READY)
         sock = socket.socket(fileno=os.dup(channel.fileno()))
         channel.close()
