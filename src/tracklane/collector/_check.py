@@ -34,8 +34,8 @@ def check_request(
 ) -> Union[Answer, Prepared]:
     """Parse, authorize and validate one request: what to store, or the refusal.
 
-    A batch is read shallowly first (``_shallow``), whose outcome is the same; whatever
-    that cannot tell is checked by :func:`check_request_fully`.
+    A batch is read shallowly first (``_shallow``), whose outcome is the same; a body it
+    cannot read is checked by :func:`check_request_fully`.
     """
     if message_type is None:
         batch = read_batch(raw)
@@ -44,9 +44,7 @@ def check_request(
             refusal = _authorize(key, write_keys)
             if refusal is not None:
                 return refusal
-            prepared = batch.prepare(key or "", received_at)
-            if prepared is not None:
-                return prepared
+            return batch.prepare(key or "", received_at)
     return check_request_fully(raw, header_key, message_type, received_at, write_keys)
 
 
